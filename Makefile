@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgekit-installed
+SYSTEM_PACKAGES := adb openssh-server chromium
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup system-deps clean targets-up targets-down
+
+setup: $(STAMP)
+
+# torch first: `torch==2.13.0` resolves to the local CPU wheel here; any other spec pulls GBs of CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian packages the tests need (real adb server, real sshd, headless chromium).
+system-deps:
+	@missing=""; \
+	command -v adb >/dev/null || missing="$$missing adb"; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+test: setup system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+targets-up: setup system-deps
+	$(BIN)/python scripts/targets up
+
+targets-down:
+	$(BIN)/python scripts/targets down
+
+clean:
+	rm -rf $(VENV) dist results .cache .pytest_cache

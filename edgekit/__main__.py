@@ -1,0 +1,3 @@
+from edgekit.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Fixtures (session-scoped where expensive)."""
