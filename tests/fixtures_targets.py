@@ -1,1 +1,169 @@
-"""Fixtures (session-scoped where expensive)."""
+"""Session fixtures for the device stand-ins (scripts/targets, scripts/targetlib).
+
+``ssh_target``: a real OpenSSH server on 127.0.0.1 standing in for a Raspberry Pi 5.
+``adb_target``: the adb device emulator joined to the real adb server, standing in for
+a Pixel 8. Both live in a per-session state folder (never the developer's .targets),
+yield a :class:`StandIn` and are stopped at the end of the session.
+
+Point edgekit at them with ``monkeypatch.setenv("EDGEKIT_PROFILES", target.profile_dir)``
+and load ``target.profile_name`` ("rpi5-standin" / "pixel8-standin").
+
+Missing binaries skip these tests with the reason, except under CI (``CI`` set), where
+they fail: CI installs adb and openssh-server (`make system-deps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(_SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(_SCRIPTS))
+
+from targetlib import stand  # noqa: E402
+from targetlib.common import TargetsError  # noqa: E402
+
+
+@dataclass
+class StandIn:
+    kind: str                      # "ssh" | "adb"
+    profile_name: str              # e.g. "rpi5-standin"
+    profile_dir: Path              # put this in EDGEKIT_PROFILES
+    profile_path: Path
+    state_dir: Path
+    state_file: Path
+    port: int
+    info: dict[str, Any] = field(default_factory=dict)   # this stand-in's section of state.json
+
+    # ssh
+    @property
+    def host(self) -> str:
+        return self.info.get("host", "127.0.0.1")
+
+    @property
+    def user(self) -> str:
+        return self.info["user"]
+
+    @property
+    def key(self) -> Path:
+        return Path(self.info["key"])
+
+    @property
+    def known_hosts(self) -> Path:
+        return Path(self.info["known_hosts"])
+
+    @property
+    def work_dir(self) -> str:
+        return self.info.get("work_dir", "/data/local/tmp/edgekit")
+
+    # adb
+    @property
+    def serial(self) -> str:
+        return self.info["serial"]
+
+    @property
+    def sandbox(self) -> Path:
+        """Host folder standing in for the phone's /data/local/tmp."""
+        return Path(self.info["sandbox"])
+
+    def host_path(self, device_path: str) -> Path:
+        """Where a /data/local/tmp/... device path lives on this machine."""
+        from targetlib.adbemu import map_device_path
+
+        mapped = map_device_path(device_path, str(self.sandbox))
+        if mapped is None:
+            raise ValueError(f"{device_path} is outside the emulated /data/local/tmp")
+        return Path(mapped)
+
+    @contextlib.contextmanager
+    def faults(self, **faults: Any) -> Iterator[None]:
+        """Inject faults into the running emulator for the duration of a ``with`` block.
+
+        Keys: ``drop_after_bytes`` (close the transport once that many bytes of one sync
+        SEND arrived; one-shot), ``quota_bytes`` (SEND fails with "No space left on device"
+        once the sandbox would exceed it). Paths outside /data/local/tmp are always refused.
+        """
+        from targetlib.adbemu import write_faults
+
+        write_faults(Path(self.info["faults"]), faults)
+        try:
+            yield
+        finally:
+            write_faults(Path(self.info["faults"]), {})
+
+    @contextlib.contextmanager
+    def extra_device(self, auth: str = "none", offline: bool = False) -> Iterator[str]:
+        """Another emulated Pixel 8 (e.g. ``auth="never"``: unauthorized, ``offline=True``)
+        connected to the adb server for the ``with`` block; yields its serial."""
+        from targetlib import adbhost
+
+        dev = adbhost.start_extra_device(self.state_dir, auth=auth, offline=offline)
+        try:
+            yield dev["serial"]
+        finally:
+            adbhost.stop_extra_device(dev)
+
+
+def _missing(kind: str) -> str | None:
+    if kind == "ssh":
+        if not os.access("/usr/sbin/sshd", os.X_OK) or not shutil.which("ssh-keygen"):
+            return "/usr/sbin/sshd or ssh-keygen missing: install openssh-server (`make system-deps`)"
+    elif not shutil.which("adb"):
+        return "adb missing: install the Debian package adb (`make system-deps`)"
+    return None
+
+
+def _need(kind: str) -> None:
+    reason = _missing(kind)
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide the {kind} stand-in: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def targets_dir(tmp_path_factory) -> Path:
+    """Per-session state folder shared by ssh_target and adb_target."""
+    return tmp_path_factory.mktemp("targets")
+
+
+def _bring_up(kind: str, root: Path) -> StandIn:
+    try:
+        state = stand.up(root, which=(kind,))
+    except TargetsError as exc:
+        stand.down(root, which=(kind,))
+        pytest.fail(f"could not start the {kind} stand-in: {exc}")
+    info = state[kind]
+    prof_dir = Path(state["profiles_dir"])
+    return StandIn(kind=kind, profile_name=info["profile"], profile_dir=prof_dir,
+                   profile_path=prof_dir / f"{info['profile']}.toml", state_dir=root,
+                   state_file=root / "state.json", port=int(info["port"]), info=info)
+
+
+@pytest.fixture(scope="session")
+def ssh_target(targets_dir: Path) -> Iterator[StandIn]:
+    _need("ssh")
+    target = _bring_up("ssh", targets_dir)
+    yield target
+    stand.down(targets_dir, which=("ssh",))
+
+
+@pytest.fixture(scope="session")
+def adb_target(targets_dir: Path) -> Iterator[StandIn]:
+    _need("adb")
+    target = _bring_up("adb", targets_dir)
+    yield target
+    stand.down(targets_dir, which=("adb",))
+
+
+def read_state(target: StandIn) -> dict[str, Any]:
+    return json.loads(target.state_file.read_text())
