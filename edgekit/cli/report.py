@@ -1,0 +1,46 @@
+"""`edgekit report DIR`: regenerate summary.md, report.html (and JUnit) from a stored result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgekit.cli.gate import resolve_thresholds
+from edgekit.results.records import load_result
+
+
+@click.command("report")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--fail-on", "fail_on", multiple=True, metavar="THRESHOLD", help="Thresholds for the gate section.")
+@click.option("--profile-thresholds/--no-profile-thresholds", default=True, show_default=True,
+              help="Include the device profile's [gate] thresholds.")
+@click.option("--allow-mismatch", is_flag=True, help="Compare even when key settings differ.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write JUnit XML for the gate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result records as JSON on stdout.")
+def command(folder: Path, fail_on: tuple[str, ...], profile_thresholds: bool, allow_mismatch: bool,
+            junit: Path | None, as_json: bool) -> int:
+    """Regenerate the views of FOLDER (results/<time>-<device>/) from its result.json.
+
+    Prints the paths written (or, with --json, the records); the gate is not
+    enforced here: use `edgekit gate` for an exit code.
+    """
+    from edgekit.report.context import build_context
+    from edgekit.report.folder import write_views
+    from edgekit.report.terminal import render_context
+
+    res = load_result(folder)
+    out_dir = folder if folder.is_dir() else folder.parent
+    thresholds = resolve_thresholds(res, fail_on, profile_thresholds)
+    ctx = build_context(res, thresholds, allow_mismatch=allow_mismatch)
+    paths = write_views(out_dir, ctx, junit=junit)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2))
+    else:
+        click.echo(render_context(ctx))
+        for kind, p in paths.items():
+            click.echo(f"{kind}: {p}")
+    for w in ctx.warnings:
+        click.echo(f"warning: {w}", err=True)
+    return 0

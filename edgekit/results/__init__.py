@@ -1,0 +1,1 @@
+"""Result records, statistics, comparison and the gate (pure; no device, no click)."""

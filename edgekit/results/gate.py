@@ -1,0 +1,211 @@
+"""Thresholds -> per-threshold verdicts -> one exit code.
+
+Threshold syntax (device profile ``[gate] fail_on`` / ``budget``, or ``--fail-on``):
+
+* relative to the baseline: ``decode_tps:-5%`` (fails when the candidate's median
+  is more than 5% below the baseline's), ``peak_anon_mb:+10%`` (more than 10% above);
+* absolute budgets on the candidate: ``peak_anon_mb<=1000``, ``top1_agreement>=0.90``,
+  ``ppl_ratio<=1.10`` (operators ``<=``, ``<``, ``>=``, ``>``).
+
+A relative threshold fails only when the change is statistically significant
+(Mann-Whitney U, see :mod:`edgekit.results.compare`) AND past the threshold. An
+absolute budget fails when the candidate's median over measured runs (for
+quality metrics: the manifest value) breaks it.
+
+Exit codes (edgekit/errors.py): 0 pass, 1 a threshold failed, 2 bad threshold
+syntax (UsageError), 3 the bench itself failed, 4 not comparable / insufficient
+data to decide a threshold (and none failed).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from edgekit.errors import ConfigError, UsageError
+from edgekit.results.compare import BETTER, INSUFFICIENT, NOT_COMPARABLE, WORSE, Comparison
+from edgekit.results.records import METRICS, BenchResult, CANDIDATE
+from edgekit.results.stats import fmt_value, summarize
+
+RELATIVE = "relative"
+ABSOLUTE = "absolute"
+
+PASS = "pass"
+FAIL = "fail"
+UNDECIDED = "undecided"  # not comparable / insufficient data / nothing measured
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_INFRA = 3
+EXIT_UNDECIDED = 4
+
+_REL = re.compile(r"^\s*([a-z0-9_]+)\s*:\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_ABS = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+SYNTAX_HINT = ("thresholds look like decode_tps:-5% or peak_anon_mb:+10% (relative to the baseline) "
+               "or peak_anon_mb<=1000, top1_agreement>=0.90 (absolute)")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str
+    kind: str  # RELATIVE | ABSOLUTE
+    op: str  # relative: "+" or "-"; absolute: <=, <, >=, >
+    value: float  # relative: fraction (0.05); absolute: in the metric's unit
+    text: str
+    source: str = "command line"
+
+    def describe(self) -> str:
+        return self.text
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "kind": self.kind, "op": self.op, "value": self.value,
+                "text": self.text, "source": self.source}
+
+
+def parse_threshold(text: str, source: str = "command line") -> Threshold:
+    """Parse one threshold; bad syntax raises UsageError (command line) or ConfigError (a file)."""
+    err = UsageError if source == "command line" else ConfigError
+    t = str(text).strip()
+    m = _REL.match(t)
+    if m:
+        name, sign, num = m.group(1), m.group(2), float(m.group(3))
+        _check_metric(name, t, source, err)
+        if METRICS[name].source == "quality":
+            raise err(f"bad threshold {t!r} ({source}): {name} is read from the manifest, "
+                      "so it takes an absolute budget, not a change against the baseline",
+                      hint=f"write e.g. {name}{'>=' if METRICS[name].higher_is_better else '<='}VALUE")
+        if num == 0:
+            raise err(f"bad threshold {t!r} ({source}): a relative threshold of 0% fails on noise",
+                      hint=SYNTAX_HINT)
+        return Threshold(name, RELATIVE, sign, num / 100.0, f"{name}:{sign}{m.group(3)}%", source)
+    m = _ABS.match(t)
+    if m:
+        name, op, num = m.group(1), m.group(2), float(m.group(3))
+        _check_metric(name, t, source, err)
+        return Threshold(name, ABSOLUTE, op, num, f"{name}{op}{m.group(3)}", source)
+    raise err(f"bad threshold {t!r} ({source})", hint=SYNTAX_HINT)
+
+
+def _check_metric(name: str, text: str, source: str, err: type) -> None:
+    if name not in METRICS:
+        raise err(f"bad threshold {text!r} ({source}): unknown metric {name!r}",
+                  hint="known metrics: " + ", ".join(METRICS))
+
+
+def parse_thresholds(texts: Iterable[str], source: str = "command line") -> list[Threshold]:
+    out: list[Threshold] = []
+    for t in texts:
+        for part in str(t).split(","):  # allow "a:-5%,b<=10" in one option
+            if part.strip():
+                out.append(parse_threshold(part, source))
+    return out
+
+
+def merge_thresholds(profile: Sequence[Threshold], cli: Sequence[Threshold]) -> list[Threshold]:
+    """Command-line thresholds replace the profile's for the same metric and kind."""
+    overridden = {(t.metric, t.kind) for t in cli}
+    return [t for t in profile if (t.metric, t.kind) not in overridden] + list(cli)
+
+
+@dataclass(frozen=True)
+class Check:
+    threshold: Threshold
+    status: str  # PASS | FAIL | UNDECIDED
+    message: str
+    observed: float | None = None  # relative: change (fraction); absolute: value
+    p_value: float | None = None
+    verdict: str | None = None  # comparison verdict for relative thresholds
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold.to_dict(), "status": self.status, "message": self.message,
+                "observed": self.observed, "p_value": self.p_value, "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    checks: tuple[Check, ...]
+    exit_code: int
+    reason: str
+    device: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == EXIT_PASS
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    def undecided(self) -> list[Check]:
+        return [c for c in self.checks if c.status == UNDECIDED]
+
+    def to_dict(self) -> dict:
+        return {"exit_code": self.exit_code, "reason": self.reason, "device": self.device,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.1f}%"
+
+
+def _check_relative(t: Threshold, comparison: Comparison | None) -> Check:
+    if comparison is None:
+        return Check(t, UNDECIDED, f"{t.text}: no baseline to compare against", verdict=INSUFFICIENT)
+    mc = comparison.get(t.metric)
+    if mc is None:
+        return Check(t, UNDECIDED, f"{t.text}: {t.metric} was not compared", verdict=INSUFFICIENT)
+    if mc.verdict == NOT_COMPARABLE:
+        return Check(t, UNDECIDED, f"{t.text}: not comparable ({mc.note})", verdict=mc.verdict)
+    if mc.verdict == INSUFFICIENT or mc.change is None:
+        return Check(t, UNDECIDED, f"{t.text}: insufficient data ({mc.note or 'no values'})",
+                     mc.change, mc.p_value, INSUFFICIENT)
+    limit = t.value if t.op == "+" else -t.value
+    crossed = mc.change > limit if t.op == "+" else mc.change < limit
+    significant = mc.verdict in (BETTER, WORSE)
+    p = f"p={mc.p_value:.3f}"
+    base = (f"{t.metric} {_pct(mc.change)} ({fmt_value(t.metric, mc.candidate.median)} vs "
+            f"{fmt_value(t.metric, mc.baseline.median)}, {p})")
+    if crossed and significant:
+        return Check(t, FAIL, f"{base} is past {t.text} and significant", mc.change, mc.p_value, mc.verdict)
+    if crossed:
+        return Check(t, PASS, f"{base} is past {t.text} but not significant", mc.change, mc.p_value, mc.verdict)
+    return Check(t, PASS, f"{base} is within {t.text}", mc.change, mc.p_value, mc.verdict)
+
+
+def _check_absolute(t: Threshold, result: BenchResult) -> Check:
+    values = result.samples(CANDIDATE, t.metric)
+    if not values:
+        what = "the manifest has no quality figure" if METRICS[t.metric].source == "quality" else "no measured runs"
+        return Check(t, UNDECIDED, f"{t.text}: no value for {t.metric} ({what})", verdict=INSUFFICIENT)
+    value = summarize(values).median
+    ok = _OPS[t.op](value, t.value)
+    kind = "manifest value" if METRICS[t.metric].source == "quality" else f"median of {len(values)} runs"
+    msg = f"{t.metric} = {fmt_value(t.metric, value)} ({kind}) {'meets' if ok else 'breaks'} {t.text}"
+    return Check(t, PASS if ok else FAIL, msg, value)
+
+
+def evaluate(result: BenchResult, thresholds: Sequence[Threshold], comparison: Comparison | None) -> GateResult:
+    """Apply thresholds to a result and its candidate-vs-baseline comparison."""
+    device = result.device.profile
+    checks = []
+    for t in thresholds:
+        checks.append(_check_relative(t, comparison) if t.kind == RELATIVE else _check_absolute(t, result))
+    checks_t = tuple(checks)
+    if result.status != "ok":
+        return GateResult(checks_t, EXIT_INFRA, f"the bench failed: {result.error}", device)
+    fails = [c for c in checks if c.status == FAIL]
+    undecided = [c for c in checks if c.status == UNDECIDED]
+    if fails:
+        return GateResult(checks_t, EXIT_FAIL,
+                          f"gate failed: {len(fails)} of {len(checks)} thresholds crossed: "
+                          + "; ".join(c.threshold.text for c in fails), device)
+    if undecided:
+        return GateResult(checks_t, EXIT_UNDECIDED,
+                          f"gate undecided: {len(undecided)} of {len(checks)} thresholds could not be checked: "
+                          + "; ".join(c.threshold.text for c in undecided), device)
+    if not checks:
+        return GateResult(checks_t, EXIT_PASS, "no thresholds given: nothing to gate", device)
+    return GateResult(checks_t, EXIT_PASS, f"gate passed: {len(checks)} thresholds held", device)

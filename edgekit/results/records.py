@@ -1,0 +1,478 @@
+"""Immutable benchmark records with units, directions and provenance.
+
+One bench writes one :class:`BenchResult`: who measured what (edgekit version,
+bundles with sha256 and manifest, device identity, runtime versions, settings,
+time) and every :class:`Run`, warmups kept apart from measured runs. The JSON
+form carries ``schema`` = :data:`SCHEMA_VERSION`; a file with another version is
+refused with a clear error instead of being half-read.
+
+Every view (Markdown, HTML, terminal, JUnit) and every computation (stats,
+compare, gate) reads these records; none of them reads traces directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from edgekit.errors import ConfigError, UsageError
+from edgekit.fsutil import atomic_write_json
+
+SCHEMA_VERSION = 1
+RESULT_KIND = "edgekit-bench-result"
+
+HIGHER = "higher"
+LOWER = "lower"
+
+CANDIDATE = "candidate"
+BASELINE = "baseline"
+ROLES = (CANDIDATE, BASELINE)
+WARMUP = "warmup"
+MEASURE = "measure"
+PHASES = (WARMUP, MEASURE)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named quantity with its unit and which way is better."""
+
+    name: str
+    unit: str
+    direction: str  # HIGHER or LOWER is better
+    description: str
+    label: str  # short human label used in phrases ("decode", "peak anonymous memory")
+    source: str = "run"  # "run": measured per run; "quality": read from the manifest
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == HIGHER
+
+
+_METRIC_LIST = (
+    Metric("init_ms", "ms", LOWER, "engine/model load time before the first prompt", "init time"),
+    Metric("ttft_ms", "ms", LOWER, "time to first token: prefill plus the first decode step", "time to first token"),
+    Metric("prefill_tps", "tok/s", HIGHER, "prompt tokens processed per second", "prefill"),
+    Metric("decode_tps", "tok/s", HIGHER, "generated tokens per second", "decode"),
+    Metric("token_p50_ms", "ms", LOWER, "median per-token decode latency", "p50 token latency"),
+    Metric("token_p90_ms", "ms", LOWER, "90th percentile per-token decode latency", "p90 token latency"),
+    Metric("token_p99_ms", "ms", LOWER, "99th percentile per-token decode latency", "p99 token latency"),
+    Metric("peak_rss_mb", "MB", LOWER, "peak resident set size (VmHWM), includes mmap'd weights", "peak RSS"),
+    Metric("peak_anon_mb", "MB", LOWER, "peak anonymous resident memory (RssAnon)", "peak anonymous memory"),
+    Metric("peak_file_mb", "MB", LOWER, "peak file-backed resident memory (RssFile)", "peak file-backed memory"),
+    Metric("peak_pss_mb", "MB", LOWER, "peak proportional set size (smaps_rollup Pss)", "peak PSS"),
+    Metric("ppl_ratio", "x", LOWER, "perplexity relative to the FP16 baseline (manifest quality)", "perplexity ratio", "quality"),
+    Metric("top1_agreement", "", HIGHER, "share of positions whose top-1 token equals FP16's (manifest quality)", "top-1 agreement", "quality"),
+    Metric("kl_mean", "nats", LOWER, "mean KL divergence from FP16's next-token distribution (manifest quality)", "mean KL", "quality"),
+)
+
+METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRIC_LIST})
+RUN_METRICS: tuple[str, ...] = tuple(m.name for m in _METRIC_LIST if m.source == "run")
+QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _METRIC_LIST if m.source == "quality")
+
+
+def metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown metric {name!r}",
+            hint="known metrics: " + ", ".join(METRICS),
+        ) from None
+
+
+def _num(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _freeze(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+def _thaw(obj: Any) -> Any:
+    """Plain JSON-able copy of nested mappings/tuples."""
+    if isinstance(obj, Mapping):
+        return {str(k): _thaw(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_thaw(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class MemPoint:
+    """One memory sample of the benchmarked process, in MB (None when not sampled)."""
+
+    t_ms: float
+    rss_mb: float | None = None
+    anon_mb: float | None = None
+    file_mb: float | None = None
+    pss_mb: float | None = None
+    swap_mb: float | None = None
+
+    FIELDS = ("t_ms", "rss_mb", "anon_mb", "file_mb", "pss_mb", "swap_mb")
+
+    def to_list(self) -> list:
+        return [getattr(self, f) for f in self.FIELDS]
+
+    @classmethod
+    def from_list(cls, row: list) -> "MemPoint":
+        vals = list(row) + [None] * (len(cls.FIELDS) - len(row))
+        return cls(*(_num(v) if i else float(v) for i, v in enumerate(vals[: len(cls.FIELDS)])))
+
+
+@dataclass(frozen=True)
+class Thermal:
+    """Hottest thermal zone before, during (max) and after a run, in degrees C."""
+
+    start_c: float | None = None
+    max_c: float | None = None
+    end_c: float | None = None
+    zone: str | None = None  # type of the zone that reached max_c
+
+    def to_dict(self) -> dict:
+        return {"start_c": self.start_c, "max_c": self.max_c, "end_c": self.end_c, "zone": self.zone}
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> "Thermal | None":
+        if not d:
+            return None
+        return cls(_num(d.get("start_c")), _num(d.get("max_c")), _num(d.get("end_c")), d.get("zone"))
+
+
+@dataclass(frozen=True)
+class CpuFreq:
+    """One CPU's frequency before, the lowest and highest during, and after a run (kHz)."""
+
+    cpu: int
+    start_khz: float | None = None
+    min_khz: float | None = None
+    max_khz: float | None = None
+    end_khz: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"cpu": self.cpu, "start_khz": self.start_khz, "min_khz": self.min_khz,
+                "max_khz": self.max_khz, "end_khz": self.end_khz}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "CpuFreq":
+        return cls(int(d["cpu"]), _num(d.get("start_khz")), _num(d.get("min_khz")),
+                   _num(d.get("max_khz")), _num(d.get("end_khz")))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One process run of one bundle through the harness.
+
+    ``order`` is the position in the interleaved schedule (0-based, warmups
+    first); ``index`` counts runs of the same role and phase.
+    """
+
+    role: str
+    phase: str
+    index: int
+    order: int
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    token_ms: tuple[float, ...] = ()
+    mem: tuple[MemPoint, ...] = ()
+    thermal: Thermal | None = None
+    cpufreq: tuple[CpuFreq, ...] = ()
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    trace_dir: str | None = None  # relative to the result folder
+    t_start: float | None = None  # epoch seconds
+    t_end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"run role must be one of {ROLES}, got {self.role!r}")
+        if self.phase not in PHASES:
+            raise ConfigError(f"run phase must be one of {PHASES}, got {self.phase!r}")
+        clean = {k: _num(v) for k, v in dict(self.metrics).items()}
+        object.__setattr__(self, "metrics", MappingProxyType(clean))
+        object.__setattr__(self, "token_ms", tuple(float(x) for x in self.token_ms))
+        object.__setattr__(self, "mem", tuple(self.mem))
+        object.__setattr__(self, "cpufreq", tuple(self.cpufreq))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def value(self, name: str) -> float | None:
+        return self.metrics.get(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "role": self.role,
+            "phase": self.phase,
+            "index": self.index,
+            "order": self.order,
+            "status": self.status,
+            "error": self.error,
+            "metrics": dict(self.metrics),
+            "token_ms": list(self.token_ms),
+            "mem_fields": list(MemPoint.FIELDS),
+            "mem": [p.to_list() for p in self.mem],
+            "thermal": self.thermal.to_dict() if self.thermal else None,
+            "cpufreq": [c.to_dict() for c in self.cpufreq],
+            "trace_dir": self.trace_dir,
+            "t_start": self.t_start,
+            "t_end": self.t_end,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Run":
+        return cls(
+            role=d["role"],
+            phase=d["phase"],
+            index=int(d["index"]),
+            order=int(d.get("order", d["index"])),
+            metrics=d.get("metrics") or {},
+            token_ms=tuple(d.get("token_ms") or ()),
+            mem=tuple(MemPoint.from_list(r) for r in d.get("mem") or ()),
+            thermal=Thermal.from_dict(d.get("thermal")),
+            cpufreq=tuple(CpuFreq.from_dict(c) for c in d.get("cpufreq") or ()),
+            status=d.get("status", "ok"),
+            error=d.get("error"),
+            trace_dir=d.get("trace_dir"),
+            t_start=_num(d.get("t_start")),
+            t_end=_num(d.get("t_end")),
+        )
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What was benchmarked: file, checksum and the manifest read beside it."""
+
+    path: str
+    sha256: str
+    bytes: int
+    model: str | None = None
+    scheme: str | None = None
+    text_only: bool | None = None
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "manifest", _freeze(self.manifest))
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def model_key(self) -> str | None:
+        """Model identity used for comparability: model name plus text-only flag."""
+        if self.model is None:
+            return None
+        return f"{self.model}{'-text' if self.text_only else ''}"
+
+    def quality(self) -> dict[str, float]:
+        """Quality metrics stored by the quality step in ``manifest["quality"]``."""
+        q = self.manifest.get("quality") or {}
+        out: dict[str, float] = {}
+        if isinstance(q, Mapping):
+            for name in QUALITY_METRICS:
+                v = q.get(name)
+                if isinstance(v, Mapping):
+                    v = v.get("value")
+                v = _num(v)
+                if v is not None:
+                    out[name] = v
+        return out
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes, "model": self.model,
+                "scheme": self.scheme, "text_only": self.text_only, "manifest": _thaw(self.manifest)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BundleInfo":
+        return cls(path=d["path"], sha256=d["sha256"], bytes=int(d.get("bytes") or 0),
+                   model=d.get("model"), scheme=d.get("scheme"), text_only=d.get("text_only"),
+                   manifest=d.get("manifest") or {})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the runs were made. Prompt lengths, threads and backend are key settings."""
+
+    prefill: int
+    decode: int
+    threads: int | None
+    backend: str | None
+    warmup: int
+    reps: int
+    cooldown_s: float = 0.0
+    interval_ms: int | None = None
+    affinity: str | None = None
+    runner: str | None = None  # python | native
+
+    def to_dict(self) -> dict:
+        return {"prefill": self.prefill, "decode": self.decode, "threads": self.threads,
+                "backend": self.backend, "warmup": self.warmup, "reps": self.reps,
+                "cooldown_s": self.cooldown_s, "interval_ms": self.interval_ms,
+                "affinity": self.affinity, "runner": self.runner}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Settings":
+        return cls(prefill=int(d["prefill"]), decode=int(d["decode"]),
+                   threads=None if d.get("threads") is None else int(d["threads"]),
+                   backend=d.get("backend"), warmup=int(d.get("warmup", 0)), reps=int(d.get("reps", 0)),
+                   cooldown_s=float(d.get("cooldown_s") or 0.0),
+                   interval_ms=None if d.get("interval_ms") is None else int(d["interval_ms"]),
+                   affinity=d.get("affinity"), runner=d.get("runner"))
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device profile used and the identity the device reported."""
+
+    profile: str
+    transport: str
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", _freeze(self.identity))
+
+    # identity keys that describe the hardware/OS, not the moment (free space, uptime...)
+    STABLE_KEYS = ("serial", "model", "product", "device", "soc", "hardware", "manufacturer",
+                   "host", "hostname", "machine", "system", "release", "os", "android_release",
+                   "sdk", "abi", "cpu", "port", "user")
+
+    def key(self) -> dict[str, Any]:
+        ident = {k: v for k, v in self.identity.items() if k in self.STABLE_KEYS}
+        return {"profile": self.profile, **ident}
+
+    @property
+    def label(self) -> str:
+        model = self.identity.get("model") or self.identity.get("hostname") or self.identity.get("host")
+        return f"{self.profile} ({model})" if model and model != self.profile else self.profile
+
+    def to_dict(self) -> dict:
+        return {"profile": self.profile, "transport": self.transport, "identity": _thaw(self.identity)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "DeviceInfo":
+        return cls(profile=d["profile"], transport=d.get("transport", "?"), identity=d.get("identity") or {})
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything one bench produced, warmups kept apart, with provenance."""
+
+    created: str  # ISO 8601 UTC
+    edgekit_version: str
+    device: DeviceInfo
+    settings: Settings
+    bundles: Mapping[str, BundleInfo]  # role -> bundle
+    runtime: Mapping[str, Any] = field(default_factory=dict)  # runner start event's runtime/host
+    runs: tuple[Run, ...] = ()
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    failed_run: int | None = None  # Run.order of the run that failed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bundles", MappingProxyType(dict(self.bundles)))
+        object.__setattr__(self, "runtime", _freeze(self.runtime))
+        object.__setattr__(self, "runs", tuple(self.runs))
+
+    # --- selections -------------------------------------------------------
+    def roles(self) -> tuple[str, ...]:
+        return tuple(r for r in ROLES if r in self.bundles)
+
+    def measured(self, role: str) -> tuple[Run, ...]:
+        """Measured (non-warmup), successful runs of ``role``: the only input to statistics."""
+        return tuple(r for r in self.runs if r.role == role and r.phase == MEASURE and r.ok)
+
+    def warmups(self, role: str | None = None) -> tuple[Run, ...]:
+        return tuple(r for r in self.runs if r.phase == WARMUP and (role is None or r.role == role))
+
+    def samples(self, role: str, name: str) -> list[float]:
+        """Measured values of one metric for one role (quality: the single manifest value)."""
+        if METRICS.get(name) is not None and METRICS[name].source == "quality":
+            b = self.bundles.get(role)
+            v = b.quality().get(name) if b else None
+            return [] if v is None else [v]
+        return [v for v in (r.value(name) for r in self.measured(role)) if v is not None]
+
+    def with_runs(self, runs: Iterable[Run], **changes: Any) -> "BenchResult":
+        return replace(self, runs=tuple(runs), **changes)
+
+    # --- JSON ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "kind": RESULT_KIND,
+            "created": self.created,
+            "edgekit_version": self.edgekit_version,
+            "status": self.status,
+            "error": self.error,
+            "failed_run": self.failed_run,
+            "device": self.device.to_dict(),
+            "settings": self.settings.to_dict(),
+            "bundles": {role: b.to_dict() for role, b in self.bundles.items()},
+            "runtime": _thaw(self.runtime),
+            "metrics": {m.name: {"unit": m.unit, "direction": m.direction, "description": m.description}
+                        for m in _METRIC_LIST},
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str = "<dict>") -> "BenchResult":
+        if not isinstance(d, Mapping) or d.get("kind") != RESULT_KIND:
+            raise ConfigError(f"{source} is not an edgekit bench result (no kind={RESULT_KIND!r})",
+                              hint="pass the result.json written by `edgekit bench`")
+        version = d.get("schema")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"{source} has result schema {version!r}; this edgekit ({_version()}) reads schema {SCHEMA_VERSION}",
+                hint="use the edgekit version that wrote it, or re-run the bench",
+            )
+        try:
+            return cls(
+                created=d["created"],
+                edgekit_version=d["edgekit_version"],
+                device=DeviceInfo.from_dict(d["device"]),
+                settings=Settings.from_dict(d["settings"]),
+                bundles={role: BundleInfo.from_dict(b) for role, b in (d.get("bundles") or {}).items()},
+                runtime=d.get("runtime") or {},
+                runs=tuple(Run.from_dict(r) for r in d.get("runs") or ()),
+                status=d.get("status", "ok"),
+                error=d.get("error"),
+                failed_run=d.get("failed_run"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{source} is a malformed bench result: {type(exc).__name__}: {exc}",
+                              hint="re-run the bench; do not edit result.json by hand") from None
+
+
+def _version() -> str:
+    from edgekit import __version__
+
+    return __version__
+
+
+def save_result(result: BenchResult, path: str | Path) -> Path:
+    """Write ``result`` as versioned JSON, atomically."""
+    return atomic_write_json(path, result.to_dict())
+
+
+def load_result(path: str | Path) -> BenchResult:
+    """Read a result.json (or a result folder holding one); refuse unknown schema versions."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "result.json"
+    if not p.is_file():
+        raise UsageError(f"no bench result at {path}", hint="pass a result.json or a results/<time>-<device>/ folder")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {p} as JSON: {exc}", hint="the file is damaged; re-run the bench") from None
+    return BenchResult.from_dict(data, source=str(p))
