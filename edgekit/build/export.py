@@ -1,0 +1,227 @@
+"""Hugging Face checkpoint -> float32 ``.litertlm`` through litert-torch's ``export_hf``.
+
+The export runs in a child process (``python -m edgekit.build.export``): it
+imports torch, transformers and tensorflow, peaks at roughly 10 bytes of RSS per
+parameter, and may crash inside native code; a child keeps the builder's own
+memory small, isolates crashes and lets us measure its peak RSS exactly
+(``os.wait4`` rusage of that child).
+
+Layout of the export (the CPU engine's): externalized embedder and per-layer
+embedder sections, no split cache, ``prefill_<N>`` and ``decode`` signatures.
+Exports are cached under ``$EDGEKIT_CACHE`` (default ``.cache/edgekit``), keyed by
+source identity, options and toolchain versions, so fp16 and wNa8o8 builds
+(and sweeps) of the same source share one export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BuildError
+from edgekit.fsutil import atomic_write_json
+
+EXPORT_CODE_VERSION = 1  # bump when the export options below change meaning
+CACHE_ENV = "EDGEKIT_CACHE"
+TOOLCHAIN_PACKAGES = (
+    "litert-torch",
+    "ai-edge-quantizer",
+    "ai-edge-litert",
+    "litert-lm-api",
+    "litert-lm-builder",
+    "transformers",
+    "torch",
+    "tensorflow-cpu",
+)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.cwd() / ".cache" / "edgekit")
+
+
+def toolchain_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for p in TOOLCHAIN_PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    text_only: bool = True
+    prefill_length: int = 32
+    cache_length: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    bundle: Path
+    cached: bool
+    seconds: float  # of the export itself (0 when cached... see record)
+    peak_rss_bytes: int | None
+    record: dict[str, Any]
+
+
+def export_key(source_identity: dict[str, Any], options: ExportOptions) -> str:
+    blob = json.dumps(
+        {
+            "source": source_identity,
+            "options": options.to_dict(),
+            "toolchain": toolchain_versions(),
+            "code": EXPORT_CODE_VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _tail(path: Path, n: int = 40) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return lines[-n:]
+
+
+def _failure_line(lines: list[str]) -> str:
+    for line in reversed(lines):
+        s = line.strip()
+        if s and ("Error" in s or "error" in s or "Exception" in s):
+            return s[:300]
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+def export_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    source_identity: dict[str, Any],
+    options: ExportOptions,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    log=None,
+) -> ExportResult:
+    """Export (or reuse the cached export of) a checkpoint to a float32 ``.litertlm``."""
+    root = Path(cache_dir) if cache_dir else cache_root()
+    key = export_key(source_identity, options)
+    entry = root / "exports" / key
+    bundle = entry / "model.litertlm"
+    record_path = entry / "export.json"
+    if not force and bundle.is_file() and record_path.is_file():
+        try:
+            rec = json.loads(record_path.read_text())
+            return ExportResult(bundle, True, 0.0, rec.get("peak_rss_bytes"), rec)
+        except (OSError, json.JSONDecodeError):
+            pass
+    (root / "exports").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=root / "exports"))
+    try:
+        out_dir = work / "out"
+        logf = work / "export.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgekit.build.export",
+            "--model",
+            str(Path(checkpoint_dir).resolve()),
+            "--output-dir",
+            str(out_dir),
+            "--prefill",
+            str(options.prefill_length),
+            "--cache-length",
+            str(options.cache_length),
+        ]
+        if not options.text_only:
+            cmd.append("--with-encoders")
+        t0 = time.monotonic()
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with open(logf, "wb") as lf:
+            proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
+            try:
+                _, status, rusage = os.wait4(proc.pid, 0)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - t0
+        peak = int(rusage.ru_maxrss) * 1024  # Linux: KiB
+        produced = out_dir / "model.litertlm"
+        if proc.returncode != 0 or not produced.is_file():
+            lines = _tail(logf)
+            kept = root / "exports" / f"failed-{key}.log"
+            shutil.copyfile(logf, kept)
+            if proc.returncode and proc.returncode < 0:
+                why = f"killed by signal {-proc.returncode} (out of memory?)"
+            else:
+                why = _failure_line(lines)
+            raise BuildError(f"litert-torch export failed: {why} (log: {kept})")
+        rec = {
+            "key": key,
+            "source": source_identity,
+            "options": options.to_dict(),
+            "toolchain": toolchain_versions(),
+            "seconds": round(seconds, 3),
+            "peak_rss_bytes": peak,
+            "bytes": produced.stat().st_size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        final = work / "model.litertlm"
+        os.replace(produced, final)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        atomic_write_json(work / "export.json", rec)
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(work, entry)
+        return ExportResult(bundle, False, seconds, peak, rec)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ child side
+def _child(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgekit.build.export")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--prefill", type=int, required=True)
+    ap.add_argument("--cache-length", type=int, required=True)
+    ap.add_argument("--with-encoders", action="store_true")
+    a = ap.parse_args(argv)
+    from litert_torch.generative.export_hf import export as hf_export
+
+    kwargs: dict[str, Any] = dict(
+        quantization_recipe="none",
+        prefill_lengths=[a.prefill],
+        cache_length=a.cache_length,
+        externalize_embedder=True,
+        split_cache=False,
+        bundle_litert_lm=True,
+        export_vision_encoder=bool(a.with_encoders),
+        export_audio_encoder=bool(a.with_encoders),
+    )
+    task = "image_text_to_text" if a.with_encoders else "text_generation"
+    hf_export.export(model=a.model, output_dir=a.output_dir, task=task, **kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())

@@ -1,0 +1,1 @@
+"""Reading bundles back: sections, tensors, dtypes (inspect), and the manifest record."""

@@ -1,0 +1,456 @@
+"""Read a ``.litertlm`` back: sections, per-tensor dtypes, weight bits, activation types.
+
+Everything reported is read from the file: the section table from the LiteRT-LM
+header, and for each TFLite section the flatbuffer's tensors (type, shape,
+quantization parameters) and operators. Nothing is taken from the build's intent.
+
+``inspect_bundle(path) -> dict`` (JSON-able report) and
+``check(report, scheme, preset=None, manifest=None) -> list[str]`` (violations).
+
+What counts as what:
+- a weight's bits come from its tensor type (INT2/INT4/INT8, FLOAT16, FLOAT32);
+  "per-channel" means one scale per output channel (``quantized_dimension`` 0);
+- a FULLY_CONNECTED op has *static* int8 activations when its input tensor is
+  INT8 with exactly one scale and one zero point stored in the file; a float
+  input with integer weights is dynamic-range quantization.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgekit.bundle.tensor_names import layer_of, module_name_for, short_name
+from edgekit.runtime.litertlm_file import NotALiteRTLMFile, read_header
+
+REPORT_SCHEMA = 1
+
+FULLY_CONNECTED = 9
+EMBEDDING_LOOKUP = 7
+GELU = 150
+
+# TensorType of the TFLite schema -> (name, bits)
+TENSOR_TYPES = {
+    0: ("FLOAT32", 32),
+    1: ("FLOAT16", 16),
+    2: ("INT32", 32),
+    3: ("UINT8", 8),
+    4: ("INT64", 64),
+    5: ("STRING", None),
+    6: ("BOOL", 8),
+    7: ("INT16", 16),
+    8: ("COMPLEX64", 64),
+    9: ("INT8", 8),
+    10: ("FLOAT64", 64),
+    11: ("COMPLEX128", 128),
+    12: ("UINT64", 64),
+    13: ("RESOURCE", None),
+    14: ("VARIANT", None),
+    15: ("UINT32", 32),
+    16: ("UINT16", 16),
+    17: ("INT4", 4),
+    18: ("BFLOAT16", 16),
+    19: ("INT2", 2),
+}
+INTEGER_WEIGHT_TYPES = {"INT2": 2, "INT4": 4, "INT8": 8}
+ENCODER_MARKERS = {"vision": ("vision",), "audio": ("audio",)}
+
+
+def _dtype(t) -> tuple[str, int | None]:
+    return TENSOR_TYPES.get(t.Type(), (f"TYPE{t.Type()}", None))
+
+
+def _quant(t) -> dict[str, Any]:
+    q = t.Quantization()
+    if q is None:
+        return {"scales": 0, "zero_points": 0}
+    n = q.ScaleLength()
+    out: dict[str, Any] = {"scales": n, "zero_points": q.ZeroPointLength(), "quantized_dimension": q.QuantizedDimension()}
+    if n == 1:
+        out["scale"] = float(q.Scale(0))
+        out["zero_point"] = int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+    return out
+
+
+def _numel(t) -> int:
+    n = 1
+    for j in range(t.ShapeLength()):
+        n *= max(int(t.Shape(j)), 0)
+    return n
+
+
+def _shape(t) -> list[int]:
+    return [int(t.Shape(j)) for j in range(t.ShapeLength())]
+
+
+def _is_constant(model, t) -> bool:
+    b = t.Buffer()
+    if b <= 0 or b >= model.BuffersLength():
+        return False
+    buf = model.Buffers(b)
+    return buf.DataLength() > 0 or buf.Size() > 0
+
+
+def _opcode(model, op) -> int:
+    oc = model.OperatorCodes(op.OpcodeIndex())
+    return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+
+
+def _tensor_name(t) -> str:
+    n = t.Name()
+    return n.decode("utf-8", "replace") if n else ""
+
+
+def _scope(sg, op) -> str:
+    names = [_tensor_name(sg.Tensors(int(i))) for i in op.OutputsAsNumpy() if i >= 0]
+    return ";".join(names) + ";" if names else ""
+
+
+def inspect_tflite(buf, section: str) -> dict[str, Any]:
+    """Report on one TFLite flatbuffer (bytes-like)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(buf, 0)
+    sig_of: dict[int, str] = {}
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        sig_of[sd.SubgraphIndex()] = sd.SignatureKey().decode()
+    dtype_summary: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "elements": 0, "bytes": 0})
+    ops_count: Counter = Counter()
+    weights: list[dict[str, Any]] = []
+    seen_const: set[int] = set()
+    for si in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(si)
+        sig = sig_of.get(si)
+        # constant tensors (weights) by dtype; buffers are shared across subgraphs
+        for ti in range(sg.TensorsLength()):
+            t = sg.Tensors(ti)
+            if not _is_constant(model, t) or t.Buffer() in seen_const:
+                continue
+            seen_const.add(t.Buffer())
+            name, bits = _dtype(t)
+            n = _numel(t)
+            d = dtype_summary[name]
+            d["tensors"] += 1
+            d["elements"] += n
+            d["bytes"] += (n * bits + 7) // 8 if bits else 0
+        if sig is None:
+            continue  # decomposition subgraphs of composites
+        consumers: dict[int, list[int]] = defaultdict(list)
+        for oi in range(sg.OperatorsLength()):
+            op = sg.Operators(oi)
+            code = _opcode(model, op)
+            for i in op.InputsAsNumpy():
+                consumers[int(i)].append(code)
+        for oi in range(sg.OperatorsLength()):
+            op = sg.Operators(oi)
+            code = _opcode(model, op)
+            ops_count[code] += 1
+            if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
+                continue
+            ins = [int(i) for i in op.InputsAsNumpy()]
+            outs = [int(i) for i in op.OutputsAsNumpy()]
+            if code == FULLY_CONNECTED:
+                data_t, w_t = sg.Tensors(ins[0]), sg.Tensors(ins[1])
+                kind = "fc"
+            else:
+                w_t, data_t = sg.Tensors(ins[1]), sg.Tensors(ins[0])
+                kind = "embedding"
+            out_t = sg.Tensors(outs[0])
+            wname = _tensor_name(w_t)
+            is_gate = None
+            if kind == "fc" and "gate_proj" in wname:
+                is_gate = GELU in consumers.get(outs[0], [])
+            module = module_name_for(wname, _scope(sg, op), is_gate, section) or wname
+            wdt, wbits = _dtype(w_t)
+            wq = _quant(w_t)
+            entry: dict[str, Any] = {
+                "section": section,
+                "signature": sig,
+                "op": "FULLY_CONNECTED" if kind == "fc" else "EMBEDDING_LOOKUP",
+                "module": module,
+                "layer": layer_of(module),
+                "weight_dtype": wdt,
+                "bits": wbits,
+                "shape": _shape(w_t),
+                "weight_scales": wq["scales"],
+                "quantized_dimension": wq.get("quantized_dimension"),
+                "output_dtype": _dtype(out_t)[0],
+            }
+            if kind == "fc":
+                idt, _ = _dtype(data_t)
+                iq = _quant(data_t)
+                entry["input_dtype"] = idt
+                entry["input_scales"] = iq["scales"]
+                if iq["scales"] == 1:
+                    entry["input_scale"] = iq["scale"]
+                    entry["input_zero_point"] = iq["zero_point"]
+                oq = _quant(out_t)
+                entry["output_scales"] = oq["scales"]
+                if idt == "INT8" and iq["scales"] == 1 and iq["zero_points"] <= 1:
+                    entry["activations"] = "static_int8"
+                elif idt in ("FLOAT32", "FLOAT16") and wdt in INTEGER_WEIGHT_TYPES:
+                    entry["activations"] = "dynamic"
+                elif idt in ("FLOAT32", "FLOAT16"):
+                    entry["activations"] = "float"
+                else:
+                    entry["activations"] = f"{idt.lower()}({iq['scales']} scales)"
+            weights.append(entry)
+    from ai_edge_litert import schema_py_generated as _s  # noqa: F401  (names for op codes)
+
+    op_names = {v: k for k, v in vars(_s.BuiltinOperator).items() if isinstance(v, int)}
+    return {
+        "signatures": [sig_of[k] for k in sorted(sig_of)],
+        "dtype_summary": {k: dict(v) for k, v in sorted(dtype_summary.items())},
+        "ops": {op_names.get(k, str(k)): v for k, v in sorted(ops_count.items())},
+        "weights": weights,
+    }
+
+
+def inspect_bundle(path: str | os.PathLike, *, with_sha256: bool = True) -> dict[str, Any]:
+    """Read a ``.litertlm`` and return a JSON-able report (see module doc)."""
+    from edgekit.errors import UsageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"bundle {path} does not exist", hint="pass the path of a .litertlm file")
+    try:
+        header = read_header(path)
+    except NotALiteRTLMFile as exc:
+        from edgekit.errors import InspectionFailed
+
+        raise InspectionFailed(str(exc), hint="pass a .litertlm bundle built by edgekit or LiteRT-LM") from exc
+    sections = [
+        {"index": s.index, "type": s.data_type, "name": s.name, "bytes": s.size}
+        for s in header.sections
+    ]
+    tflite: dict[str, Any] = {}
+    weights: list[dict[str, Any]] = []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for s in header.sections:
+            if s.data_type != "TFLiteModel":
+                continue
+            view = memoryview(mm)[s.begin : s.end]
+            try:
+                rep = inspect_tflite(view, s.name)
+            finally:
+                view.release()
+            weights.extend(rep.pop("weights"))
+            tflite[s.name] = rep
+    names = [s["name"].lower() for s in sections]
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "litertlm_version": ".".join(map(str, header.version)),
+        "system_metadata": {k: v for k, v in header.system_metadata.items() if k.startswith("edgekit.")},
+        "sections": sections,
+        "has_vision": any("vision" in n for n in names),
+        "has_audio": any("audio" in n for n in names),
+        "has_per_layer_embedder": "tf_lite_per_layer_embedder" in names,
+        "tflite": tflite,
+        "weights": weights,
+        "dtype_summary": dtype_summary(tflite),
+        "layers": layer_summary(weights),
+    }
+    if with_sha256:
+        from edgekit.fsutil import sha256_file
+
+        report["sha256"] = sha256_file(path)
+    return report
+
+
+def dtype_summary(tflite: dict[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
+    return {name: rep["dtype_summary"] for name, rep in tflite.items()}
+
+
+def layer_summary(weights: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per decoder layer: bits of attention / MLP / other weights and activation kinds (decode signature)."""
+    out: dict[str, dict[str, Any]] = {}
+    for w in weights:
+        if w["layer"] is None or w.get("signature") != "decode":
+            continue
+        short = short_name(w["module"])
+        group = "attention" if short.startswith("self_attn.") else "mlp" if short.startswith("mlp.") else "other"
+        d = out.setdefault(str(w["layer"]), {"attention": [], "mlp": [], "other": [], "activations": []})
+        if w["bits"] not in d[group]:
+            d[group].append(w["bits"])
+        act = w.get("activations")
+        if act and act not in d["activations"]:
+            d["activations"].append(act)
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+# --------------------------------------------------------------------- check
+def _expected(scheme, module: str):
+    """(kind, bits): kind in {"int", "fp16", "float"}."""
+    b = scheme.bits_for(module)
+    if b is None:
+        return "float", None
+    if isinstance(b, str):
+        b = b.lower()
+        if b in ("fp16", "float16", "f16"):
+            return "fp16", 16
+        if b in ("float", "fp32", "keep", "none"):
+            return "float", None
+        try:
+            b = int(b)
+        except ValueError:
+            return "float", None
+    if b == 16:
+        return "fp16", 16
+    if b >= 32:
+        return "float", None
+    return "int", int(b)
+
+
+def _describe(w: dict[str, Any]) -> str:
+    if w["layer"] is not None:
+        return f"layer {w['layer']} {short_name(w['module'])}"
+    return w["module"]
+
+
+def _bits_str(w: dict[str, Any]) -> str:
+    dt = w["weight_dtype"]
+    if dt in INTEGER_WEIGHT_TYPES:
+        return f"{INTEGER_WEIGHT_TYPES[dt]}-bit"
+    return dt.lower()
+
+
+def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] | None = None) -> list[str]:
+    """Violations of ``scheme`` / ``preset`` / ``manifest`` found in ``report`` (empty = clean)."""
+    v: list[str] = []
+    static = bool(getattr(scheme, "static_activations", None))
+    if getattr(scheme, "static_activations", None) is None:
+        # a scheme with integer FC weights is wNa8o8-like: static int8 activations expected
+        static = any(
+            _expected(scheme, w["module"])[0] == "int" for w in report["weights"] if w["op"] == "FULLY_CONNECTED"
+        )
+    seen: set[tuple[str, str]] = set()
+    for w in report["weights"]:
+        kind, bits = _expected(scheme, w["module"])
+        key = (w["module"], w["signature"] or "")
+        dt = w["weight_dtype"]
+        msg = None
+        if kind == "int":
+            if dt not in INTEGER_WEIGHT_TYPES or INTEGER_WEIGHT_TYPES[dt] != bits:
+                msg = f"{_describe(w)} is {_bits_str(w)}, scheme says {bits}-bit"
+            elif w["weight_scales"] < 2 and (w["shape"] or [0])[0] > 1:
+                msg = f"{_describe(w)} has {w['weight_scales']} weight scale(s), expected one per output channel"
+        elif kind == "fp16":
+            if dt != "FLOAT16":
+                msg = f"{_describe(w)} is {_bits_str(w)}, scheme says float16"
+        else:
+            if dt not in ("FLOAT32", "FLOAT16"):
+                msg = f"{_describe(w)} is {_bits_str(w)}, scheme keeps it float"
+        if msg and (msg, "") not in seen:
+            seen.add((msg, ""))
+            v.append(msg)
+        if static and w["op"] == "FULLY_CONNECTED" and kind == "int":
+            if w.get("activations") != "static_int8":
+                m2 = f"activations of {_describe(w)} ({w['signature']}) are {w.get('activations')}, not static int8"
+                if (m2, "") not in seen:
+                    seen.add((m2, ""))
+                    v.append(m2)
+        del key
+    if not report.get("has_per_layer_embedder"):
+        v.append("no separate per-layer embedding section (tf_lite_per_layer_embedder)")
+    if "tf_lite_prefill_decode" not in report["tflite"]:
+        v.append("no tf_lite_prefill_decode section")
+    text_only = None
+    if manifest is not None:
+        text_only = manifest.get("build", {}).get("text_only")
+    if text_only:
+        if report["has_vision"]:
+            v.append("vision section present in a text-only bundle")
+        if report["has_audio"]:
+            v.append("audio section present in a text-only bundle")
+    elif text_only is False:
+        if not report["has_vision"]:
+            v.append("vision section missing from a bundle built with encoders")
+        if not report["has_audio"]:
+            v.append("audio section missing from a bundle built with encoders")
+    if preset is not None:
+        v.extend(_check_preset(report, preset, manifest))
+    if manifest is not None:
+        v.extend(_check_manifest(report, manifest))
+    return v
+
+
+def _check_preset(report: dict[str, Any], preset, manifest) -> list[str]:
+    v = []
+    layers = {int(k) for k in report["layers"]}
+    n = int(getattr(preset, "num_layers"))
+    if layers and layers != set(range(n)):
+        v.append(f"decode signature has layers {sorted(layers)[:3]}..{max(layers)}, preset {preset.name} has {n}")
+    want_vocab = int(getattr(preset, "vocab_size"))
+    for w in report["weights"]:
+        if w["module"] == "lm_head" and w["shape"] and w["shape"][0] != want_vocab:
+            v.append(f"lm_head has {w['shape'][0]} rows, preset {preset.name} has vocab {want_vocab}")
+    return v
+
+
+def _check_manifest(report: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    v = []
+    b = manifest.get("bundle", {})
+    if b.get("sha256") and report.get("sha256") and b["sha256"] != report["sha256"]:
+        v.append("bundle sha256 differs from the manifest (file changed after the build)")
+    if b.get("bytes") is not None and b["bytes"] != report["bytes"]:
+        v.append(f"bundle is {report['bytes']} bytes, manifest says {b['bytes']}")
+    msecs = {s["name"]: s["bytes"] for s in manifest.get("sections", [])}
+    rsecs = {s["name"]: s["bytes"] for s in report["sections"]}
+    if msecs and msecs != rsecs:
+        v.append(f"sections differ from the manifest: manifest {sorted(msecs)} vs file {sorted(rsecs)}")
+    mdt = manifest.get("dtype_summary")
+    if mdt is not None and mdt != report["dtype_summary"]:
+        v.append("per-tensor dtype summary differs from the manifest")
+    return v
+
+
+_NUM = re.compile(r"(\d+)")
+
+
+def format_text(report: dict[str, Any], violations: list[str] | None = None) -> str:
+    """Human-readable view of a report (sections, dtypes, per-layer bits, check)."""
+    lines = [f"bundle: {report['path']} ({report['bytes']:,} bytes)"]
+    if report.get("sha256"):
+        lines.append(f"sha256: {report['sha256']}")
+    lines.append("sections:")
+    for s in report["sections"]:
+        lines.append(f"  [{s['index']}] {s['name']:<32} {s['bytes']:>14,} bytes")
+    lines.append(
+        f"vision: {'yes' if report['has_vision'] else 'no'}  audio: {'yes' if report['has_audio'] else 'no'}  "
+        f"per-layer embedder section: {'yes' if report['has_per_layer_embedder'] else 'no'}"
+    )
+    lines.append("weights by dtype (constant tensors):")
+    for sec, d in report["dtype_summary"].items():
+        parts = ", ".join(f"{k} {x['tensors']} tensors/{x['bytes']:,} B" for k, x in d.items())
+        lines.append(f"  {sec}: {parts}")
+    emb = [w for w in report["weights"] if w["op"] == "EMBEDDING_LOOKUP"]
+    seen = set()
+    for w in emb:
+        if w["module"] in seen:
+            continue
+        seen.add(w["module"])
+        lines.append(f"  {w['module']}: {_bits_str(w)}, {w['weight_scales']} scales")
+    lines.append("decoder layers (decode signature): attention bits | mlp bits | other | FC activations")
+    for k, d in report["layers"].items():
+        fmt = lambda xs: ",".join(str(x) for x in xs) or "-"  # noqa: E731
+        lines.append(f"  layer {int(k):>3}: {fmt(d['attention']):>5} | {fmt(d['mlp']):>5} | {fmt(d['other']):>5} | {','.join(d['activations'])}")
+    other = {}
+    for w in report["weights"]:
+        if w["layer"] is None and w["op"] == "FULLY_CONNECTED":
+            other.setdefault(w["module"], w)
+    for m, w in other.items():
+        lines.append(f"  {m}: {_bits_str(w)}, activations {w.get('activations')}")
+    if violations is not None:
+        if violations:
+            lines.append(f"check: {len(violations)} violation(s)")
+            lines.extend(f"  - {x}" for x in violations)
+        else:
+            lines.append("check: ok (matches scheme, preset and manifest)")
+    return "\n".join(lines)
