@@ -77,25 +77,38 @@ def device_state(serial: str) -> str | None:
 
 
 def connect(serial: str, expect: str, timeout: float = 30) -> None:
-    """`adb connect` and wait until the server lists ``serial`` as ``expect``; bounded retries."""
+    """`adb connect` and wait until the server lists ``serial`` as ``expect``; bounded retries.
+
+    The `adb connect` client waits for the handshake (about 10 s for a device that never
+    answers); the server lists the device as soon as the TCP connection exists, so the
+    client is not waited for once the state is reached.
+    """
     last = ""
     deadline = time.monotonic() + timeout
-    attempt = 0
-    while time.monotonic() < deadline:
-        attempt += 1
-        r = adb("connect", serial, timeout=20)
-        last = (r.stdout + r.stderr).strip()
-        inner = time.monotonic() + min(10, max(1, deadline - time.monotonic()))
-        while time.monotonic() < inner:
-            state = device_state(serial)
-            if state == expect:
-                return
-            time.sleep(0.1)
-        if attempt >= 3:
+    for attempt in range(3):
+        proc = subprocess.Popen([adb_binary(), "connect", serial], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            inner = time.monotonic() + min(12, max(1, deadline - time.monotonic()))
+            while time.monotonic() < inner:
+                if device_state(serial) == expect:
+                    return
+                if proc.poll() is not None and device_state(serial) is None:
+                    break  # refused outright: retry
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                last = (proc.communicate(timeout=5)[0] or "").strip() or last
+            except subprocess.TimeoutExpired:
+                pass
+        if time.monotonic() > deadline:
             break
         adb("disconnect", serial, timeout=15)
+        time.sleep(0.2 * (attempt + 1))
     raise TargetsError(f"adb server does not list {serial} as {expect!r} "
-                       f"(now: {device_state(serial)!r}; `adb connect` said: {last})")
+                       f"(now: {device_state(serial)!r}; `adb connect` said: {last or 'nothing'})")
 
 
 def disconnect(serial: str) -> None:

@@ -9,6 +9,7 @@ folder and how the runner is started.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,16 @@ def dumps_toml(data: dict[str, Any], header: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
+def _host_cpu(p: dict[str, Any]) -> None:
+    """The stand-ins run on this machine: keep threads and affinity within its CPUs."""
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpu = dict(p.get("cpu", {}))
+    cpu["threads"] = max(1, min(int(cpu.get("threads", ncpu) or ncpu), ncpu))
+    if cpu.get("affinity"):
+        cpu["affinity"] = format((1 << ncpu) - 1, "x")
+    p["cpu"] = cpu
+
+
 def _drop(data: dict[str, Any], *keys: str) -> None:
     for k in keys:
         data.pop(k, None)
@@ -89,6 +100,7 @@ def rpi5_profile(ssh: dict[str, Any], python: str) -> dict[str, Any]:
     for k in ("binary", "binary_env"):
         runner.pop(k, None)
     p["runner"] = runner
+    _host_cpu(p)
     return _ordered(p)
 
 
@@ -108,6 +120,7 @@ def pixel8_profile(adb: dict[str, Any]) -> dict[str, Any]:
     for k in ("python", "backend"):
         runner.pop(k, None)
     p["runner"] = runner
+    _host_cpu(p)
     return _ordered(p)
 
 
