@@ -209,3 +209,10 @@ def evaluate(result: BenchResult, thresholds: Sequence[Threshold], comparison: C
     if not checks:
         return GateResult(checks_t, EXIT_PASS, "no thresholds given: nothing to gate", device)
     return GateResult(checks_t, EXIT_PASS, f"gate passed: {len(checks)} thresholds held", device)
+
+
+def undecided_gate(thresholds: Sequence[Threshold], reason: str, device: str = "",
+                   verdict: str = NOT_COMPARABLE) -> GateResult:
+    """A gate that could not look at any number (e.g. the baseline is of another model): exit 4."""
+    checks = tuple(Check(t, UNDECIDED, f"{t.text}: {verdict} ({reason})", verdict=verdict) for t in thresholds)
+    return GateResult(checks, EXIT_UNDECIDED, f"gate undecided: {reason}", device)

@@ -344,7 +344,7 @@ class DeviceInfo:
     # identity keys that describe the hardware/OS, not the moment (free space, uptime...)
     STABLE_KEYS = ("serial", "model", "product", "device", "soc", "hardware", "manufacturer",
                    "host", "hostname", "machine", "system", "release", "os", "android_release",
-                   "sdk", "abi", "cpu", "port", "user")
+                   "sdk", "abi", "cpu", "arch", "cpus", "port", "user")
 
     def key(self) -> dict[str, Any]:
         ident = {k: v for k, v in self.identity.items() if k in self.STABLE_KEYS}

@@ -1,0 +1,141 @@
+"""Gate: threshold syntax, significance AND threshold, budgets, exit codes, JUnit, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from edgekit.cli.main import main
+from edgekit.errors import ConfigError, UsageError
+from edgekit.report.junit import render_junit
+from edgekit.results.compare import compare_result
+from edgekit.results.gate import (
+    ABSOLUTE, FAIL, PASS, RELATIVE, UNDECIDED, evaluate, merge_thresholds, parse_threshold, parse_thresholds,
+)
+from edgekit.results.records import load_result
+from fixtures_results import FIXTURES
+
+
+def R(name):
+    return load_result(FIXTURES / name)
+
+
+def gate(name, *ths, allow_mismatch=False):
+    r = R(name)
+    cmp = compare_result(r, allow_mismatch=allow_mismatch, raise_on_mismatch=False)
+    return evaluate(r, parse_thresholds(ths), cmp)
+
+
+def test_parse():
+    t = parse_threshold("decode_tps:-5%")
+    assert (t.metric, t.kind, t.op, t.value) == ("decode_tps", RELATIVE, "-", pytest.approx(0.05))
+    t = parse_threshold(" peak_anon_mb <= 1000 ")
+    assert (t.metric, t.kind, t.op, t.value) == ("peak_anon_mb", ABSOLUTE, "<=", 1000.0)
+    assert parse_threshold("top1_agreement>=0.90").value == 0.9
+    assert len(parse_thresholds(["decode_tps:-5%,peak_anon_mb:+10%", "ppl_ratio<=1.10"])) == 3
+
+
+@pytest.mark.parametrize("bad", ["decode_tps:-5", "decode_tps-5%", "nosuch:-5%", "decode_tps:5%", "peak_anon_mb=<3",
+                                 "top1_agreement:-1%", "decode_tps:-0%", ""])
+def test_bad_syntax_is_usage_error(bad):
+    with pytest.raises(UsageError):
+        parse_threshold(bad)
+
+
+def test_bad_profile_threshold_is_config_error():
+    with pytest.raises(ConfigError, match="profile x"):
+        parse_threshold("decode_tps:-5", source="profile x")
+
+
+def test_merge_cli_overrides_profile_same_metric_and_kind():
+    prof = parse_thresholds(["decode_tps:-5%", "peak_anon_mb<=1500"], source="profile p")
+    cli = parse_thresholds(["decode_tps:-10%"])
+    merged = merge_thresholds(prof, cli)
+    assert [t.text for t in merged] == ["peak_anon_mb<=1500", "decode_tps:-10%"]
+
+
+def test_fp16_candidate_fails_decode_threshold():
+    g = gate("synth-pixel8-fp16-vs-wna8o8", "decode_tps:-5%")
+    assert g.exit_code == 1 and g.checks[0].status == FAIL
+
+
+def test_clear_win_passes():
+    g = gate("synth-pixel8-wna8o8-vs-fp16", "decode_tps:-5%", "peak_anon_mb:+10%", "peak_anon_mb<=1000",
+             "top1_agreement>=0.90", "ppl_ratio<=1.10")
+    assert g.exit_code == 0 and all(c.status == PASS for c in g.checks)
+
+
+def test_crossed_but_not_significant_passes():
+    # rerun vs itself: any change is noise; a tiny threshold is crossed but not significant
+    r = R("synth-pixel8-wna8o8-vs-fp16")
+    c = compare_result(r)
+    anon = c.get("init_ms")
+    assert anon.verdict == "better"
+    from edgekit.results.compare import compare_results
+    cmp = compare_results(R("synth-pixel8-wna8o8-vs-fp16"), R("synth-pixel8-wna8o8-vs-fp16-rerun"))
+    ch = cmp.get("init_ms").change
+    assert ch > 0.01  # +3.5% init time, not significant
+    g = evaluate(R("synth-pixel8-wna8o8-vs-fp16"), parse_thresholds(["init_ms:+1%"]), cmp)
+    assert g.checks[0].status == PASS and "not significant" in g.checks[0].message and g.exit_code == 0
+
+
+def test_absolute_budget_breaks_without_significance():
+    g = gate("synth-pixel8-3reps", "peak_anon_mb<=100")
+    assert g.exit_code == 1 and g.checks[0].status == FAIL and "breaks" in g.checks[0].message
+    g = gate("synth-pixel8-wna8o8-vs-fp16", "top1_agreement>=0.95")
+    assert g.exit_code == 1
+
+
+def test_insufficient_and_mismatch_are_exit_4():
+    assert gate("synth-pixel8-3reps", "decode_tps:-5%").exit_code == 4
+    g = gate("synth-pixel8-mismatch", "decode_tps:-5%")
+    assert g.exit_code == 4 and g.checks[0].status == UNDECIDED and "not comparable" in g.checks[0].message
+    assert gate("synth-pixel8-mismatch", "decode_tps:-5%", allow_mismatch=True).exit_code == 0
+    # a definite failure outranks an undecided threshold
+    assert gate("synth-pixel8-3reps", "decode_tps:-5%", "peak_anon_mb<=100").exit_code == 1
+
+
+def test_junit_reflects_gate():
+    g = gate("synth-pixel8-fp16-vs-wna8o8", "decode_tps:-5%", "peak_anon_mb<=1000")
+    root = ET.fromstring(render_junit(g))
+    suite = root.find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "1" and suite.get("errors") == "0"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["decode_tps:-5%"].find("failure") is not None
+    assert cases["peak_anon_mb<=1000"].find("failure") is None
+    g = gate("synth-pixel8-mismatch", "decode_tps:-5%")
+    suite = ET.fromstring(render_junit(g)).find("testsuite")
+    assert suite.get("errors") == "1" and suite.find("testcase/error").get("type") == "not comparable"
+
+
+@pytest.mark.parametrize("name,ths,code", [
+    ("synth-pixel8-fp16-vs-wna8o8", ["decode_tps:-5%"], 1),
+    ("synth-pixel8-wna8o8-vs-fp16", ["decode_tps:-5%"], 0),
+    ("synth-pixel8-mismatch", ["decode_tps:-5%"], 4),
+    ("synth-pixel8-3reps", ["decode_tps:-5%"], 4),
+    ("synth-pixel8-3reps", ["decode_tps:-5"], 2),
+])
+def test_cli_exit_codes(name, ths, code, tmp_path, capsys):
+    args = ["gate", str(FIXTURES / name), "--no-profile-thresholds", "--junit", str(tmp_path / "j.xml")]
+    for t in ths:
+        args += ["--fail-on", t]
+    assert main(args) == code
+    if code != 2:
+        assert ET.parse(tmp_path / "j.xml").getroot().find("testsuite/properties/property").get("value") == str(code)
+
+
+def test_cli_gate_json(capsys):
+    code = main(["gate", str(FIXTURES / "synth-pixel8-fp16-vs-wna8o8"), "--no-profile-thresholds",
+                 "--fail-on", "decode_tps:-5%", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == out["exit_code"] == 1 and out["checks"][0]["status"] == "fail"
+
+
+def test_cli_bad_result_file(tmp_path, capsys):
+    p = tmp_path / "r.json"
+    p.write_text('{"kind": "edgekit-bench-result", "schema": 99}')
+    assert main(["gate", str(p), "--fail-on", "decode_tps:-5%"]) == 5
+    err = capsys.readouterr().err
+    assert "schema 99" in err and "Traceback" not in err
