@@ -1,0 +1,383 @@
+"""Benchmark one bundle on this machine and write JSONL (docs/contracts.md, "Runner").
+
+    python -m edgekit.runtime.runner BUNDLE --prefill P --decode D --warmup W --reps R
+        [--threads T] [--backend auto|litert_lm|interpreter] [--max-tokens N] [--out FILE]
+
+Each warmup and repetition runs a fresh session: a prefill of exactly P prompt tokens
+(a fixed, deterministic prompt) then D decode steps, timing every decoded token.
+
+Backends:
+
+* ``litert_lm``: LiteRT-LM's engine (``litert_lm.Engine``). The prompt is fixed text
+  whose token count is checked with the engine's own tokenizer; decoding uses the
+  engine's streaming decode, and each token is timestamped in the engine's own
+  callback as it is produced (the C API calls it once per decode step). Token counts
+  and the engine's TTFT come from its BenchmarkInfo.
+* ``interpreter``: ``edgekit.runtime.signatures.BundleModel`` (ai-edge-litert's
+  interpreter driving the bundle's ``prefill_<N>``/``decode`` signatures) with
+  deterministic prompt ids and greedy decoding, one ``decode`` call per token.
+* ``auto``: ``litert_lm`` if the engine loads the bundle, else ``interpreter``; the
+  start record says which ran and why.
+
+Only the standard library, numpy, ai_edge_litert and litert_lm are used, so the
+``edgekit/runtime`` folder can be copied to a Pi and run there with
+``PYTHONPATH=<copy> python -m edgekit.runtime.runner`` (see :func:`runtime_files`).
+Exit status: 0 ok, 2 bad arguments, 3 the bundle did not load or a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from typing import Any, Callable, TextIO
+
+SCHEMA = 1
+RUNNER_NAME = "edgekit-runner"
+PROMPT_WORD = " the"  # one token in Gemma's (and the tiny) tokenizer; checked at run time
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+
+
+class RunnerError(RuntimeError):
+    pass
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # not installed
+        return None
+
+
+def _edgekit_version() -> str:
+    try:
+        from edgekit import __version__
+
+        return __version__
+    except Exception:
+        return "standalone"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def prompt_ids(n: int, vocab_size: int, reserved: int = 16) -> list[int]:
+    """A fixed pseudo-random prompt of n token ids in [reserved, vocab_size)."""
+    span = max(vocab_size - reserved, 1)
+    return [reserved + (i * 7919 + 104729) % span for i in range(n)]
+
+
+def runtime_files() -> list[tuple[str, str]]:
+    """(local path, path relative to a PYTHONPATH root) of the files a device needs."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    pkg = os.path.dirname(here)
+    out = [(os.path.join(pkg, "__init__.py"), "edgekit/__init__.py")]
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            out.append((os.path.join(here, name), f"edgekit/runtime/{name}"))
+    return out
+
+
+class Emitter:
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+
+# --- backends ------------------------------------------------------------------------
+
+
+class LiteRtLmBackend:
+    name = "litert_lm"
+
+    def __init__(self, bundle: str, threads: int | None, max_tokens: int | None):
+        import litert_lm
+
+        self._lm = litert_lm
+        backend = litert_lm.Backend.CPU(thread_count=threads) if threads else litert_lm.Backend.CPU()
+        self.engine = litert_lm.Engine(bundle, backend=backend, max_num_tokens=max_tokens, enable_benchmark=True)
+        self._prompt: str | None = None
+        self._prompt_tokens: int | None = None
+
+    def prompt(self, n: int) -> str:
+        """Fixed text that the engine prefills as exactly n tokens (BOS included)."""
+        if self._prompt is None or self._prompt_tokens != n:
+            bos = 1 if self.engine.bos_token_id is not None else 0
+            words = max(n - bos, 1)
+            text = PROMPT_WORD * words
+            got = len(self.engine.tokenize(text)) + bos
+            if got != n:
+                raise RunnerError(f"the fixed prompt tokenizes to {got} tokens, not {n}; this tokenizer is not supported")
+            self._prompt, self._prompt_tokens = text, n
+        return self._prompt
+
+    def run_once(self, prefill: int, decode: int) -> dict[str, Any]:
+        from litert_lm._ffi import STREAM_CALLBACK_TYPE
+
+        text = self.prompt(prefill)
+        session = self.engine.create_session(apply_prompt_template=False, max_output_tokens=decode)
+        try:
+            t_start = time.time()
+            p0 = time.perf_counter()
+            session.run_prefill([text])
+            p1 = time.perf_counter()
+            lib = session._lib
+            stamps: list[float] = []
+            errors: list[str] = []
+            done = threading.Event()
+
+            def on_chunk(_user, chunk_ptr):  # runs on the engine's thread, once per decode step
+                now = time.perf_counter()
+                try:
+                    err = lib.litert_lm_stream_chunk_get_error(chunk_ptr)
+                    final = lib.litert_lm_stream_chunk_is_final(chunk_ptr)
+                    if err:
+                        msg = err.decode("utf-8", "replace")
+                        if "max number of tokens" not in msg.lower() and "cancel" not in msg.lower():
+                            errors.append(msg)
+                    elif not final:
+                        stamps.append(now)
+                    if final or err:
+                        done.set()
+                except Exception as exc:  # never let an exception cross the C boundary
+                    errors.append(repr(exc))
+                    done.set()
+
+            callback = STREAM_CALLBACK_TYPE(on_chunk)
+            session._current_callback = callback  # keep it alive while the engine may call it
+            d0 = time.perf_counter()
+            rc = lib.litert_lm_session_run_decode_async(session._ptr, callback, None)
+            if rc != 0:
+                raise RunnerError("litert_lm_session_run_decode_async failed")
+            if not done.wait(timeout=max(60.0, decode * 10.0)):
+                session.cancel_process()
+                raise RunnerError("decode did not finish (timed out)")
+            if errors:
+                raise RunnerError(f"decode failed: {errors[0]}")
+            t_end = time.time()
+            info = session.get_benchmark_info()
+        finally:
+            session.close()
+        token_ms = []
+        prev = d0
+        for s in stamps:
+            token_ms.append((s - prev) * 1000.0)
+            prev = s
+        n_dec = info.last_decode_token_count or len(token_ms)
+        if n_dec != len(token_ms):
+            raise RunnerError(f"engine decoded {n_dec} tokens but reported {len(token_ms)} steps")
+        prefill_ms = (p1 - p0) * 1000.0
+        decode_ms = sum(token_ms)
+        n_pre = info.last_prefill_token_count or prefill
+        return {
+            "ttft_ms": prefill_ms + (token_ms[0] if token_ms else 0.0),
+            "prefill_ms": prefill_ms,
+            "prefill_tokens": n_pre,
+            "decode_ms": decode_ms,
+            "decode_tokens": n_dec,
+            "token_ms": token_ms,
+            "t_start": t_start,
+            "t_end": t_end,
+            "engine_ttft_ms": info.time_to_first_token_in_second * 1000.0,
+        }
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class InterpreterBackend:
+    name = "interpreter"
+
+    def __init__(self, bundle: str, threads: int | None, max_tokens: int | None):
+        try:
+            from edgekit.runtime.signatures import BundleModel
+        except ImportError as exc:  # a copy without signatures.py
+            raise RunnerError(f"interpreter backend unavailable: {exc}") from exc
+        import numpy as np
+
+        self._np = np
+        self.model = BundleModel(bundle, num_threads=threads)
+        self.max_tokens = max_tokens
+
+    def run_once(self, prefill: int, decode: int) -> dict[str, Any]:
+        np = self._np
+        m = self.model
+        room = m.cache_length if not self.max_tokens else min(m.cache_length, self.max_tokens)
+        if prefill + decode > room:
+            raise RunnerError(f"prefill {prefill} + decode {decode} tokens exceed the cache length {room}")
+        ids = prompt_ids(prefill, m.vocab_size)
+        m.reset()
+        t_start = time.time()
+        p0 = time.perf_counter()
+        logits = m.prefill(ids)
+        p1 = time.perf_counter()
+        token_ms = []
+        prev = p1
+        for _ in range(decode):
+            tok = int(np.argmax(logits))
+            logits = m.decode(tok)
+            now = time.perf_counter()
+            token_ms.append((now - prev) * 1000.0)
+            prev = now
+        t_end = time.time()
+        prefill_ms = (p1 - p0) * 1000.0
+        return {
+            "ttft_ms": prefill_ms + (token_ms[0] if token_ms else 0.0),
+            "prefill_ms": prefill_ms,
+            "prefill_tokens": prefill,
+            "decode_ms": sum(token_ms),
+            "decode_tokens": len(token_ms),
+            "token_ms": token_ms,
+            "t_start": t_start,
+            "t_end": t_end,
+        }
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(kind: str, bundle: str, threads: int | None, max_tokens: int | None) -> tuple[Any, str | None]:
+    """-> (backend, why litert_lm was not used under auto)."""
+    if kind == "litert_lm":
+        return LiteRtLmBackend(bundle, threads, max_tokens), None
+    if kind == "interpreter":
+        return InterpreterBackend(bundle, threads, max_tokens), None
+    try:
+        return LiteRtLmBackend(bundle, threads, max_tokens), None
+    except Exception as exc:  # the engine cannot load this bundle here
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return InterpreterBackend(bundle, threads, max_tokens), reason
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, emit: Callable[[dict], None]) -> int:
+    bundle = os.path.abspath(os.path.expanduser(args.bundle))
+    start = {
+        "event": "start",
+        "schema": SCHEMA,
+        "runner": RUNNER_NAME,
+        "edgekit_version": _edgekit_version(),
+        "backend": None,
+        "backend_requested": args.backend,
+        "bundle": bundle,
+        "bundle_sha256": None,
+        "prefill_tokens": args.prefill,
+        "decode_tokens": args.decode,
+        "warmup": args.warmup,
+        "reps": args.reps,
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "runtime": {"litert_lm_api": _version("litert-lm-api"), "ai_edge_litert": _version("ai-edge-litert")},
+        "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+                 "node": platform.node()},
+        "runner_path": os.path.abspath(__file__),
+        "pid": os.getpid(),
+        "t": time.time(),
+    }
+    if not os.path.isfile(bundle):
+        emit(start)
+        emit({"event": "error", "message": f"bundle not found: {bundle}"})
+        return EXIT_FAILED
+    start["bundle_sha256"] = sha256_file(bundle)
+    t0 = time.perf_counter()
+    try:
+        backend, fallback = open_backend(args.backend, bundle, args.threads, args.max_tokens)
+    except Exception as exc:
+        emit(start)
+        emit({"event": "error", "message": f"cannot load the bundle with backend {args.backend}: "
+                                           f"{type(exc).__name__}: {exc}".splitlines()[0]})
+        return EXIT_FAILED
+    init_ms = (time.perf_counter() - t0) * 1000.0
+    start["backend"] = backend.name
+    if fallback:
+        start["fallback_reason"] = fallback
+    emit(start)
+    emit({"event": "init", "init_ms": init_ms})
+    try:
+        for phase, count in (("warmup", args.warmup), ("measure", args.reps)):
+            for i in range(count):
+                r = backend.run_once(args.prefill, args.decode)
+                rec = {
+                    "event": "run",
+                    "phase": phase,
+                    "index": i,
+                    "ttft_ms": r["ttft_ms"],
+                    "prefill_ms": r["prefill_ms"],
+                    "prefill_tokens": r["prefill_tokens"],
+                    "prefill_tps": r["prefill_tokens"] / (r["prefill_ms"] / 1000.0) if r["prefill_ms"] > 0 else None,
+                    "decode_ms": r["decode_ms"],
+                    "decode_tokens": r["decode_tokens"],
+                    "decode_tps": r["decode_tokens"] / (r["decode_ms"] / 1000.0) if r["decode_ms"] > 0 else None,
+                    "token_ms": r["token_ms"],
+                    "t_start": r["t_start"],
+                    "t_end": r["t_end"],
+                }
+                if "engine_ttft_ms" in r:
+                    rec["engine_ttft_ms"] = r["engine_ttft_ms"]
+                emit(rec)
+    except Exception as exc:
+        emit({"event": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+        return EXIT_FAILED
+    finally:
+        try:
+            backend.close()
+        except Exception:
+            pass
+    emit({"event": "end", "status": "ok"})
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edgekit-runner", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle")
+    p.add_argument("--prefill", type=int, required=True, help="prompt tokens per run")
+    p.add_argument("--decode", type=int, required=True, help="decoded tokens per run")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", choices=("auto", "litert_lm", "interpreter"), default="auto")
+    p.add_argument("--max-tokens", type=int, default=None, help="KV cache size for the engine")
+    p.add_argument("--out", default=None, help="JSONL file (default: stdout)")
+    a = p.parse_args(argv)
+    for name in ("prefill", "decode", "reps"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if a.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if a.threads is not None and a.threads < 1:
+        p.error("--threads must be >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # exits 2 on bad arguments
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            return run(args, Emitter(f))
+    return run(args, Emitter(sys.stdout))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""edgekit/runtime/runner.py: JSONL per contract, both backends, standalone copy, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekit.bench.traces import parse_trace_dir
+from edgekit.runtime import runner
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "android_harness" / "harness.sh"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request):
+    if os.environ.get("EDGEKIT_TEST_BUNDLE"):  # a bundle of your own, for development
+        return os.environ["EDGEKIT_TEST_BUNDLE"]
+    try:
+        bundles = request.getfixturevalue("tiny_bundles")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/fixtures_bundles.py has no tiny_bundles fixture yet")
+    for key in ("fp16", "float", "wNa8o8"):
+        if key in bundles:
+            return str(bundles[key])
+    return str(next(iter(bundles.values())))
+
+
+def _run(argv, cwd=None, env=None, timeout=300):
+    p = subprocess.run([sys.executable, "-m", "edgekit.runtime.runner", *argv], capture_output=True, text=True,
+                       cwd=cwd, env=env, timeout=timeout)
+    recs = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+    return p.returncode, recs, p.stderr
+
+
+def _check_runs(recs, prefill, decode, warmup, reps):
+    start = recs[0]
+    assert start["event"] == "start" and start["schema"] == 1 and start["runner"] == "edgekit-runner"
+    assert recs[1]["event"] == "init" and recs[1]["init_ms"] > 0
+    runs = [r for r in recs if r["event"] == "run"]
+    assert [r["phase"] for r in runs] == ["warmup"] * warmup + ["measure"] * reps
+    for r in runs:
+        assert r["prefill_tokens"] == prefill and r["decode_tokens"] == decode
+        assert len(r["token_ms"]) == decode and all(x > 0 for x in r["token_ms"])
+        assert r["decode_ms"] == pytest.approx(sum(r["token_ms"]))
+        assert r["decode_tps"] == pytest.approx(decode / (r["decode_ms"] / 1000))
+        assert r["prefill_tps"] == pytest.approx(prefill / (r["prefill_ms"] / 1000))
+        assert r["ttft_ms"] == pytest.approx(r["prefill_ms"] + r["token_ms"][0])
+        assert r["t_start"] <= r["t_end"]
+        assert (r["t_end"] - r["t_start"]) * 1000 >= r["prefill_ms"] + r["decode_ms"] - 1
+    assert recs[-1] == {"event": "end", "status": "ok"}
+    return start, runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["litert_lm", "interpreter"])
+def test_runner_backends(tiny_bundle, backend):
+    code, recs, err = _run([tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1", "--reps", "2",
+                            "--threads", "1", "--backend", backend])
+    assert code == 0, err[-2000:]
+    start, runs = _check_runs(recs, 16, 8, 1, 2)
+    assert start["backend"] == backend
+    from edgekit.fsutil import sha256_file
+
+    assert start["bundle_sha256"] == sha256_file(tiny_bundle)
+    assert start["runtime"]["ai_edge_litert"] and start["runtime"]["litert_lm_api"]
+
+
+@pytest.mark.slow
+def test_runner_auto_says_which(tiny_bundle, tmp_path):
+    out = tmp_path / "r.jsonl"
+    code, _, err = _run([tiny_bundle, "--prefill", "8", "--decode", "4", "--warmup", "0", "--reps", "1",
+                         "--backend", "auto", "--out", str(out)])
+    assert code == 0, err[-2000:]
+    recs = [json.loads(l) for l in out.read_text().splitlines()]
+    assert recs[0]["backend"] in ("litert_lm", "interpreter") and recs[0]["backend_requested"] == "auto"
+    if recs[0]["backend"] == "interpreter":
+        assert recs[0]["fallback_reason"]
+
+
+@pytest.mark.slow
+def test_runner_standalone_copy_under_harness(tiny_bundle, tmp_path):
+    """The copied runtime tree runs from PYTHONPATH (as on a Pi), under the harness."""
+    root = tmp_path / "rt dir"
+    for local, rel in runner.runtime_files():
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(local, dst)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = tmp_path / "trace"
+    p = subprocess.run(["dash", str(HARNESS), "-o", str(out), "-i", "20", "--", sys.executable, "-m",
+                        "edgekit.runtime.runner", tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1",
+                        "--reps", "2", "--backend", "interpreter"], env=env, cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, (out / "runner.err").read_text()[-2000:]
+    tr = parse_trace_dir(out)
+    assert tr.ok and tr.source == "runner"
+    assert tr.start["runner_path"] == str(root / "edgekit" / "runtime" / "runner.py")
+    assert len(tr.measured) == 2 and all(len(it.token_ms) == 8 for it in tr.iterations)
+    assert tr.mem and tr.peak("rss_anon_kb") > 10_000  # a Python process with numpy + the interpreter
+
+
+def test_runner_missing_bundle(tmp_path):
+    code, recs, _ = _run([str(tmp_path / "nope.litertlm"), "--prefill", "4", "--decode", "2"])
+    assert code == 3
+    assert recs[0]["event"] == "start" and recs[-1]["event"] == "error" and "not found" in recs[-1]["message"]
+
+
+def test_runner_garbage_bundle(tmp_path):
+    bad = tmp_path / "bad.litertlm"
+    bad.write_bytes(b"not a bundle" * 100)
+    code, recs, _ = _run([str(bad), "--prefill", "4", "--decode", "2", "--backend", "interpreter"])
+    assert code == 3 and recs[-1]["event"] == "error" and "cannot load" in recs[-1]["message"]
+
+
+def test_runner_bad_args():
+    code, recs, err = _run(["x.litertlm", "--prefill", "0", "--decode", "2"])
+    assert code == 2 and recs == [] and "--prefill" in err
+
+
+def test_prompt_ids_deterministic():
+    a = runner.prompt_ids(64, 1000)
+    assert a == runner.prompt_ids(64, 1000) and all(16 <= t < 1000 for t in a) and len(set(a)) > 32
