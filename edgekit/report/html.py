@@ -18,7 +18,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child,td:last-child,th:last-child{text-align:left}
 .better{color:#087f23;font-weight:600}.worse{color:#b00020;font-weight:600}
 .fail{color:#b00020;font-weight:700}.pass{color:#087f23}.undecided{color:#a15c00;font-weight:600}
 .warn{color:#a15c00}.mono{font-family:ui-monospace,monospace;font-size:.85em}
