@@ -78,12 +78,22 @@ def test_up_status_down(state):
     s = json.loads(status.stdout)
     assert s["ssh"]["running"] and s["adb"]["running"] and s["adb"]["adb_state"] == "device"
 
+    # a command still running on the "phone" when `down` comes
+    holder = subprocess.Popen(["adb", "-s", serial, "shell", "echo $$; exec sleep 300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    remote_pid = int(holder.stdout.readline())
+    assert _alive(remote_pid)
+
     down = _run(state, "down")
     assert down.returncode == 0, down.stderr
     deadline = time.monotonic() + 10
     while (_alive(ssh_pid) or _alive(adb_pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(ssh_pid) and not _alive(adb_pid)
+    while _alive(remote_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(remote_pid)  # no orphans
+    holder.wait(timeout=20)
     assert serial not in _adb_devices()
     assert not (state / "profiles" / "pixel8-standin.toml").exists()
     assert _run(state, "status").returncode == 3

@@ -949,9 +949,16 @@ async def serve(cfg: Config, port: int, ready_file: Path | None) -> None:
     async with server:
         await stop.wait()
         log.info("stopping")
+        procs = [st.proc for conn in connections for st in conn.streams.values() if st.proc is not None]
         for conn in list(connections):
-            conn.abort()
-        await asyncio.sleep(0.05)
+            conn.abort()  # SIGTERM to every command's process group
+        deadline = time.monotonic() + 2
+        while any(p.returncode is None for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for p in procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
