@@ -446,6 +446,8 @@ def dump_scheme_toml(scheme: Scheme) -> str:
     lines = [f"# edgekit quantization scheme (format {FORMAT_VERSION}); rules: first match wins"]
     for k, v in d.items():
         lines.append(f"{k} = {_toml_value(v)}")
+    if not rules:
+        lines.append("rules = []")
     for r in rules:
         lines.append("")
         lines.append("[[rules]]")
@@ -512,4 +514,70 @@ def load_scheme(name_or_path: str | Path | Scheme, preset=None) -> Scheme:
                              hint="pass one of " + ", ".join(BUILTINS) + " or the path of a scheme .toml file")
     if p is not None:
         scheme = scheme.resolve(p)
+    return scheme
+
+
+# ================================================================ QAT checkpoints
+def scheme_from_quantization_config(qcfg: Mapping[str, Any], name: str = "qat", source: str = "config.json",
+                                    preset=None) -> Scheme:
+    """The wNa8o8 scheme a ``quant_method: gemma`` checkpoint's ``quantization_config`` describes.
+
+    ``modules_to_not_convert`` become keep-float rules first (transformers skips a module
+    when an entry matches its name's start or its end), then ``module_quant_configs`` in
+    order, ``num_bits`` as the default. transformers joins the patterns into one
+    alternation (the leftmost match in the name wins); with ``preset`` every quantizable
+    module is checked to get the same width under edgekit's first-rule-wins reading, and
+    a ConfigError names the first module where they differ.
+    """
+    if not isinstance(qcfg, Mapping) or qcfg.get("quant_method") != "gemma":
+        raise ConfigError(f"{source}: quantization_config is not quant_method 'gemma'")
+    default = qcfg.get("num_bits", 4)
+    mqc = qcfg.get("module_quant_configs") or {}
+    skip = list(qcfg.get("modules_to_not_convert") or [])
+    if not isinstance(mqc, Mapping) or not isinstance(skip, list):
+        raise ConfigError(f"{source}: quantization_config.module_quant_configs must be an object and "
+                          "modules_to_not_convert a list")
+    rules: list[dict[str, Any]] = []
+    embeddings_float = not qcfg.get("quantize_embeddings", False)
+    if embeddings_float:
+        rules.append({"pattern": r"embed_tokens(_per_layer)?$", "bits": FLOAT, "note": "quantize_embeddings false"})
+    for k in skip:
+        if not isinstance(k, str):
+            raise ConfigError(f"{source}: quantization_config.modules_to_not_convert: {k!r} is not a string")
+        rules.append({"pattern": f"^(?:{k})|{re.escape(k)}$", "bits": FLOAT, "note": f"not converted: {k}"})
+    for pattern, opts in mqc.items():
+        bits = opts.get("num_bits", default) if isinstance(opts, Mapping) else opts
+        rules.append({"pattern": pattern, "bits": bits})
+    scheme = _from_dict(
+        {
+            "name": name,
+            "description": "bit map read from a quant_method 'gemma' QAT checkpoint",
+            "default_weight_bits": default,
+            "activations": "int8_static",
+            "outputs": "int8",
+            "kv_cache": "int8",
+            "rules": rules,
+        },
+        f"{source}: quantization_config",
+    )
+    if preset is not None:
+        joined = re.compile("|".join(f"(?P<g{i}>{p})" for i, p in enumerate(mqc))) if mqc else None
+        opts_list = list(mqc.values())
+        for m in quantizable_modules(preset):
+            if any(re.match(f"{k}\\.", m) or re.match(k, m) or m.endswith(k) for k in skip):
+                hf_bits = None
+            elif embeddings_float and re.search(r"embed_tokens(_per_layer)?$", m):
+                hf_bits = None
+            else:
+                hf_bits = default
+                hit = joined.search(m) if joined is not None else None
+                if hit is not None:
+                    i = next(int(g[1:]) for g, v in hit.groupdict().items() if v is not None)
+                    o = opts_list[i]
+                    hf_bits = o.get("num_bits", default) if isinstance(o, Mapping) else o
+            if scheme.bits_for(m) != hf_bits:
+                raise ConfigError(
+                    f"{source}: quantization_config gives {m} {hf_bits} bits in transformers' reading but "
+                    f"{scheme.bits_for(m)} under first-match-wins",
+                    hint="reorder module_quant_configs so the first matching pattern is the intended one")
     return scheme
