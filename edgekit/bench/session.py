@@ -203,7 +203,7 @@ def check_bundles_comparable(cand: BundleInfo, base: BundleInfo, allow_mismatch:
     """Refuse before touching the device when the baseline is of another model."""
     if cand.model_key == base.model_key or cand.model_key is None or base.model_key is None:
         return []
-    msg = f"bundle model: {cand.model_key} ({cand.name}) vs {base.model_key} ({base.name})"
+    msg = f"bundle model: {cand.model_key} ({cand.path}) vs {base.model_key} ({base.path})"
     if not allow_mismatch:
         raise NotComparable(f"candidate and baseline are not comparable: {msg}")
     return [msg]
@@ -368,7 +368,7 @@ class Session:
         remote = {}
         for role, b in bundles.items():
             dest = posixpath.join(self.work, "bundles", f"{b.sha256[:12]}-{b.name}")
-            remote[role] = self._push(Path(b.path), dest, f"{role} {b.name}")
+            remote[role] = self._push(Path(b.path), dest, f"{role} {b.label}")
         if not HARNESS.is_file():
             raise UsageError(f"the on-device harness is missing: {HARNESS}", hint="reinstall edgekit")
         self.remote_harness = self._push(HARNESS, posixpath.join(self.work, "harness.sh"), "harness.sh")
@@ -458,7 +458,7 @@ class Session:
                 if affinity:
                     argv += ["-a", affinity]
                 argv += ["--", *runner_argv]
-                self.progress(f"[{order + 1}/{len(plan)}] {role} {phase} #{idx}: {bundles[role].name}")
+                self.progress(f"[{order + 1}/{len(plan)}] {role} {phase} #{idx}: {bundles[role].label}")
                 t0 = time.monotonic()
                 res = self.transport.shell(argv, check=False, timeout=prof.timeouts.command_s)
                 local = partial / "traces" / name
@@ -479,7 +479,7 @@ class Session:
                         f"peak file {_f(m.get('peak_file_mb'), 'MB')} ({time.monotonic() - t0:.1f} s)")
                 else:
                     status, failed_run = "failed", order
-                    error = f"run {order} ({role} {phase} #{idx}, {bundles[role].name}) failed: {run.error}"
+                    error = f"run {order} ({role} {phase} #{idx}, {bundles[role].label}) failed: {run.error}"
                     self.progress(f"    FAILED: {run.error} (traces kept in {final / 'traces' / name})")
                     break
         except EdgekitError as exc:

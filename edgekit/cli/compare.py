@@ -35,8 +35,8 @@ def command(a: Path, b: Path | None, role: str, allow_mismatch: bool, as_json: b
         cmp = compare_result(ra, allow_mismatch=allow_mismatch)
     else:
         rb = load_result(b)
-        labels = (f"{_name(a)} {role} {ra.bundles[role].name}" if role in ra.bundles else None,
-                  f"{_name(b)} {role} {rb.bundles[role].name}" if role in rb.bundles else None)
+        labels = (f"{_name(a)} {role} {ra.bundles[role].label}" if role in ra.bundles else None,
+                  f"{_name(b)} {role} {rb.bundles[role].label}" if role in rb.bundles else None)
         cmp = compare_results(ra, rb, role=role, allow_mismatch=allow_mismatch, labels=labels)
     if as_json:
         click.echo(json.dumps(cmp.to_dict(), indent=2))

@@ -30,9 +30,9 @@ class ReportContext:
         r = self.result
         cand = r.bundles.get(CANDIDATE)
         base = r.bundles.get(BASELINE)
-        who = cand.name if cand else "?"
+        who = cand.label if cand else "?"
         if base:
-            who += f" vs {base.name}"
+            who += f" vs {base.label}"
         return f"edgekit bench: {who} on {r.device.label}"
 
 

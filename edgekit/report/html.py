@@ -82,7 +82,7 @@ def render_html(ctx: ReportContext, plots: list[tuple[str, str, bytes]] | None =
             parts.append(f"<figure id='plot-{pid}'><img class='plot' alt='{escape(caption)}' "
                          f"src='data:image/png;base64,{b64}'><figcaption>{escape(caption)}</figcaption></figure>")
     for role in r.roles():
-        parts.append(f"<h2>Statistics: {escape(role)} ({escape(r.bundles[role].name)})</h2>")
+        parts.append(f"<h2>Statistics: {escape(role)} ({escape(r.bundles[role].label)})</h2>")
         rows = []
         for name in RUN_METRICS:
             s = ctx.summaries[role][name]

@@ -138,7 +138,7 @@ def render_markdown(ctx: ReportContext) -> str:
             lines += ["", *notes]
         lines.append("")
     for role in r.roles():
-        lines += [f"## Statistics: {role} ({r.bundles[role].name})", ""]
+        lines += [f"## Statistics: {role} ({r.bundles[role].label})", ""]
         rows = []
         for name in RUN_METRICS:
             s = ctx.summaries[role][name]

@@ -42,7 +42,7 @@ def token_latency_png(result: BenchResult) -> bytes | None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     seen = set()
     for r in runs:
-        label = None if r.role in seen else f"{r.role} ({result.bundles[r.role].name})"
+        label = None if r.role in seen else f"{r.role} ({result.bundles[r.role].label})"
         seen.add(r.role)
         ax.plot(range(1, len(r.token_ms) + 1), r.token_ms, color=COLORS[r.role], alpha=0.6, lw=1, label=label)
     ax.set_xlabel("decoded token")
@@ -74,7 +74,7 @@ def memory_png(result: BenchResult) -> bytes | None:
                 color = {"anon_mb": "#d62728", "file_mb": "#2ca02c", "rss_mb": "#7f7f7f"}[attr]
                 ax.plot(t, ys, style, color=color, alpha=0.7, lw=1, label=name if first else None)
             first = False
-        ax.set_title(f"{role}: {result.bundles[role].name}", fontsize=9)
+        ax.set_title(f"{role}: {result.bundles[role].label}", fontsize=9)
         ax.set_xlabel("time since start (s)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)

@@ -75,7 +75,7 @@ def side_of(result: BenchResult, role: str = CANDIDATE, label: str | None = None
     bundle = result.bundles[role]
     samples = {name: tuple(result.samples(role, name)) for name in RUN_METRICS}
     return Side(
-        label=label or f"{role} {bundle.name}",
+        label=label or f"{role} {bundle.label}",
         bundle=bundle,
         device=result.device,
         settings=result.settings,

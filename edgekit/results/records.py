@@ -268,6 +268,13 @@ class BundleInfo:
         return Path(self.path).name
 
     @property
+    def label(self) -> str:
+        """Short human name: ``<model>-<scheme>[-text]`` when known, else the file name."""
+        if self.model and self.scheme:
+            return f"{self.model}-{self.scheme}{'-text' if self.text_only else ''}"
+        return self.name
+
+    @property
     def model_key(self) -> str | None:
         """Model identity used for comparability: model name plus text-only flag."""
         if self.model is None:
