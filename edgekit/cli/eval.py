@@ -1,0 +1,89 @@
+"""`edgekit eval BUNDLE --baseline FP16_BUNDLE`: quality of a bundle against its FP16 build."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from edgekit.errors import GateFailed, UsageError
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4f}"
+    return str(v)
+
+
+def render_table(result: dict) -> str:
+    rows = [
+        ("perplexity (candidate)", result["ppl_candidate"]),
+        ("perplexity (baseline)", result["ppl_baseline"]),
+        ("ppl_ratio", result["ppl_ratio"]),
+        ("top1_agreement", result["top1_agreement"]),
+        ("kl_mean (nats)", result["kl_mean"]),
+        ("kl_max (nats)", result["kl_max"]),
+        ("top-1 accuracy (candidate)", result["top1_accuracy_candidate"]),
+        ("top-1 accuracy (baseline)", result["top1_accuracy_baseline"]),
+        ("tokens scored", result["tokens"]),
+        ("eval text sha256", result["eval_text_sha256"][:16]),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {_fmt(v)}" for k, v in rows)
+
+
+@click.command(help="Measure BUNDLE's quality against its FP16 baseline through the LiteRT runtime: "
+               "perplexity of each, ppl_ratio, next-token top-1 agreement and mean KL(fp16 || bundle). "
+               "With --fail-on, exit 1 when a threshold is violated.")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--baseline", "baseline", type=click.Path(path_type=Path), required=True,
+              help="the FP16 bundle of the same model")
+@click.option("--text", "text", type=click.Path(path_type=Path), default=None,
+              help="evaluation text (UTF-8); default: the shipped held-out text edgekit/data/eval.txt")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="tokenizer.json to use instead of the one the baseline bundle carries")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="score at most this many tokens")
+@click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True,
+              help="window length (BOS + seq_len-1 scored tokens); capped at the bundle's cache length")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="interpreter threads")
+@click.option("--fail-on", "fail_on", multiple=True, metavar="METRIC<=X|METRIC>=X",
+              help="quality threshold, e.g. 'ppl_ratio<=1.10' or 'top1_agreement>=0.90' (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the JSON result here")
+def command(bundle, baseline, text, tokenizer, max_tokens, seq_len, threads, fail_on, as_json, out) -> int:
+    from edgekit import quality
+    from edgekit.fsutil import atomic_write_json
+
+    thresholds = [quality.parse_threshold(t) for t in fail_on]  # bad syntax fails before any work
+    cand_path = quality.resolve_bundle(bundle)
+    base_path = quality.resolve_bundle(baseline)
+    if text is not None and not text.is_file():
+        raise UsageError(f"evaluation text not found: {text}", hint="pass an existing UTF-8 text file")
+    result = quality.evaluate(
+        cand_path, base_path, text=text, max_tokens=max_tokens, seq_len=seq_len,
+        tokenizer=tokenizer, num_threads=threads, progress=lambda s: click.echo(s, err=True),
+    )
+    violated = quality.check_thresholds(result, thresholds)
+    result["gate"] = {
+        "thresholds": [str(t) for t in thresholds],
+        "violations": [f"{t.metric}={_fmt(v)} (needs {t})" for t, v in violated],
+        "passed": not violated,
+    }
+    if out is not None:
+        atomic_write_json(out, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"candidate: {cand_path}\nbaseline:  {base_path}")
+        click.echo(render_table(result))
+        for t in thresholds:
+            ok = t.holds(result)
+            click.echo(f"{'PASS' if ok else 'FAIL'}  {t}  (measured {_fmt(result.get(t.metric))})")
+    if violated:
+        raise GateFailed("quality gate failed: " + "; ".join(result["gate"]["violations"]),
+                         hint="the bundle lost too much quality against FP16: keep more bits for sensitive layers "
+                              "(see `edgekit sweep`)")
+    return 0
