@@ -169,6 +169,29 @@ def results_fixtures() -> Path:
     return FIXTURES
 
 
+def _file(p) -> Path:
+    p = Path(p)
+    return p if p.is_file() else sorted(p.glob("*.litertlm"))[0]
+
+
+@pytest.fixture(scope="session")
+def bench_bundles(request) -> dict[str, Path]:
+    """scheme -> .litertlm of the tiny model, from the build fixture `tiny_bundles`."""
+    env = os.environ.get("EDGEKIT_TEST_DIST")  # developer shortcut: a dist/ with tiny-*-text builds
+    if env:
+        d = Path(env)
+        return {"wNa8o8": _file(next(d.glob("*-wNa8o8*"))), "fp16": _file(next(d.glob("*-fp16*")))}
+    try:
+        tb = request.getfixturevalue("tiny_bundles")
+    except pytest.FixtureLookupError:
+        if os.environ.get("CI"):
+            pytest.fail("fixture tiny_bundles (tests/fixtures_bundles.py) is missing")
+        pytest.skip("fixture tiny_bundles (tests/fixtures_bundles.py) not available yet")
+    by = {str(k).lower(): _file(v) for k, v in dict(tb).items()}
+    return {"wNa8o8": by["wna8o8"], "fp16": by["fp16"]}
+
+
+
 if __name__ == "__main__":
     write_synthetic()
     print(f"wrote {len(SYNTH)} synthetic results under {FIXTURES}", file=sys.stderr)

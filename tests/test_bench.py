@@ -24,28 +24,6 @@ from edgekit.results.records import load_result
 FAST = ["--warmup", "1", "--prefill", "8", "--decode", "8"]
 
 
-def _file(p) -> Path:
-    p = Path(p)
-    return p if p.is_file() else sorted(p.glob("*.litertlm"))[0]
-
-
-@pytest.fixture(scope="session")
-def bench_bundles(request) -> dict[str, Path]:
-    """scheme -> .litertlm of the tiny model, from the build fixture `tiny_bundles`."""
-    env = os.environ.get("EDGEKIT_TEST_DIST")  # developer shortcut: a dist/ with tiny-*-text builds
-    if env:
-        d = Path(env)
-        return {"wNa8o8": _file(next(d.glob("*-wNa8o8*"))), "fp16": _file(next(d.glob("*-fp16*")))}
-    try:
-        tb = request.getfixturevalue("tiny_bundles")
-    except pytest.FixtureLookupError:
-        if os.environ.get("CI"):
-            pytest.fail("fixture tiny_bundles (tests/fixtures_bundles.py) is missing")
-        pytest.skip("fixture tiny_bundles (tests/fixtures_bundles.py) not available yet")
-    by = {str(k).lower(): _file(v) for k, v in dict(tb).items()}
-    return {"wNa8o8": by["wna8o8"], "fp16": by["fp16"]}
-
-
 def expected_gate(c: list[float], b: list[float], limit: float = -0.05) -> int:
     """decode_tps:-5% from first principles: significant (two-sided MWU p<0.05) and past -5% -> 1."""
     n1, n2 = len(c), len(b)

@@ -146,6 +146,8 @@ def bundle_info(path: Path) -> BundleInfo:
     scheme = _first_str(manifest.get("scheme"), _dig(manifest, "scheme", "name"), d_scheme)
     text_only = manifest.get("text_only")
     if not isinstance(text_only, bool):
+        text_only = _dig(manifest, "build", "text_only")
+    if not isinstance(text_only, bool):
         text_only = d_text
     return BundleInfo(path=str(path), sha256=sha256_file(path), bytes=path.stat().st_size, model=model,
                       scheme=scheme, text_only=text_only, manifest=manifest)

@@ -1,0 +1,75 @@
+"""`edgekit bench` on the stand-ins: a real OpenSSH server (rpi5) and the adb emulator behind the real adb server (pixel8).
+
+Same tiny bundles, small prompts, 3 reps: checks that the whole chain (push,
+harness, runner or native binary, pull, parse, records, reports) produces a
+complete result folder through each real transport.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from edgekit.cli.main import main
+from edgekit.results.records import load_result
+
+FAST = ["--warmup", "1", "--reps", "3", "--prefill", "8", "--decode", "8"]
+
+
+def _bench_on(target, bundles, tmp_path, monkeypatch, extra=()):
+    monkeypatch.setenv("EDGEKIT_PROFILES", str(target.profile_dir))
+    junit = tmp_path / "junit.xml"
+    code = main(["bench", "--device", target.profile_name, "--bundle", str(bundles["wNa8o8"]),
+                 "--baseline", str(bundles["fp16"]), *FAST, "--no-profile-thresholds",
+                 "--fail-on", "peak_anon_mb<=100000", "--junit", str(junit),
+                 "--output", str(tmp_path / "results"), *extra])
+    folders = [d for d in (tmp_path / "results").iterdir() if not d.name.startswith(".")] \
+        if (tmp_path / "results").exists() else []
+    return code, folders, junit
+
+
+def _check_folder(folder: Path, transport: str) -> None:
+    for name in ("result.json", "summary.md", "report.html", "junit.xml"):
+        assert (folder / name).is_file(), name
+    r = load_result(folder)
+    assert r.status == "ok" and r.device.transport == transport and r.device.identity
+    assert len(r.measured("candidate")) == len(r.measured("baseline")) == 3
+    assert len(r.warmups()) == 2
+    for run in r.runs:
+        assert (folder / run.trace_dir / "mem.tsv").is_file()
+        assert run.metrics["decode_tps"] and run.metrics["decode_tps"] > 0
+        assert run.metrics["peak_rss_mb"] and run.metrics["peak_rss_mb"] > 0
+    assert (folder / "report.html").read_text().count("data:image/png;base64,") >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.targets
+def test_bench_on_ssh_standin(ssh_target, bench_bundles, tmp_path, monkeypatch):
+    code, folders, junit = _bench_on(ssh_target, bench_bundles, tmp_path, monkeypatch)
+    assert len(folders) == 1
+    _check_folder(folders[0], "ssh")
+    r = load_result(folders[0])
+    assert all(len(x.token_ms) == 8 for x in r.runs)  # python runner: per-token latencies
+    assert code == 0
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("failures") == "0" and suite.get("tests") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.targets
+def test_bench_on_adb_standin(adb_target, bench_bundles, tmp_path, monkeypatch):
+    from edgekit.devices.profiles import read_profile
+
+    prof = read_profile(adb_target.profile_path)
+    if prof.runner.kind == "native" and not Path(prof.runner.native_binary() or "/nonexistent").is_file():
+        msg = f"the stand-in's native benchmark binary is missing: {prof.runner.binary}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    code, folders, junit = _bench_on(adb_target, bench_bundles, tmp_path, monkeypatch)
+    assert len(folders) == 1, f"exit {code}"
+    _check_folder(folders[0], "adb")
+    assert code == 0
