@@ -223,10 +223,12 @@ def test_corrupt_safetensors(copy):
     _fails(ck, "tiny", r"no \*\.safetensors")
 
 
-def test_missing_tokenizer(copy):
+def test_missing_or_foreign_tokenizer(copy):
     ck = copy()
     (ck / "tokenizer.json").unlink()
     _fails(ck, "tiny", "no tokenizer")
+    write_synthetic_tokenizer(ck, 4096)  # ids past tiny's 2048
+    _fails(ck, "tiny", "token ids reach 4095 but the model's vocabulary has 2048")
 
 
 def test_qat_checkpoint_detected(copy):

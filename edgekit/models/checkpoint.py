@@ -476,6 +476,7 @@ def load_checkpoint(path: str | os.PathLike, preset: str | Preset, *, hash_weigh
     has_audio = isinstance(config.get("audio_config"), dict)
 
     tok_files = _find_tokenizer(root)
+    _check_tokenizer_vocab(root, int(text.get("vocab_size") or 0))
     weight_files = _weight_files(root)
     found: dict[str, TensorEntry] = {}
     for wf in weight_files:
@@ -543,6 +544,30 @@ def _find_tokenizer(root: Path) -> tuple[str, ...]:
         f"{root}: no tokenizer ({' or '.join(s[0] for s in TOKENIZER_FILE_SETS)})",
         hint="copy the model's tokenizer files into the checkpoint folder",
     )
+
+
+def _check_tokenizer_vocab(root: Path, vocab_size: int, max_bytes: int = 64 << 20) -> None:
+    """A tokenizer.json whose ids reach past the model's vocabulary would index out of range."""
+    tj = root / "tokenizer.json"
+    if vocab_size <= 0 or not tj.is_file() or tj.stat().st_size > max_bytes:
+        return
+    try:
+        data = json.loads(tj.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{tj}: not valid JSON ({exc})", hint="repair or re-download the tokenizer") from exc
+    ids: list[int] = []
+    vocab = (data.get("model") or {}).get("vocab") if isinstance(data, dict) else None
+    if isinstance(vocab, dict):
+        ids.extend(v for v in vocab.values() if isinstance(v, int))
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        ids.append(len(vocab) - 1)
+    for tok in (data.get("added_tokens") or []) if isinstance(data, dict) else []:
+        if isinstance(tok, dict) and isinstance(tok.get("id"), int):
+            ids.append(tok["id"])
+    if ids and max(ids) >= vocab_size:
+        raise CheckpointError(
+            f"{tj}: token ids reach {max(ids)} but the model's vocabulary has {vocab_size} entries",
+            hint="the tokenizer belongs to another model; copy the model's own tokenizer files")
 
 
 def _weight_files(root: Path) -> list[str]:

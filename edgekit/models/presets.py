@@ -75,6 +75,12 @@ class Preset:
     tokenizer_dir: Path | None = None  # shipped tokenizer (tiny); None: synthetic for random weights
     shipped_checkpoint_dir: Path | None = None  # folder with config.json (+ weights once trained)
 
+    def __hash__(self) -> int:  # the mappings are not hashable; a preset is its name
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"Preset({self.name!r})"
+
     # ----------------------------------------------------------------- structure
     @property
     def num_layers(self) -> int:
@@ -116,7 +122,6 @@ class Preset:
         k = _check_width_div(width_div)
         t = copy.deepcopy(dict(self.text))
         if k > 1:
-            heads = t["num_attention_heads"]
             t["hidden_size"] = _div(t["hidden_size"], k, "hidden_size", self.name, 2)
             t["intermediate_size"] = _div(t["intermediate_size"], k, "intermediate_size", self.name)
             t["head_dim"] = _div(t["head_dim"], k, "head_dim", self.name, 2)
@@ -124,7 +129,6 @@ class Preset:
             t["hidden_size_per_layer_input"] = _div(
                 t["hidden_size_per_layer_input"], k, "hidden_size_per_layer_input", self.name
             )
-            del heads
         return t
 
     def vision_kwargs(self, width_div: int = 1) -> dict[str, Any]:

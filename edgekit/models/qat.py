@@ -645,7 +645,7 @@ def write_dequantized_checkpoint(ckpt: QatCheckpoint, out_dir, *, tokenizer_from
         cfg["text_config"] = dict(cfg["text_config"], tie_word_embeddings=False)
     cfg["torch_dtype"] = cfg["dtype"] = "float32"
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in iter_dequantized_state(ckpt)}
+    state = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in iter_dequantized_state(ckpt)}  # keeps 0-d shapes
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt", "edgekit": "dequantized-qat"})
     src = Path(tokenizer_from) if tokenizer_from else ckpt.path
     for f in src.iterdir():
