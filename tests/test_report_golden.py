@@ -44,3 +44,16 @@ def test_markdown_golden(capsys, tmp_path):
     run(capsys, ["report", str(d), "--no-profile-thresholds", *THRESHOLDS])
     check_golden("summary-wna8o8-vs-fp16.md", (d / "summary.md").read_text())
     assert (d / "report.html").stat().st_size > 10_000
+
+
+def test_real_host_result_golden(capsys, tmp_path):
+    """A result captured from a real `edgekit bench --device host` run of the tiny bundles."""
+    src = FIXTURES / "host-tiny-fp16-vs-wna8o8"
+    out = run(capsys, ["gate", str(src), "--no-profile-thresholds", "--fail-on", "decode_tps:-5%",
+                       "--fail-on", "peak_anon_mb:+10%", "--fail-on", "peak_rss_mb<=64"], code=1)
+    check_golden("gate-host-tiny.txt", out)
+    check_golden("compare-host-tiny.md", run(capsys, ["compare", str(src), "--markdown"]))
+    d = tmp_path / "res"
+    shutil.copytree(src, d)
+    run(capsys, ["report", str(d), "--no-profile-thresholds", "--fail-on", "decode_tps:-5%"])
+    check_golden("summary-host-tiny.md", (d / "summary.md").read_text())
