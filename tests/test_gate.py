@@ -68,15 +68,12 @@ def test_clear_win_passes():
 
 
 def test_crossed_but_not_significant_passes():
-    # rerun vs itself: any change is noise; a tiny threshold is crossed but not significant
-    r = R("synth-pixel8-wna8o8-vs-fp16")
-    c = compare_result(r)
-    anon = c.get("init_ms")
-    assert anon.verdict == "better"
+    # the same bundles measured twice: +3.5% init time is past a 1% threshold but only noise
     from edgekit.results.compare import compare_results
+
     cmp = compare_results(R("synth-pixel8-wna8o8-vs-fp16"), R("synth-pixel8-wna8o8-vs-fp16-rerun"))
-    ch = cmp.get("init_ms").change
-    assert ch > 0.01  # +3.5% init time, not significant
+    m = cmp.get("init_ms")
+    assert m.change > 0.01 and m.p_value >= 0.05
     g = evaluate(R("synth-pixel8-wna8o8-vs-fp16"), parse_thresholds(["init_ms:+1%"]), cmp)
     assert g.checks[0].status == PASS and "not significant" in g.checks[0].message and g.exit_code == 0
 
