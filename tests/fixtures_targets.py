@@ -84,6 +84,15 @@ class StandIn:
             raise ValueError(f"{device_path} is outside the emulated /data/local/tmp")
         return Path(mapped)
 
+    def ensure_connected(self, timeout: float = 30) -> None:
+        """Re-join the emulator to the adb server if it is not listed as "device" (another
+        process on this machine may have restarted the shared adb server)."""
+        from targetlib import adbhost
+
+        adbhost.ensure_server()
+        if adbhost.device_state(self.serial) != "device":
+            adbhost.connect(self.serial, "device", timeout=timeout)
+
     @contextlib.contextmanager
     def faults(self, **faults: Any) -> Iterator[None]:
         """Inject faults into the running emulator for the duration of a ``with`` block.

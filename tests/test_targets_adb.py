@@ -28,7 +28,7 @@ def client() -> adbutils.AdbClient:
 
 @pytest.fixture()
 def dev(adb_target, client) -> adbutils.AdbDevice:
-    _wait_state(client, adb_target.serial, "device")
+    adb_target.ensure_connected()
     return client.device(adb_target.serial)
 
 
@@ -261,3 +261,12 @@ def _raw_send_failure(dev, remote: str, data: bytes) -> str:
         message = c.read_exact(length).decode() if status == b"FAIL" else ""
     assert status == b"FAIL", status
     return message
+
+
+def test_rejoins_after_adb_server_restart(adb_target, client, dev):
+    from targetlib import adbhost
+
+    adbhost.disconnect(adb_target.serial)  # as if the shared server had been restarted
+    assert _state(client, adb_target.serial) is None
+    adb_target.ensure_connected()
+    assert client.device(adb_target.serial).shell("getprop ro.product.model") == "Pixel 8"
