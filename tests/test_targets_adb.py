@@ -85,6 +85,7 @@ def test_dumpsys_battery_and_thermal(dev):
 def test_shell_runs_in_the_sandbox(adb_target, dev):
     assert dev.shell("echo hello; echo $((6*7))") == "hello\n42"
     assert dev.shell("cd /data/local/tmp && pwd") == TMP
+    assert dev.shell("toybox echo via-toybox") == "via-toybox"
     name = f"touched-{os.getpid()}"
     dev.shell(f"touch {TMP}/{name}")
     assert (adb_target.sandbox / name).is_file()

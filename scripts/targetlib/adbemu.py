@@ -29,7 +29,7 @@ sandbox, with ``/data/local/tmp`` rewritten to the sandbox path in the command
 string and the sandbox path rewritten back to ``/data/local/tmp`` in the output,
 so ``pwd``, ``sha256sum FILE`` or ``ls -l`` print device paths. (A mount
 namespace would be more faithful but needs CAP_SYS_ADMIN, which CI containers
-lack.) ``getprop``, ``dumpsys`` (battery, thermalservice), ``cmd`` and a
+lack.) ``getprop``, ``dumpsys`` (battery, thermalservice), ``cmd``, ``toybox`` and a
 quota-aware ``df`` come first on PATH from ``DIR/bin``; other tools (``stat``,
 ``sha256sum``, ``cat``, ``/proc``) are the host's. Shell commands are not
 confined: they run as the emulator's user.
@@ -280,6 +280,7 @@ class Config:
             "getprop": GETPROP.format(props=self.props_path),
             "dumpsys": DUMPSYS.format(temps=self.state / "idle_temps.txt"),
             "cmd": CMD,
+            "toybox": TOYBOX,
             "df": DF.format(quota=self.state / "quota_bytes", sandbox=self.sandbox),
         }
         for name, text in tools.items():
@@ -369,6 +370,15 @@ CMD = r"""#!/bin/sh
 # cmd of the Pixel 8 stand-in: no system services run here.
 echo "cmd: Can't find service: ${1:-}" >&2
 exit 20
+"""
+
+TOYBOX = r"""#!/bin/sh
+# toybox of the Pixel 8 stand-in: `toybox CMD ARGS` runs this machine's CMD.
+if [ $# -eq 0 ]; then
+  echo "cat chmod cp date df du echo grep head ls mkdir mv nproc ps rm sha256sum sleep stat tail taskset touch wc"
+  exit 0
+fi
+exec "$@"
 """
 
 DF = r"""#!/bin/sh
