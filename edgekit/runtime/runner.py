@@ -265,7 +265,10 @@ def open_backend(kind: str, bundle: str, threads: int | None, max_tokens: int | 
         return LiteRtLmBackend(bundle, threads, max_tokens), None
     except Exception as exc:  # the engine cannot load this bundle here
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return InterpreterBackend(bundle, threads, max_tokens), reason
+        try:
+            return InterpreterBackend(bundle, threads, max_tokens), reason
+        except Exception as exc2:
+            raise RunnerError(f"litert_lm: {reason}; interpreter: {type(exc2).__name__}: {exc2}".splitlines()[0]) from exc2
 
 
 # --- main ----------------------------------------------------------------------------
