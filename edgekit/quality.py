@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from edgekit.errors import CheckpointError, ConfigError, NotComparable, UsageError
+from edgekit.errors import CheckpointError, NotComparable, UsageError
 
 EVAL_TEXT = Path(__file__).resolve().parent / "data" / "eval.txt"
 DEFAULT_MAX_TOKENS = 2048
@@ -311,11 +311,11 @@ class Threshold:
 def parse_threshold(expr: str) -> Threshold:
     m = _THRESHOLD.match(expr)
     if not m:
-        raise ConfigError(f"bad quality threshold {expr!r}",
+        raise UsageError(f"bad quality threshold {expr!r}",
                           hint="write METRIC<=VALUE or METRIC>=VALUE, e.g. ppl_ratio<=1.10 or top1_agreement>=0.90")
     metric, op, value = m.group(1), m.group(2), float(m.group(3))
     if metric not in HIGHER_IS_BETTER:
-        raise ConfigError(f"unknown quality metric {metric!r} in {expr!r}",
+        raise UsageError(f"unknown quality metric {metric!r} in {expr!r}",
                           hint="one of: " + ", ".join(sorted(HIGHER_IS_BETTER)))
     return Threshold(metric, op, value)
 

@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                     help="dtype of the written weights (held-out figures are measured on them)")
     ap.add_argument("--no-eval-text", action="store_true", help="do not rewrite edgekit/data/eval.txt")
+    ap.add_argument("--heldout-windows", type=int, default=None,
+                    help="measure the final held-out perplexity on the first N windows only (default: all)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     train_ids, held_ids = encode(train_text), encode(held_text)
     train = windows(train_ids, args.seq_len)
     held = windows(held_ids, args.seq_len)
+    if args.heldout_windows:
+        held = held[: args.heldout_windows]
     log(f"tokens: train {len(train_ids)} ({train.shape[0]} windows), held-out {len(held_ids)} "
         f"({held.shape[0]} windows of {args.seq_len}), tokenized in {time.time() - t0:.1f}s")
 
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             prm.copy_(prm.to(dtype).float())
     nll, count = heldout_nll(model, held)
     ppl = math.exp(nll)
-    train_nll, _ = heldout_nll(model, train[:256])
+    train_nll, _ = heldout_nll(model, train[: args.heldout_windows or 256])
     figures = {
         "params": n_params,
         "steps": args.steps,
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "train_seconds": round(train_s, 1),
         "final_train_loss_ema": round(ema, 4),
-        "train_ppl_256_windows": round(math.exp(train_nll), 3),
+        "train_ppl_first_windows": round(math.exp(train_nll), 3),
         "heldout_tokens": count,
         "heldout_nll": round(nll, 5),
         "heldout_ppl": round(ppl, 3),
