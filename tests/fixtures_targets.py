@@ -126,8 +126,13 @@ def _missing(kind: str) -> str | None:
     if kind == "ssh":
         if not os.access("/usr/sbin/sshd", os.X_OK) or not shutil.which("ssh-keygen"):
             return "/usr/sbin/sshd or ssh-keygen missing: install openssh-server (`make system-deps`)"
-    elif not shutil.which("adb"):
-        return "adb missing: install the Debian package adb (`make system-deps`)"
+    else:
+        from targetlib.adbhost import adb_binary
+
+        try:
+            adb_binary()
+        except TargetsError as exc:
+            return str(exc)
     return None
 
 

@@ -16,6 +16,13 @@ import time
 import adbutils
 import pytest
 
+
+def _adb() -> str:
+    from targetlib.adbhost import adb_binary
+
+    return adb_binary()
+
+
 pytestmark = pytest.mark.targets
 
 TMP = "/data/local/tmp"
@@ -57,7 +64,7 @@ def test_listed_as_pixel8(adb_target, client, dev):
     assert dev.getprop("ro.build.version.sdk") == "34"
     assert dev.getprop("ro.build.version.release") == "14"
     assert "shell_v2" in dev.get_features().split(",")
-    long = subprocess.run(["adb", "devices", "-l"], capture_output=True, text=True, timeout=20).stdout
+    long = subprocess.run([_adb(), "devices", "-l"], capture_output=True, text=True, timeout=20).stdout
     line = next(x for x in long.splitlines() if x.startswith(adb_target.serial))
     assert "model:Pixel_8" in line and "device:shiba" in line and "product:shiba" in line
 

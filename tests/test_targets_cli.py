@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+
+def _adb() -> str:
+    from targetlib.adbhost import adb_binary
+
+    return adb_binary()
+
+
 pytestmark = pytest.mark.targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +40,7 @@ def _alive(pid: int) -> bool:
 
 
 def _adb_devices() -> str:
-    return subprocess.run(["adb", "devices"], capture_output=True, text=True, timeout=20).stdout
+    return subprocess.run([_adb(), "devices"], capture_output=True, text=True, timeout=20).stdout
 
 
 @pytest.fixture()
@@ -79,7 +86,7 @@ def test_up_status_down(state):
     assert s["ssh"]["running"] and s["adb"]["running"] and s["adb"]["adb_state"] == "device"
 
     # a command still running on the "phone" when `down` comes
-    holder = subprocess.Popen(["adb", "-s", serial, "shell", "echo $$; exec sleep 300"],
+    holder = subprocess.Popen([_adb(), "-s", serial, "shell", "echo $$; exec sleep 300"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     remote_pid = int(holder.stdout.readline())
     assert _alive(remote_pid)

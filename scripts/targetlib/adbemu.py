@@ -54,7 +54,6 @@ import posixpath
 import re
 import signal
 import socket
-import stat as statmod
 import struct
 import sys
 import tempfile

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .common import (LOOPBACK, TargetsError, free_port, pid_alive, port_is_free, read_json, stop_pid, tail,
+from .common import (LOOPBACK, REPO, TargetsError, free_port, pid_alive, port_is_free, read_json, stop_pid, tail,
                      wait_until)
 
 EMULATOR = Path(__file__).resolve().parents[1] / "adb_device_emulator.py"
@@ -26,10 +26,14 @@ ADB_SERVER_PORT = 5037
 
 
 def adb_binary() -> str:
-    exe = shutil.which("adb")
-    if not exe:
-        raise TargetsError("adb not found: install the Debian package adb (`make system-deps`)")
-    return exe
+    """`adb` on PATH (Debian's package), else $ADBUTILS_ADB_PATH, else the one adbutils bundles."""
+    exe = shutil.which("adb") or os.environ.get("ADBUTILS_ADB_PATH")
+    if exe and os.access(exe, os.X_OK):
+        return exe
+    for candidate in sorted(REPO.glob(".venv/lib/python3*/site-packages/adbutils/binaries/adb")):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise TargetsError("adb not found: install the Debian package adb (`make system-deps`)")
 
 
 def adb(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:

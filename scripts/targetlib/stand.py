@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from . import profiles
-from .common import REPO, TargetsError, locked, read_json, state_dir, write_json
+from .common import REPO, locked, read_json, state_dir, write_json
 from .sshd import SshdStandIn
 
 STATE_FILE = "state.json"
@@ -85,7 +84,3 @@ def status(root: str | os.PathLike | None = None) -> dict[str, Any]:
 def profile_names(state: dict[str, Any]) -> list[str]:
     return [state[k]["profile"] for k in ("ssh", "adb") if state.get(k, {}).get("profile")]
 
-
-def raise_if_missing(path: Path, what: str) -> None:
-    if not path.exists():
-        raise TargetsError(f"{what} missing: {path}")
