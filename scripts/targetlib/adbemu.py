@@ -827,6 +827,8 @@ class Connection:
         got_cnxn = False
         try:
             while not self.closed:
+                # An idle transport is normal (the server keeps it for hours): after the
+                # handshake, reads wait; writes and started messages have timeouts.
                 header = await asyncio.wait_for(self.reader.readexactly(24),
                                                 None if got_cnxn else HANDSHAKE_TIMEOUT)
                 cmd, arg0, arg1, length, checksum, magic = struct.unpack("<6I", header)
