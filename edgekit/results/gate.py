@@ -147,6 +147,10 @@ class GateResult:
                 "checks": [c.to_dict() for c in self.checks]}
 
 
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:+.1f}%"
 
@@ -200,15 +204,15 @@ def evaluate(result: BenchResult, thresholds: Sequence[Threshold], comparison: C
     undecided = [c for c in checks if c.status == UNDECIDED]
     if fails:
         return GateResult(checks_t, EXIT_FAIL,
-                          f"gate failed: {len(fails)} of {len(checks)} thresholds crossed: "
+                          f"gate failed: {len(fails)} of {_n(len(checks), 'threshold')} crossed: "
                           + "; ".join(c.threshold.text for c in fails), device)
     if undecided:
         return GateResult(checks_t, EXIT_UNDECIDED,
-                          f"gate undecided: {len(undecided)} of {len(checks)} thresholds could not be checked: "
+                          f"gate undecided: {len(undecided)} of {_n(len(checks), 'threshold')} could not be checked: "
                           + "; ".join(c.threshold.text for c in undecided), device)
     if not checks:
         return GateResult(checks_t, EXIT_PASS, "no thresholds given: nothing to gate", device)
-    return GateResult(checks_t, EXIT_PASS, f"gate passed: {len(checks)} thresholds held", device)
+    return GateResult(checks_t, EXIT_PASS, f"gate passed: {_n(len(checks), 'threshold')} held", device)
 
 
 def undecided_gate(thresholds: Sequence[Threshold], reason: str, device: str = "",
