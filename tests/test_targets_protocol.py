@@ -248,3 +248,18 @@ def test_output_mapping_survives_chunk_boundaries():
     assert map_device_path("/data/local/tmp/../tmp/x", sandbox) == f"{sandbox}/x"
     assert map_device_path("/data/local/tmp/../../etc/passwd", sandbox) is None
     assert map_device_path("/data/local/tmpx", sandbox) is None
+
+
+def test_a_failing_service_still_closes_its_stream(emulators):
+    sandbox = Path(emulators["plain"]["sandbox"])
+    moved = sandbox.with_name("moved_away")
+    sandbox.rename(moved)  # the shell cannot start in a missing folder
+    h = Host(emulators["plain"]["port"])
+    try:
+        h.connect()
+        cmd, dev_id, host_id, _ = h.open(11, "shell:echo never")
+        assert (cmd, host_id) == (A_OKAY, 11)
+        assert h.recv()[:3] == (A_CLSE, dev_id, 11)  # not a hang
+    finally:
+        h.close()
+        moved.rename(sandbox)

@@ -909,7 +909,19 @@ class Connection:
         stream = Stream(self, local_id, remote_id, service)
         self.streams[local_id] = stream
         await self.send(A_OKAY, local_id, remote_id)
-        stream.task = self.spawn(runner(stream))
+        stream.task = self.spawn(self._guard(stream, runner))
+
+    @staticmethod
+    async def _guard(stream: Stream, runner) -> None:
+        """Run a service; whatever happens, the host sees the stream closed."""
+        try:
+            await runner(stream)
+        except (StreamClosed, ConnectionError, asyncio.TimeoutError):
+            pass
+        except Exception:
+            log.exception("service %r failed", stream.service[:200])
+        finally:
+            await stream.close()
 
     def service(self, service: str):
         cfg = self.cfg

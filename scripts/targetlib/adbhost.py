@@ -179,7 +179,10 @@ class AdbStandIn:
         self.stop(previous, allow_server_stop=False)
         preferred = int(previous.get("port") or 0)
         port = preferred if preferred and port_is_free(preferred) else free_port(avoid=range(5554, 5586))
-        info = _start_emulator(self.dir, port, self.auth, self.offline)
+        try:
+            info = _start_emulator(self.dir, port, self.auth, self.offline)
+        except TargetsError:  # the port was taken in between: one more try on another
+            info = _start_emulator(self.dir, free_port(avoid=range(5554, 5586)), self.auth, self.offline)
         info["started_adb_server"] = bool(previous.get("started_adb_server") or started)
         info["adb"] = adb_binary()
         try:
