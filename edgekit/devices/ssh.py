@@ -117,6 +117,12 @@ class SshTransport(BaseTransport):
         return f"{self.user}@{self.host}:{self.port}"
 
     def connect(self) -> None:
+        try:
+            socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise DeviceNotFound(f"{self.name}: unknown host {self.host!r} ({exc.strerror})",
+                                 hint="is the board on this network? try its IP address in ssh.host") from exc
+
         def attempt():
             client = paramiko.SSHClient()
             if self.known_hosts and os.path.isfile(self.known_hosts):
