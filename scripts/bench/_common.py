@@ -1,0 +1,512 @@
+"""Shared helpers of the benchmark scripts in scripts/bench/ (not part of the edgekit package).
+
+* machine / commit / date facts for RESULTS.md,
+* peak memory of a child process *tree* (sampled from /proc, plus getrusage),
+* ratio tables with targets and PASS/MISS,
+* replacing one script's section of scripts/bench/RESULTS.md atomically.
+
+Everything here measures or reads; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+VENV_BIN = REPO / ".venv" / "bin"
+GIB = 1024**3
+MIB = 1024**2
+
+
+# ------------------------------------------------------------------ machine, commit, date
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts:
+                    out[k] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    except OSError:
+        pass
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    mi = _meminfo()
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": round(mi.get("MemTotal", 0) / GIB, 1),
+        "mem_available_gib": round(mi.get("MemAvailable", 0) / GIB, 1),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg": tuple(round(x, 2) for x in os.getloadavg()),
+    }
+
+
+def mem_available() -> int:
+    return _meminfo().get("MemAvailable", 0)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + (" (work tree has uncommitted changes)" if dirty else "")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def header_lines() -> list[str]:
+    m = machine_info()
+    return [
+        f"- date: {utc_now()}",
+        f"- commit: {git_commit()}",
+        f"- machine: {m['cores']} cores, {m['ram_gib']} GiB RAM ({m['mem_available_gib']} GiB available at start), "
+        f"{m['cpu']}, Linux {m['kernel']}, Python {m['python']}, load average {m['loadavg'][0]}",
+    ]
+
+
+# ------------------------------------------------------------------ process-tree memory
+def _proc_table() -> dict[int, int]:
+    """pid -> ppid for every visible process."""
+    out: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                s = f.read().decode(errors="replace")
+            # comm may hold spaces/parens: fields after the last ')'
+            rest = s[s.rindex(")") + 2:].split()
+            out[int(d)] = int(rest[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def tree_pids(root: int) -> list[int]:
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, ppid in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        p = stack.pop()
+        if p in table or p == root:
+            out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def _status_kb(pid: int, keys: Sequence[str]) -> dict[str, int]:
+    got: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in keys:
+                    got[k] = int(v.split()[0])
+    except (OSError, ValueError):
+        pass
+    return got
+
+
+@dataclasses.dataclass
+class TreeMemory:
+    peak_tree_rss: int = 0  # bytes: max over samples of the summed RSS of the whole tree
+    peak_tree_anon: int = 0  # bytes: same for RssAnon
+    peak_single_hwm: int = 0  # bytes: max VmHWM seen for one process of the tree (kernel's own peak)
+    samples: int = 0
+    timeline: list[tuple[float, int, str]] = dataclasses.field(default_factory=list)  # (t_s, tree_rss, top cmd)
+
+
+class TreeSampler:
+    """Samples RSS of a process and all its descendants every ``interval`` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1, keep_timeline: bool = True):
+        self.pid = pid
+        self.interval = interval
+        self.mem = TreeMemory()
+        self.keep = keep_timeline
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._th = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> "TreeSampler":
+        self._th.start()
+        return self
+
+    def sample(self) -> None:
+        total_rss = total_anon = 0
+        top = (0, "")
+        for p in tree_pids(self.pid):
+            st = _status_kb(p, ("VmRSS", "RssAnon", "VmHWM"))
+            rss = st.get("VmRSS", 0) * 1024
+            total_rss += rss
+            total_anon += st.get("RssAnon", 0) * 1024
+            self.mem.peak_single_hwm = max(self.mem.peak_single_hwm, st.get("VmHWM", 0) * 1024)
+            if rss > top[0]:
+                try:
+                    with open(f"/proc/{p}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+                except OSError:
+                    cmd = "?"
+                top = (rss, cmd)
+        self.mem.samples += 1
+        self.mem.peak_tree_rss = max(self.mem.peak_tree_rss, total_rss)
+        self.mem.peak_tree_anon = max(self.mem.peak_tree_anon, total_anon)
+        if self.keep:
+            self.mem.timeline.append((round(time.monotonic() - self._t0, 2), total_rss, top[1]))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> TreeMemory:
+        self._stop.set()
+        self._th.join(timeout=5)
+        return self.mem
+
+
+@dataclasses.dataclass
+class ChildRun:
+    argv: list[str]
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+    mem: TreeMemory
+    rusage_maxrss: int  # bytes: getrusage(RUSAGE_CHILDREN) ru_maxrss when it grew during the run
+    stderr_lines: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (t_s since start, line)
+
+    @property
+    def peak_rss(self) -> int:
+        """Peak memory of the command: the sampled tree peak, at least the kernel's per-process high-water mark."""
+        return max(self.mem.peak_tree_rss, self.mem.peak_single_hwm, self.rusage_maxrss)
+
+    def line_before(self, t: float) -> str:
+        """The last stderr line printed before ``t`` (seconds since start): which stage ran then."""
+        last = ""
+        for ts, line in self.stderr_lines:
+            if ts > t:
+                break
+            if line.strip():
+                last = line.strip()
+        return last
+
+
+def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.PathLike | None = None,
+                 env: dict[str, str] | None = None, nice: int = 0, timeout: float | None = None,
+                 keep_timeline: bool = True, echo: bool = False) -> ChildRun:
+    """Run ``argv``; measure wall time and the peak RSS of its whole process tree; timestamp stderr lines."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    pre = (lambda: os.nice(nice)) if nice else None
+    t0 = time.monotonic()
+    proc = subprocess.Popen(list(argv), cwd=cwd, env=env, preexec_fn=pre, text=True, errors="replace",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sampler = TreeSampler(proc.pid, interval, keep_timeline).start()
+    out_chunks: list[str] = []
+    err_lines: list[tuple[float, str]] = []
+
+    def read_out() -> None:
+        out_chunks.append(proc.stdout.read())
+
+    def read_err() -> None:
+        for line in proc.stderr:
+            err_lines.append((time.monotonic() - t0, line))
+            if echo:
+                sys.stderr.write("    | " + line)
+                sys.stderr.flush()
+
+    ths = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
+    for th in ths:
+        th.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    dt = time.monotonic() - t0
+    for th in ths:
+        th.join(timeout=10)
+    mem = sampler.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    # ru_maxrss of RUSAGE_CHILDREN is the max over all reaped descendants: it tells us
+    # something only when it grew during this run
+    return ChildRun(list(argv), proc.returncode, dt, "".join(out_chunks), "".join(l for _, l in err_lines), mem,
+                    after if after > before else 0, err_lines)
+
+
+# ------------------------------------------------------------------ statistics
+def mean(xs: Sequence[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def cv(xs: Sequence[float]) -> float:
+    """Coefficient of variation (sample stdev / mean), nan for fewer than 2 values."""
+    if len(xs) < 2:
+        return float("nan")
+    m = statistics.fmean(xs)
+    return statistics.stdev(xs) / m if m else float("nan")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or (isinstance(a, float) and math.isnan(a)) or \
+            (isinstance(b, float) and math.isnan(b)):
+        return None
+    return a / b
+
+
+# ------------------------------------------------------------------ targets and tables
+@dataclasses.dataclass(frozen=True)
+class Target:
+    op: str  # ">=", "<=", "within" (|value - 1| <= bound)
+    bound: float
+
+    def check(self, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        if self.op == ">=":
+            ok = value >= self.bound
+        elif self.op == "<=":
+            ok = value <= self.bound
+        elif self.op == "within":
+            ok = abs(value - 1.0) <= self.bound
+        else:
+            raise ValueError(self.op)
+        return "PASS" if ok else "MISS"
+
+    def text(self, unit: str = "x") -> str:
+        if self.op == "within":
+            return f"1 ± {self.bound:g}"
+        return f"{self.op} {self.bound:g}{unit}"
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    a: float | str | None = None
+    b: float | str | None = None
+    value: float | None = None  # the ratio (or figure) compared with the target
+    target: Target | None = None
+    unit: str = "x"
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return self.target.check(self.value) if self.target else ""
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and math.isnan(v):
+        return "n/a"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    av = abs(v)
+    if av >= 1000:
+        return f"{v:,.0f}"
+    if av >= 100:
+        return f"{v:.1f}"
+    return f"{v:.{digits}g}"
+
+
+def table(rows: Sequence[Row], head: tuple[str, str, str, str] = ("metric", "A", "B", "A/B")) -> str:
+    """Markdown table (also readable in a terminal)."""
+    lines = [f"| {head[0]} | {head[1]} | {head[2]} | {head[3]} | target | verdict |",
+             "|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        val = fmt(r.value) + (r.unit if r.value is not None and r.unit not in ("", "x") else "")
+        if r.value is not None and r.unit == "x":
+            val = f"{fmt(r.value)}x"
+        tgt = r.target.text(r.unit) if r.target else ""
+        lines.append(f"| {r.name} | {fmt(r.a)} | {fmt(r.b)} | {val} | {tgt} | {r.verdict}"
+                     + (f" ({r.note})" if r.note else "") + " |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: Sequence[Row]) -> dict[str, int]:
+    out = {"PASS": 0, "MISS": 0, "n/a": 0}
+    for r in rows:
+        if r.target:
+            out[r.verdict] = out.get(r.verdict, 0) + 1
+    return out
+
+
+# ------------------------------------------------------------------ RESULTS.md
+_PREAMBLE = """# edgekit performance benchmarks: latest results
+
+Each section is written by its script (`scripts/bench/<name>.py --write`), from figures
+measured side by side in one run on the machine named in the section. Nothing here is
+typed in by hand. See scripts/bench/README.md for what each script does.
+"""
+
+
+def update_results(name: str, body: str, path: Path = RESULTS_MD) -> Path:
+    """Replace (or append) the section between ``<!-- bench:NAME -->`` markers, atomically."""
+    sys.path.insert(0, str(REPO))
+    from edgekit.fsutil import atomic_write_text
+
+    start, end = f"<!-- bench:{name} start -->", f"<!-- bench:{name} end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text(encoding="utf-8") if path.is_file() else _PREAMBLE
+    pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pat.search(text):
+        text = pat.sub(lambda _m: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(path, text)
+    return path
+
+
+def section(title: str, rows: Sequence[Row], head: tuple[str, str, str, str], notes: Sequence[str] = (),
+            settings: Sequence[str] = ()) -> str:
+    v = verdicts(rows)
+    parts = [f"## {title}", "", *header_lines()]
+    parts += [f"- {s}" for s in settings]
+    parts += ["", table(rows, head), "",
+              f"Targets: {v['PASS']} PASS, {v['MISS']} MISS" + (f", {v['n/a']} not measured" if v["n/a"] else "")]
+    if notes:
+        parts += [""] + [f"- {n}" for n in notes]
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------ misc
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def other_big_jobs(patterns: Sequence[str] = ("build e2b", "edgekit.build.export", "export_hf", "build e4b")) -> list[str]:
+    """Command lines of other processes (not ours) that look like a big build/export."""
+    mine = set(tree_pids(os.getpid())) | {os.getppid()}
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in mine:
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if any(p in cmd for p in patterns[1:]) and ("e2b" in cmd or "e4b" in cmd) or patterns[0] in cmd:
+            out.append(f"{d}: {cmd[:160]}")
+    return out
+
+
+def wait_for_quiet_machine(max_wait_s: float = 3600, poll_s: float = 20, need_bytes: int = 0) -> None:
+    """Wait until no other big e2b build/export runs (and ``need_bytes`` of memory are available)."""
+    t0 = time.monotonic()
+    while True:
+        jobs = other_big_jobs()
+        avail = mem_available()
+        if not jobs and avail >= need_bytes:
+            return
+        if time.monotonic() - t0 > max_wait_s:
+            raise SystemExit(f"error: machine still busy after {max_wait_s:.0f} s: {jobs or f'{avail / GIB:.1f} GiB free'}")
+        log(f"waiting: {'; '.join(jobs) if jobs else ''} available {avail / GIB:.1f} GiB (need {need_bytes / GIB:.1f})")
+        time.sleep(poll_s)
+
+
+def edgekit_argv(*args: str) -> list[str]:
+    """The edgekit CLI of this checkout's venv."""
+    exe = VENV_BIN / "edgekit"
+    if exe.exists():
+        return [str(exe), *args]
+    return [str(VENV_BIN / "python"), "-m", "edgekit", *args]
+
+
+# ------------------------------------------------------------------ builds
+_BUILD_SHIM = r"""
+import sys
+from edgekit.build.pipeline import build
+from edgekit.errors import EdgekitError
+model, scheme, wd, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def progress(stage, msg, secs):
+    print(f"{stage}: {msg}" + ("" if secs is None else f" ({secs:.1f} s)"), file=sys.stderr, flush=True)
+try:
+    r = build(model, random_weights=True, width_div=wd, scheme=scheme, text_only=True, output=out, progress=progress)
+except EdgekitError as exc:
+    print(f"error: {exc.message}", file=sys.stderr)
+    sys.exit(exc.exit_code if hasattr(exc, "exit_code") else 1)
+print(r.bundle)
+"""
+
+
+def has_build_cli() -> bool:
+    return (REPO / "edgekit" / "cli" / "build.py").is_file()
+
+
+def build_argv(model: str, scheme: str, width_div: int, output: Path) -> tuple[list[str], str]:
+    """argv of `edgekit build MODEL --random-weights --width-div K --text-only --scheme S --output OUT`.
+
+    Falls back to calling ``edgekit.build.pipeline.build`` with the same arguments while
+    the ``build`` CLI command has not landed (returns a note saying so).
+    """
+    if has_build_cli():
+        help_text = subprocess.run(edgekit_argv("build", "--help"), capture_output=True, text=True,
+                                   cwd=REPO).stdout
+        out_flag = "--output" if "--output" in help_text else ("--dist" if "--dist" in help_text else "-o")
+        argv = edgekit_argv("build", model, "--random-weights", "--width-div", str(width_div), "--text-only",
+                            "--scheme", scheme, out_flag, str(output))
+        return argv, "`" + " ".join(["edgekit", *argv[1:]]) + "`"
+    argv = [str(VENV_BIN / "python"), "-c", _BUILD_SHIM, model, scheme, str(width_div), str(output)]
+    return argv, ("edgekit.build.pipeline.build(random_weights=True, text_only=True, ...) through a 10-line shim "
+                  "(the `edgekit build` CLI command had not landed)")
+
+
+def find_bundle(out_root: Path, model: str, scheme: str) -> Path | None:
+    d = out_root / f"{model}-{scheme}-text"
+    files = sorted(d.glob("*.litertlm")) if d.is_dir() else []
+    return files[0] if files else None
+
+
+def read_manifest(bundle: Path) -> dict:
+    import json
+
+    p = bundle.parent / "manifest.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Peak RSS (whole process tree) of `edgekit build e2b --random-weights --text-only` per width.
+
+    .venv/bin/python scripts/bench/build_memory.py [--widths 8,4] [--try-2] [--write]
+    .venv/bin/python scripts/bench/build_memory.py --model tiny --widths 1     # quick check
+
+For each --width-div K: a cold build (the export cache of this benchmark's own cache
+folder is emptied first; the random checkpoint is reused once made) is run under
+``nice``, its process tree is sampled from /proc every 0.1 s (builder + export child +
+verify child), and the peak is divided by the text parameter count. A straight line
+through (params, peak) of the measured widths is extrapolated to full-size E2B
+(width-div 1) and compared with the 20 GiB target. The stage at the peak is the last
+progress line the build printed before the peak sample, and the process holding most
+memory then is named. Width 2 is tried only with --try-2 and only if the
+extrapolated peak fits in the available memory (minus 2 GiB).
+
+Only one big build runs at a time: the script waits while another e2b build/export runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+TARGET_GIB = 20.0
+
+
+def text_params(model: str, wd: int) -> int:
+    sys.path.insert(0, str(C.REPO))
+    from edgekit.models.presets import get_preset
+
+    return int(get_preset(model).text_param_counts(wd)["text"])
+
+
+def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool) -> dict:
+    cache = work / f"cache-{model}-w{wd}"
+    out = work / f"dist-{model}-w{wd}"
+    shutil.rmtree(cache / "exports", ignore_errors=True)
+    if not keep_checkpoint:
+        shutil.rmtree(cache / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    argv, how = C.build_argv(model, scheme, wd, out)
+    env = dict(os.environ, EDGEKIT_CACHE=str(cache))
+    C.log(f"build {model} --width-div {wd} --scheme {scheme} ({how}), cache {cache}")
+    run = C.run_measured(argv, cwd=C.REPO, env=env, nice=10, interval=0.1, echo=True)
+    if run.returncode != 0:
+        tail = "".join(run.stderr.splitlines(True)[-5:])
+        raise SystemExit(f"error: build of {model} w{wd} failed (exit {run.returncode}):\n{tail}")
+    peak_t, peak_cmd = 0.0, ""
+    for t, rss, cmd in run.mem.timeline:
+        if rss == run.mem.peak_tree_rss:
+            peak_t, peak_cmd = t, cmd
+            break
+    bundle = C.find_bundle(out, model, scheme)
+    man = C.read_manifest(bundle) if bundle else {}
+    b = man.get("build", {})
+    params = text_params(model, wd)
+    return {
+        "model": model, "width_div": wd, "scheme": scheme, "params": params, "seconds": round(run.seconds, 1),
+        "peak_tree_rss": run.peak_rss, "peak_sampled_tree_rss": run.mem.peak_tree_rss,
+        "peak_single_hwm": run.mem.peak_single_hwm, "samples": run.mem.samples,
+        "bytes_per_param": run.peak_rss / params,
+        "peak_at_s": peak_t, "peak_stage": run.line_before(peak_t), "peak_process": peak_cmd,
+        "manifest_export_peak_rss": (b.get("export") or {}).get("peak_rss_bytes"),
+        "manifest_builder_peak_rss": b.get("builder_peak_rss_bytes"),
+        "stages_s": b.get("stages_s"), "bundle": str(bundle) if bundle else None,
+        "bundle_bytes": bundle.stat().st_size if bundle else None, "how": how,
+        "timeline": run.mem.timeline[:: max(1, len(run.mem.timeline) // 400)],
+    }
+
+
+def fit(points: list[tuple[int, int]]) -> tuple[float, float]:
+    """Least-squares line peak = a + b * params."""
+    if len(points) == 1:
+        p, m = points[0]
+        return 0.0, m / p
+    n = len(points)
+    mx = sum(p for p, _ in points) / n
+    my = sum(m for _, m in points) / n
+    sxx = sum((p - mx) ** 2 for p, _ in points)
+    b = sum((p - mx) * (m - my) for p, m in points) / sxx
+    return my - b * mx, b
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
+    ap.add_argument("--widths", default=None, help="comma-separated width divisors (default e2b: 8,4; tiny: 1)")
+    ap.add_argument("--scheme", default="wNa8o8")
+    ap.add_argument("--try-2", dest="try2", action="store_true", help="also width-div 2 if the estimate fits")
+    ap.add_argument("--work", type=Path, default=C.REPO / ".cache" / "bench-build")
+    ap.add_argument("--fresh-checkpoint", action="store_true", help="regenerate the random checkpoint too")
+    ap.add_argument("--write", action="store_true", help="update scripts/bench/RESULTS.md")
+    ap.add_argument("--json", type=Path, help="also write the raw figures (with RSS timelines) here")
+    a = ap.parse_args(argv)
+    widths = [int(x) for x in (a.widths or ("8,4" if a.model == "e2b" else "1")).split(",")]
+    a.work.mkdir(parents=True, exist_ok=True)
+
+    results = []
+    for wd in widths:
+        if a.model == "e2b":
+            C.wait_for_quiet_machine()
+        results.append(measure(a.model, a.scheme, wd, a.work, not a.fresh_checkpoint))
+        r = results[-1]
+        C.log(f"w{wd}: {r['params']:,} params, peak {r['peak_tree_rss'] / C.GIB:.2f} GiB "
+              f"({r['bytes_per_param']:.2f} B/param) in {r['seconds']:.0f} s; at peak: {r['peak_stage']!r}")
+
+    a0, b0 = fit([(r["params"], r["peak_tree_rss"]) for r in results])
+    if a.try2 and a.model == "e2b" and 2 not in widths:
+        est2 = a0 + b0 * text_params("e2b", 2)
+        avail = C.mem_available()
+        if est2 < avail - 2 * C.GIB:
+            C.wait_for_quiet_machine(need_bytes=int(est2 + 2 * C.GIB))
+            results.append(measure(a.model, a.scheme, 2, a.work, not a.fresh_checkpoint))
+            a0, b0 = fit([(r["params"], r["peak_tree_rss"]) for r in results])
+        else:
+            C.log(f"width-div 2 skipped: estimated peak {est2 / C.GIB:.1f} GiB > available "
+                  f"{avail / C.GIB:.1f} GiB - 2 GiB")
+            results.append({"skipped_w2": True, "estimate": est2, "available": avail})
+
+    measured = [r for r in results if "params" in r]
+    full = text_params(a.model, 1)
+    est_full = a0 + b0 * full
+    rows = []
+    for r in measured:
+        rows.append(C.Row(f"w{r['width_div']}: peak RSS, GiB (B/param)", f"{r['peak_tree_rss'] / C.GIB:.2f}",
+                          f"{r['params'] / 1e6:.0f} M", r["bytes_per_param"], None, unit=" B/param"))
+    rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
+                      f"{a0 / C.GIB:.2f} + {b0:.2f} B/param", f"{full / 1e6:.0f} M", est_full / C.GIB,
+                      C.Target("<=", TARGET_GIB), unit=" GiB"))
+    print(C.table(rows, ("width", "peak", "text params", "value")))
+    notes = []
+    for r in measured:
+        st = r.get("stages_s") or {}
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in st.items()) if st else "n/a"
+        exp_peak = r.get("manifest_export_peak_rss")
+        bld_peak = r.get("manifest_builder_peak_rss")
+        notes.append(
+            f"w{r['width_div']}: {r['seconds']:.0f} s; peak at {r['peak_at_s']:.0f} s during "
+            f"`{r['peak_stage'][:100]}` in `{r['peak_process'][:90]}`; manifest: export child peak "
+            f"{'n/a' if exp_peak is None else f'{exp_peak / C.GIB:.2f} GiB'}, builder peak "
+            f"{'n/a' if bld_peak is None else f'{bld_peak / C.GIB:.2f} GiB'}; stages: {stages}")
+    for r in results:
+        if r.get("skipped_w2"):
+            notes.append(f"width-div 2 skipped: estimated {r['estimate'] / C.GIB:.1f} GiB > "
+                         f"{r['available'] / C.GIB:.1f} GiB available - 2 GiB margin")
+    notes.append("Peak = max over 0.1 s samples of the summed VmRSS of the build's whole process tree "
+                 "(and at least any single process's VmHWM). Extrapolation: least-squares line through "
+                 "(text params, peak) of the measured widths, evaluated at the full model's text params.")
+    how = measured[0]["how"] if measured else ""
+    for n in notes:
+        print("- " + n)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+    if a.write:
+        body = C.section(f"build_memory: peak RSS of `edgekit build {a.model} --random-weights --text-only`",
+                         rows, ("width", "peak", "text params", "value"), notes,
+                         settings=[f"build command: {how}", f"scheme {a.scheme}, cold export cache, nice 10"])
+        C.update_results("build_memory" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

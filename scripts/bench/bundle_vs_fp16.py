@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""wNa8o8 vs fp16 bundles of the same random-weight E2B-shaped model, benched side by side on host.
+
+    .venv/bin/python scripts/bench/bundle_vs_fp16.py [--width-div 4] [--reps 5] [--write]
+    .venv/bin/python scripts/bench/bundle_vs_fp16.py --model tiny            # quick run
+
+1. Bundles: reused when a build of the same model and width exists in --dist (or
+   dist/<model>-<scheme>-text/ with a manifest saying the same width), else built with
+   `edgekit build MODEL --random-weights --width-div K --text-only --scheme S` under
+   nice, one at a time (waits while another e2b build/export runs), wNa8o8 first so
+   fp16 reuses the cached float export.
+2. Bench: `edgekit bench --device host --bundle W --baseline F` (the product path:
+   local transport, on-device harness sampling /proc every 50 ms, the python runner
+   on LiteRT-LM's engine, runs interleaved W, F, W, F...), JSON read back.
+3. Ratios wNa8o8/fp16 of the medians over measured runs; resident anonymous memory
+   while decoding (max of the harness's RssAnon samples inside each run's decode
+   window, median over runs) and its extrapolation to full-size E2B (see --help of
+   `extrapolate` below and README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+sys.path.insert(0, str(C.REPO))
+
+TARGETS = {
+    "decode_tps": C.Target(">=", 2.5),
+    "ttft_ms": C.Target("<=", 0.8),
+    "peak_anon_mb": C.Target("<=", 0.4),
+    "bytes": C.Target("<=", 0.25),
+}
+ANON_FULL_TARGET_GB = 0.8
+
+
+def find_or_build(model: str, scheme: str, wd: int, dist: Path, cache: Path, notes: list[str]) -> Path:
+    for root in (dist, C.REPO / "dist"):
+        b = C.find_bundle(root, model, scheme)
+        if b is not None:
+            man = C.read_manifest(b)
+            got_wd = (man.get("model") or {}).get("width_div")
+            if got_wd == wd and (man.get("build") or {}).get("text_only", True):
+                C.log(f"reusing {b} (manifest: width_div {got_wd})")
+                notes.append(f"{scheme}: reused {b.relative_to(C.REPO) if b.is_relative_to(C.REPO) else b}")
+                return b
+    if model != "tiny":
+        C.wait_for_quiet_machine()
+    argv, how = C.build_argv(model, scheme, wd, dist)
+    C.log(f"building {model} {scheme} w{wd}: {how}")
+    run = C.run_measured(argv, cwd=C.REPO, env=dict(os.environ, EDGEKIT_CACHE=str(cache)), nice=10, echo=True)
+    if run.returncode != 0:
+        raise SystemExit(f"error: build failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+    notes.append(f"{scheme}: built in {run.seconds:.0f} s, peak RSS {run.peak_rss / C.GIB:.1f} GiB ({how})")
+    b = C.find_bundle(dist, model, scheme)
+    if b is None:
+        raise SystemExit(f"error: the build finished but no bundle in {dist}/{model}-{scheme}-text/")
+    return b
+
+
+def bench(cand: Path, base: Path | None, reps: int, warmup: int, prefill: int, decode: int, out: Path,
+          extra: list[str] = ()) -> tuple[dict, Path]:
+    argv = C.edgekit_argv("bench", "--device", "host", "--bundle", str(cand), "--warmup", str(warmup),
+                          "--reps", str(reps), "--prefill", str(prefill), "--decode", str(decode),
+                          "--no-profile-thresholds", "--json", "--output", str(out), *extra)
+    argv += ["--baseline", str(base)] if base else ["--no-baseline"]
+    C.log("running: edgekit " + " ".join(argv[1:]))
+    p = subprocess.run(argv, cwd=C.REPO, capture_output=True, text=True)
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"error: edgekit bench exited {p.returncode}: {p.stderr.strip()[-800:]}")
+    data = json.loads(p.stdout)
+    return data, Path(data["folder"])
+
+
+def runner_iterations(trace_dir: Path) -> list[dict]:
+    out = []
+    try:
+        for line in (trace_dir / "runner.out").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "run" and rec.get("phase") == "measure":
+                out.append(rec)
+    except OSError:
+        pass
+    return out
+
+
+def decode_anon_mb(run: dict, folder: Path) -> float | None:
+    """Max RssAnon (MB) sampled inside the run's decode window(s)."""
+    t0 = run.get("t_start")
+    if t0 is None or not run.get("trace_dir"):
+        return None
+    windows = []
+    for it in runner_iterations(folder / run["trace_dir"]):
+        if it.get("t_end") is not None and it.get("decode_ms") is not None:
+            windows.append(((it["t_end"] - it["decode_ms"] / 1000.0 - t0) * 1000.0, (it["t_end"] - t0) * 1000.0))
+    vals = []
+    for pt in run.get("mem") or []:
+        t_ms, anon = pt[0], pt[2] if len(pt) > 2 else None
+        if anon is not None and any(a <= t_ms <= b for a, b in windows):
+            vals.append(anon)
+    return max(vals) if vals else None
+
+
+def medians(data: dict, folder: Path, role: str) -> dict[str, float | None]:
+    runs = [r for r in data["result"]["runs"] if r["role"] == role and r["phase"] == "measure" and
+            r.get("status", "ok") == "ok"]
+    out: dict[str, float | None] = {}
+    for k in ("decode_tps", "prefill_tps", "ttft_ms", "peak_anon_mb", "peak_pss_mb", "peak_rss_mb",
+              "peak_file_mb", "init_ms"):
+        xs = [r["metrics"].get(k) for r in runs if r["metrics"].get(k) is not None]
+        out[k] = C.median(xs) if xs else None
+    da = [v for v in (decode_anon_mb(r, folder) for r in runs) if v is not None]
+    out["decode_anon_mb"] = C.median(da) if da else None
+    out["runs"] = len(runs)
+    out["decode_cv"] = C.cv([r["metrics"]["decode_tps"] for r in runs if r["metrics"].get("decode_tps")])
+    return out
+
+
+def section_sizes(bundle: Path) -> dict[str, int]:
+    from edgekit.runtime.litertlm_file import read_header
+
+    sizes: dict[str, int] = {}
+    for s in read_header(bundle).sections:
+        sizes[s.name] = sizes.get(s.name, 0) + s.size
+    return sizes
+
+
+def extrapolate(model: str, wd: int, anon_mb: float, base_mb: float, bundle: Path) -> tuple[float, list[str]]:
+    """Resident anon while decoding at width-div 1, from width-div ``wd``.
+
+    anon = base + W + L, where
+      base = the runner process with a (near-zero-parameter) tiny bundle: interpreter,
+             libraries, tokenizer, engine; does not scale with the model;
+      W    = the model-dependent part up to the size of the bundle's prefill/decode
+             section: treated as decoder weights held in anonymous memory (packed by
+             XNNPACK); decoder parameters scale with width^2 (hidden x intermediate);
+      L    = the rest: KV cache (layers x cache x kv heads x head_dim; head_dim scales
+             with width), activations and embedding rows in flight: linear in width.
+    The embedding and per-layer-embedding tables (vocab x width) are lookups read from
+    the mmapped file (file-backed, not anonymous) and so add nothing here.
+    """
+    from edgekit.models.presets import get_preset
+
+    c_w = get_preset(model).text_param_counts(wd)
+    c_1 = get_preset(model).text_param_counts(1)
+    dec_scale = c_1["decoder"] / c_w["decoder"]
+    lin_scale = float(wd)
+    sec = section_sizes(bundle)
+    dec_mb = sec.get("tf_lite_prefill_decode", 0) / C.MIB
+    model_part = max(0.0, anon_mb - base_mb)
+    w_part = min(model_part, dec_mb)
+    l_part = model_part - w_part
+    full = base_mb + w_part * dec_scale + l_part * lin_scale
+    notes = [
+        f"anon while decoding at w{wd}: {anon_mb:.0f} MB = base {base_mb:.0f} MB (tiny bundle, same runner) "
+        f"+ weights-like part {w_part:.0f} MB (capped at the prefill/decode section, {dec_mb:.0f} MB) "
+        f"+ rest {l_part:.0f} MB",
+        f"full size: base {base_mb:.0f} + {w_part:.0f} x {dec_scale:.1f} (decoder params w1/w{wd}) + "
+        f"{l_part:.0f} x {lin_scale:.0f} (width: KV cache, activations) = {full:.0f} MB",
+        f"upper bound if the whole model-dependent part scaled like the decoder: "
+        f"{base_mb + model_part * dec_scale:.0f} MB",
+    ]
+    return full, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
+    ap.add_argument("--width-div", type=int, default=None, help="default: 4 for e2b, 1 for tiny")
+    ap.add_argument("--dist", type=Path, default=None,
+                    help="where builds are looked for / written (default .cache/bench-build/dist-MODEL-wK)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--prefill", type=int, default=None, help="default 128 (e2b), 24 (tiny)")
+    ap.add_argument("--decode", type=int, default=None, help="default 64 (e2b), 32 (tiny)")
+    ap.add_argument("--base-bundle", type=Path, help="tiny bundle for the runner's fixed memory (default: built)")
+    ap.add_argument("--write", action="store_true", help="update scripts/bench/RESULTS.md")
+    a = ap.parse_args(argv)
+    wd = a.width_div or (4 if a.model == "e2b" else 1)
+    work = C.REPO / ".cache" / "bench-build"
+    dist = a.dist or work / f"dist-{a.model}-w{wd}"
+    cache = work / f"cache-{a.model}-w{wd}"
+    prefill = a.prefill or (128 if a.model == "e2b" else 24)
+    decode = a.decode or (64 if a.model == "e2b" else 32)
+    notes: list[str] = []
+
+    cand = find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
+    base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
+    data, folder = bench(cand, base, a.reps, a.warmup, prefill, decode, C.REPO / "results" / "bench-scripts")
+    notes.append(f"bench result: {folder.relative_to(C.REPO) if folder.is_relative_to(C.REPO) else folder}")
+    mc, mb = medians(data, folder, "candidate"), medians(data, folder, "baseline")
+    runtime = data["result"].get("runtime") or {}
+
+    rows = []
+    for key, label in (("decode_tps", "decode tok/s"), ("prefill_tps", "prefill tok/s"), ("ttft_ms", "TTFT ms"),
+                       ("peak_anon_mb", "peak anon MB"), ("peak_pss_mb", "peak PSS MB"),
+                       ("peak_rss_mb", "peak RSS MB"), ("peak_file_mb", "peak file-backed MB"),
+                       ("decode_anon_mb", "anon while decoding MB")):
+        rows.append(C.Row(label, mc.get(key), mb.get(key), C.ratio(mc.get(key), mb.get(key)), TARGETS.get(key)))
+    bc, bb = cand.stat().st_size, base.stat().st_size
+    rows.append(C.Row("bundle bytes", bc, bb, bc / bb, TARGETS["bytes"]))
+
+    # absolute anon while decoding, extrapolated to full size
+    if a.model == "e2b" and mc.get("decode_anon_mb") is not None:
+        tiny = a.base_bundle or find_or_build("tiny", "wNa8o8", 1, work / "dist-tiny-w1", work / "cache-tiny-w1",
+                                              notes)
+        tdata, tfolder = bench(tiny, None, 3, 1, 24, decode, C.REPO / "results" / "bench-scripts")
+        base_mb = medians(tdata, tfolder, "candidate")["decode_anon_mb"]
+        full_mb, xnotes = extrapolate(a.model, wd, mc["decode_anon_mb"], base_mb, cand)
+        rows.append(C.Row(f"anon while decoding, full-size {a.model} text-only (extrapolated), GB",
+                          f"w{wd}: {mc['decode_anon_mb']:.0f} MB", f"base {base_mb:.0f} MB", full_mb * C.MIB / 1e9,
+                          C.Target("<=", ANON_FULL_TARGET_GB), unit=" GB"))
+        notes += xnotes
+    elif mc.get("decode_anon_mb") is not None:
+        rows.append(C.Row("anon while decoding (this model), GB", f"{mc['decode_anon_mb']:.0f} MB", "",
+                          mc["decode_anon_mb"] * C.MIB / 1e9, None, unit=" GB"))
+    head = ("metric", "wNa8o8", "fp16", "wNa8o8/fp16")
+    print(C.table(rows, head))
+    notes.append(f"runner backend {runtime.get('backend')}, runtime {runtime.get('runtime')}; "
+                 f"{mc['runs']}+{mb['runs']} measured runs (medians), decode CV {mc['decode_cv']:.1%} / "
+                 f"{mb['decode_cv']:.1%}")
+    notes.append("peak anon / PSS / RSS / file-backed: the harness's /proc samples every 50 ms over each run "
+                 "(whole runner process, init included); anon while decoding: max RssAnon inside the decode window")
+    for n in notes:
+        print("- " + n)
+    if a.write:
+        body = C.section(f"bundle_vs_fp16: {a.model} w{wd} text-only, wNa8o8 vs fp16 on host", rows, head, notes,
+                         settings=[f"edgekit bench --device host, prefill {prefill}, decode {decode}, "
+                                   f"warmup {a.warmup}, reps {a.reps}, threads from the host profile",
+                                   f"bundles: {cand.name} ({bc:,} B), {base.name} ({bb:,} B)"])
+        C.update_results("bundle_vs_fp16" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

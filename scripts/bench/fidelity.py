@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""edgekit's prefill/decode tok/s vs `litert-lm benchmark` on the same bundle and settings, and spread.
+
+    .venv/bin/python scripts/bench/fidelity.py [--model e2b] [--scheme fp16] [--write]
+    .venv/bin/python scripts/bench/fidelity.py --model tiny               # quick run
+
+The bundle must run in LiteRT-LM's own engine (the CLI uses nothing else): by
+default the fp16 build; `--scheme wNa8o8` tries the static-int8 one (the script says
+when litert-lm cannot run it: that CLI prints an error and still exits 0, so its
+output is parsed, never its exit code trusted).
+
+Rounds alternate the two tools, ``--rounds`` times:
+  * `edgekit bench --device host --bundle B --no-baseline --backend litert_lm
+    --warmup 1 --reps R` (one runner process per run), figures = medians;
+  * `litert-lm benchmark B -p P -d D --runs R --cpu-thread-count T --backend cpu
+    --max-num-tokens N --cache no --ringbuffers-local-attention false` (one process,
+    one warmup, the mean of R runs: what that tool prints). `--max-num-tokens`,
+    `--cache no` and ring buffers off match the Engine edgekit's runner opens.
+Ratios edgekit/litert-lm of the per-round figures, averaged; target within 5%.
+CV of edgekit's decode tok/s over its first round's R (default 5) measured runs:
+target <= 3%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from bundle_vs_fp16 import bench, find_or_build  # noqa: E402
+
+WITHIN = C.Target("within", 0.05)
+CV_TARGET = C.Target("<=", 0.03)
+
+
+def host_threads() -> int:
+    sys.path.insert(0, str(C.REPO))
+    from edgekit.devices import load_profile
+
+    return int(load_profile("host").cpu.threads or 0)
+
+
+def litert_lm_benchmark(bundle: Path, prefill: int, decode: int, runs: int, threads: int,
+                        max_tokens: int) -> dict:
+    argv = [str(C.VENV_BIN / "litert-lm"), "benchmark", str(bundle), "-p", str(prefill), "-d", str(decode),
+            "--runs", str(runs), "--backend", "cpu", "--max-num-tokens", str(max_tokens), "--cache", "no",
+            "--ringbuffers-local-attention", "false"]
+    if threads:
+        argv += ["--cpu-thread-count", str(threads)]
+    C.log("running: " + " ".join(["litert-lm", *argv[1:]]))
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=C.REPO)
+    text = p.stdout + "\n" + p.stderr
+
+    def grab(label: str) -> float | None:
+        m = re.search(label + r"\s*:\s*([0-9.]+)", text)
+        return float(m.group(1)) if m else None
+
+    res = {"prefill_tps": grab("Prefill speed"), "decode_tps": grab("Decode speed"),
+           "ttft_s": grab("Time to first token"), "init_s": grab("Init time"), "exit": p.returncode,
+           "argv": argv}
+    if res["decode_tps"] is None or res["prefill_tps"] is None:
+        last = [ln for ln in text.splitlines() if ln.strip()][-3:]
+        res["error"] = " / ".join(last)[:400]
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
+    ap.add_argument("--width-div", type=int, default=None)
+    ap.add_argument("--scheme", default="fp16", help="which build to compare on (fp16 | wNa8o8)")
+    ap.add_argument("--bundle", type=Path, help="any bundle instead of a build")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--prefill", type=int, default=None)
+    ap.add_argument("--decode", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=256, help="KV cache tokens (the export's cache length)")
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args(argv)
+    wd = a.width_div or (4 if a.model == "e2b" else 1)
+    prefill = a.prefill or (128 if a.model == "e2b" else 24)
+    decode = a.decode or (64 if a.model == "e2b" else 32)
+    notes: list[str] = []
+    work = C.REPO / ".cache" / "bench-build"
+    bundle = a.bundle or find_or_build(a.model, a.scheme, wd, work / f"dist-{a.model}-w{wd}",
+                                       work / f"cache-{a.model}-w{wd}", notes)
+    threads = host_threads()
+    out = C.REPO / "results" / "bench-scripts"
+    ek_rounds, ll_rounds, cvs = [], [], []
+    for i in range(a.rounds):
+        C.log(f"round {i + 1}/{a.rounds}")
+        data, folder = bench(bundle, None, a.reps, 1, prefill, decode, out,
+                             ["--backend", "litert_lm", "--threads", str(threads)] if threads else
+                             ["--backend", "litert_lm"])
+        runs = [r for r in data["result"]["runs"] if r["phase"] == "measure" and r.get("status", "ok") == "ok"]
+        dec = [r["metrics"]["decode_tps"] for r in runs]
+        pre = [r["metrics"]["prefill_tps"] for r in runs]
+        ek_rounds.append({"decode_tps": C.median(dec), "prefill_tps": C.median(pre), "folder": str(folder),
+                          "decode_all": dec, "backend": (data["result"].get("runtime") or {}).get("backend")})
+        cvs.append(C.cv(dec))
+        ll = litert_lm_benchmark(bundle, prefill, decode, a.reps, threads, a.max_tokens)
+        ll_rounds.append(ll)
+        if ll.get("error"):
+            C.log(f"litert-lm benchmark gave no figures (exit {ll['exit']}): {ll['error']}")
+        C.log(f"  edgekit decode {ek_rounds[-1]['decode_tps']:.2f} prefill {ek_rounds[-1]['prefill_tps']:.1f}; "
+              f"litert-lm decode {ll['decode_tps']} prefill {ll['prefill_tps']}")
+
+    def ratio_of(key: str) -> tuple[float | None, float | None, float | None]:
+        rs = [C.ratio(e[key], l[key]) for e, l in zip(ek_rounds, ll_rounds)]
+        rs = [r for r in rs if r is not None]
+        ek = C.mean([e[key] for e in ek_rounds])
+        lls = [l[key] for l in ll_rounds if l[key] is not None]
+        return ek, (C.mean(lls) if lls else None), (C.mean(rs) if rs else None)
+
+    rows = []
+    for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
+        ek, ll, r = ratio_of(key)
+        rows.append(C.Row(label, ek, ll, r, WITHIN))
+    rows.append(C.Row(f"CV of edgekit decode tok/s over {a.reps} runs (round 1)", cvs[0], "", cvs[0], CV_TARGET,
+                      unit=""))
+    head = ("metric", "edgekit", "litert-lm", "edgekit/litert-lm")
+    print(C.table(rows, head))
+    notes.append(f"bundle: {bundle.name} ({bundle.stat().st_size:,} B); scheme {a.scheme}; edgekit runner backend "
+                 f"{ek_rounds[0]['backend']}; threads {threads}")
+    for i, (e, l) in enumerate(zip(ek_rounds, ll_rounds)):
+        notes.append(f"round {i + 1}: edgekit decode {e['decode_tps']:.2f} (runs "
+                     f"{', '.join(f'{x:.2f}' for x in e['decode_all'])}; CV {cvs[i]:.1%}), prefill "
+                     f"{e['prefill_tps']:.1f}; litert-lm decode {l['decode_tps']}, prefill {l['prefill_tps']}, "
+                     f"exit {l['exit']}" + (f", error: {l['error']}" if l.get("error") else ""))
+    notes.append(f"machine load average at the end: {C.machine_info()['loadavg']}")
+    for n in notes:
+        print("- " + n)
+    if a.write:
+        body = C.section(f"fidelity: edgekit vs `litert-lm benchmark` ({a.model} w{wd}, {a.scheme})", rows, head,
+                         notes, settings=[f"prefill {prefill}, decode {decode}, {a.reps} runs x {a.rounds} "
+                                          f"alternating rounds, max tokens {a.max_tokens}, CPU threads {threads}"])
+        C.update_results("fidelity" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

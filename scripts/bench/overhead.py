@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Wall time of `edgekit bench` vs the time the runtime itself reports for the same runs.
+
+    .venv/bin/python scripts/bench/overhead.py [--model e2b] [--reps 3] [--write]
+    .venv/bin/python scripts/bench/overhead.py --model tiny           # quick run
+
+Runs `edgekit bench --device host --bundle W --baseline F --cooldown 0` (cool-down set
+to 0, so no deliberate sleeps) as a child process and times it from fork to exit.
+"Runtime time" = sum over every run (warmups included, they are part of the wall
+time) of init_ms + prefill_ms + decode_ms from the runner's own JSONL records in
+the result folder's traces. Overhead = wall / runtime - 1.
+
+The rest is split, from timestamps the parts already write:
+  * session outside the runs: wall - sum of the harness's start..end per run
+    (CLI start and imports, bundle sha256 and pushes, pulling traces, records,
+    report views); the push lines the session prints are timed too;
+  * per run, harness start .. the runner's start record: interpreter start + imports;
+  * runner start record .. init done - init_ms: the runner's sha256 of the bundle
+    (it is computed before the engine loads);
+  * the remainder in the runner: between runs (session set-up, tokenisation) and exit.
+Bundles: the e2b w4 pair built by bundle_vs_fp16.py (.cache/bench-build/dist-e2b-w4)
+or the tiny pair (built when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from bundle_vs_fp16 import find_or_build  # noqa: E402
+
+TARGET = C.Target("<=", 0.05)
+
+
+def read_jsonl(p: Path) -> list[dict]:
+    out = []
+    try:
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def read_kv(p: Path) -> dict:
+    d = {}
+    try:
+        for line in p.read_text().splitlines():
+            k, _, v = line.partition("\t")
+            d[k.strip()] = v.strip()
+    except OSError:
+        pass
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
+    ap.add_argument("--width-div", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--prefill", type=int, default=None)
+    ap.add_argument("--decode", type=int, default=None)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args(argv)
+    wd = a.width_div or (4 if a.model == "e2b" else 1)
+    prefill = a.prefill or (128 if a.model == "e2b" else 24)
+    decode = a.decode or (64 if a.model == "e2b" else 32)
+    work = C.REPO / ".cache" / "bench-build"
+    notes: list[str] = []
+    dist, cache = work / f"dist-{a.model}-w{wd}", work / f"cache-{a.model}-w{wd}"
+    cand = find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
+    base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
+
+    out = C.REPO / "results" / "bench-scripts"
+    argv_b = C.edgekit_argv("bench", "--device", "host", "--bundle", str(cand), "--baseline", str(base),
+                            "--warmup", str(a.warmup), "--reps", str(a.reps), "--prefill", str(prefill),
+                            "--decode", str(decode), "--cooldown", "0", "--no-profile-thresholds", "--json",
+                            "--output", str(out))
+    C.log("timing: edgekit " + " ".join(argv_b[1:]))
+    run = C.run_measured(argv_b, cwd=C.REPO, interval=0.5, keep_timeline=False, echo=True)
+    if run.returncode not in (0, 1):
+        raise SystemExit(f"error: edgekit bench exited {run.returncode}: {run.stderr.strip()[-600:]}")
+    wall = run.seconds
+    data = json.loads(run.stdout)
+    folder = Path(data["folder"])
+    runtime_ms = harness_ms = start_ms = sha_ms = runner_rest_ms = init_total = 0.0
+    nruns = 0
+    for r in data["result"]["runs"]:
+        tdir = folder / r["trace_dir"]
+        recs = read_jsonl(tdir / "runner.out")
+        h = read_kv(tdir / "harness.tsv")
+        start = next((x for x in recs if x.get("event") == "start"), None)
+        init = next((x for x in recs if x.get("event") == "init"), None)
+        its = [x for x in recs if x.get("event") == "run"]
+        if not (start and init and its and h.get("start_epoch_ms") and h.get("end_epoch_ms")):
+            raise SystemExit(f"error: incomplete trace in {tdir}")
+        nruns += 1
+        rt = init["init_ms"] + sum(x["prefill_ms"] + x["decode_ms"] for x in its)
+        runtime_ms += rt
+        init_total += init["init_ms"]
+        h0, h1 = float(h["start_epoch_ms"]), float(h["end_epoch_ms"])
+        harness_ms += h1 - h0
+        start_ms += start["t"] * 1000 - h0
+        first = min(x["t_start"] for x in its) * 1000
+        # start.t .. first run start = sha256 + init_ms + session set-up before run 1
+        sha_ms += max(0.0, first - start["t"] * 1000 - init["init_ms"])
+        runner_rest_ms += (h1 - h0) - (start["t"] * 1000 - h0) - (first - start["t"] * 1000) - \
+            sum(x["prefill_ms"] + x["decode_ms"] for x in its)
+    runtime_s = runtime_ms / 1000
+    overhead = wall / runtime_s - 1
+    session_out = wall - harness_ms / 1000
+    pushes = [(float(m.group(2)), m.group(1)) for m in re.finditer(r"push (.+?): .*?, ([0-9.]+) s\)", run.stderr)]
+    push_s = sum(s for s, _ in pushes)
+    rows = [
+        C.Row("wall of `edgekit bench` vs runtime-reported time, s", wall, runtime_s, overhead, TARGET, unit=""),
+    ]
+    head = ("metric", "edgekit wall", "runtime", "overhead")
+    print(C.table(rows, head))
+    parts = [
+        ("session outside runs (CLI start, imports, sha256 + push, pull, records, reports)", session_out),
+        ("  of which pushes (as the session reports them)", push_s),
+        ("per-run process start + imports until the runner's start record", start_ms / 1000),
+        ("runner: sha256 of the bundle + anything before the first run, minus init", sha_ms / 1000),
+        ("runner: after the first run starts, outside prefill+decode (between runs, exit), + harness", runner_rest_ms / 1000),
+        ("runtime itself: init + prefill + decode", runtime_s),
+    ]
+    notes.append(f"{nruns} runner processes ({a.warmup} warmup + {a.reps} measured per bundle, 2 bundles), "
+                 f"cool-down 0 s; engine init {init_total / 1000:.1f} s of the runtime's {runtime_s:.1f} s")
+    for label, s in parts:
+        notes.append(f"{label}: {s:.2f} s ({s / wall:.1%} of wall)")
+    notes.append("overhead = wall / runtime - 1; wall from fork to exit of the `edgekit bench` process")
+    for n in notes:
+        print("- " + n)
+    if a.write:
+        body = C.section(f"overhead: `edgekit bench` wall time vs runtime-reported time ({a.model} w{wd})", rows,
+                         head, notes, settings=[f"prefill {prefill}, decode {decode}, warmup {a.warmup}, "
+                                                f"reps {a.reps}, cooldown 0, device host"])
+        C.update_results("overhead" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

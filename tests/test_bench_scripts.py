@@ -1,0 +1,87 @@
+"""Smoke tests of the helpers in scripts/bench/_common.py (the benchmarks themselves are not tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def C():
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "scripts" / "bench" / "_common.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_run_measured_sees_memory_of_a_grandchild(C):
+    # the parent allocates nothing; a grandchild holds ~200 MB for a moment
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'b = bytearray(200 * 2**20); import time; time.sleep(0.8)'])")
+    r = C.run_measured([sys.executable, "-c", code], interval=0.05)
+    assert r.returncode == 0
+    assert r.mem.samples >= 3
+    assert 180 * C.MIB < r.mem.peak_tree_rss < 600 * C.MIB
+    assert r.peak_rss >= r.mem.peak_tree_rss
+    small = C.run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"], interval=0.05)
+    assert small.peak_rss < r.peak_rss - 150 * C.MIB
+
+
+def test_run_measured_timestamps_stderr_and_keeps_stdout(C):
+    code = "import sys, time; print('a', file=sys.stderr, flush=True); time.sleep(0.4); print('b', file=sys.stderr); print('out')"
+    r = C.run_measured([sys.executable, "-c", code], interval=0.05)
+    assert r.stdout.strip() == "out"
+    (t_a, a), (t_b, b) = r.stderr_lines
+    assert (a.strip(), b.strip()) == ("a", "b")
+    assert t_b - t_a >= 0.35
+    assert r.line_before(t_a + 0.1) == "a"
+    assert r.line_before(t_b + 0.01) == "b"
+
+
+def test_targets_and_rows(C):
+    assert C.Target(">=", 2.5).check(2.5) == "PASS"
+    assert C.Target(">=", 2.5).check(2.49) == "MISS"
+    assert C.Target("<=", 0.8).check(0.81) == "MISS"
+    assert C.Target("within", 0.05).check(0.951) == "PASS"
+    assert C.Target("within", 0.05).check(1.06) == "MISS"
+    assert C.Target("<=", 1).check(None) == "n/a"
+    assert C.Target("<=", 1).check(float("nan")) == "n/a"
+    rows = [C.Row("decode", 30.0, 10.0, C.ratio(30.0, 10.0), C.Target(">=", 2.5)),
+            C.Row("ttft", 9.0, 10.0, C.ratio(9.0, 10.0), C.Target("<=", 0.8))]
+    text = C.table(rows, ("metric", "q", "f", "q/f"))
+    assert "| decode | 30 | 10 | 3x | >= 2.5x | PASS |" in text
+    assert "| ttft | 9 | 10 | 0.9x | <= 0.8x | MISS |" in text
+    assert C.verdicts(rows) == {"PASS": 1, "MISS": 1, "n/a": 0}
+    assert C.ratio(1.0, 0) is None
+
+
+def test_cv(C):
+    assert math.isnan(C.cv([1.0]))
+    assert C.cv([10.0, 10.0, 10.0]) == 0.0
+    assert C.cv([9.0, 11.0]) == pytest.approx(2**0.5 / 10)
+
+
+def test_update_results_replaces_only_its_section(C, tmp_path):
+    p = tmp_path / "RESULTS.md"
+    C.update_results("push", "## push\nfirst", p)
+    C.update_results("overhead", "## overhead\nx", p)
+    C.update_results("push", "## push\nsecond", p)
+    text = p.read_text()
+    assert "first" not in text and "second" in text and "## overhead\nx" in text
+    assert text.count("<!-- bench:push start -->") == 1
+    assert text.index("bench:push start") < text.index("bench:overhead start")
+
+
+def test_machine_and_commit(C):
+    m = C.machine_info()
+    assert m["cores"] >= 1 and m["ram_gib"] > 0
+    lines = C.header_lines()
+    assert lines[0].startswith("- date: ") and lines[1].startswith("- commit: ")
+    assert "cores" in lines[2]
