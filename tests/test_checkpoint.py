@@ -59,9 +59,11 @@ def test_random_checkpoint_layout_and_load(tiny_ckpt):
     header = read_safetensors_header(tiny_ckpt / WEIGHTS_FILE)
     assert {k: v.shape for k, v in header.items()} == p.expected_shapes()
     assert info.source_record()["seed"] == 0
-    # the committed tiny config is the checkpoint's config
+    # the committed tiny config is the checkpoint's config (as save_pretrained writes it)
     assert json.loads((tiny_ckpt / "config.json").read_text()) == json.loads(
         (p.shipped_checkpoint_dir / "config.json").read_text())
+    gen = json.loads((tiny_ckpt / "generation_config.json").read_text())
+    assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (2, 1, 0)
 
 
 def test_random_checkpoint_loads_in_transformers_without_missing_keys(tiny_ckpt):

@@ -228,6 +228,7 @@ def make_random_checkpoint(
         )
         (tmp / CONFIG_FILE).write_text(
             json.dumps(p.config_dict(width_div, dtype=dtype), indent=2, sort_keys=True) + "\n")
+        _write_generation_config(p, width_div, tmp)
         synthetic = _write_tokenizer(p, tmp)
         counts = p.param_counts(width_div)
         meta = {
@@ -298,6 +299,13 @@ def _materialize(model, keep: set[str], seed: int, torch_dtype) -> Iterable[tupl
         for n, t in direct:
             seen.add(id(getattr(mod, n)))
         mod.to_empty(device="meta", recurse=False)
+
+
+def _write_generation_config(p: Preset, width_div: int, out: Path) -> None:
+    """generation_config.json as save_pretrained writes it (bos/eos/pad ids)."""
+    from transformers import GenerationConfig
+
+    GenerationConfig.from_model_config(p.config(width_div)).save_pretrained(str(out))
 
 
 def _write_tokenizer(p: Preset, out: Path) -> bool:

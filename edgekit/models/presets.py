@@ -166,11 +166,11 @@ class Preset:
         return cfg
 
     def config_dict(self, width_div: int = 1, dtype: str | None = "float32") -> dict[str, Any]:
-        """``config.json`` content (what ``save_pretrained`` would write)."""
+        """``config.json`` content, exactly what ``save_pretrained`` writes (defaults left out)."""
         cfg = self.config(width_div)
         if dtype is not None:
             cfg.dtype = dtype
-        return cfg.to_dict()
+        return cfg.to_diff_dict()
 
     # --------------------------------------------------------------- counts
     def meta_model(self, width_div: int = 1, *, text_only: bool = False):
