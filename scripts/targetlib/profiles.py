@@ -56,18 +56,24 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def dumps_toml(data: dict[str, Any], header: str = "") -> str:
-    """Top-level scalars first, then one [table] per dict (one level deep, as the schema is)."""
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def dumps_toml(data: dict[str, Any], header: str = "", _prefix: str = "") -> str:
+    """Scalars first, then one [table] per dict (nested tables as [a.b])."""
     out = [f"# {line}" for line in header.splitlines()]
     for k, v in data.items():
         if not isinstance(v, dict):
-            out.append(f"{k} = {_toml_value(v)}")
+            out.append(f"{_key(k)} = {_toml_value(v)}")
     for k, v in data.items():
         if isinstance(v, dict):
+            name = f"{_prefix}{_key(k)}"
             out.append("")
-            out.append(f"[{k}]")
-            out.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict))
-    return "\n".join(out) + "\n"
+            out.append(f"[{name}]")
+            body = dumps_toml(v, _prefix=name + ".")
+            out.append(body.rstrip("\n"))
+    return "\n".join(line for line in out) + "\n"
 
 
 def _host_cpu(p: dict[str, Any]) -> None:
