@@ -1,0 +1,489 @@
+"""Exact quantization of a pre-quantized mobile QAT checkpoint (``quant_method: gemma``).
+
+The route (verified on the tiny model, see tests/test_qat_build.py):
+
+1. :func:`prepare_source` validates the checkpoint against the preset from headers and
+   the small scale tensors (one line, exit 6, before any long work), then writes the
+   exactly dequantized float32 checkpoint (``int x scale``; values on the lattice) into
+   the cache, keyed by the weights' sha256. It is what litert-torch exports, and it is
+   the fp16 baseline's source too.
+2. :func:`quantize_sections` quantizes the float export's sections with ai-edge-quantizer:
+
+   * weights with its ``dequantized_weight_recovery`` algorithm (recovers integers and
+     per-channel scales from values on a lattice). The recovered scale is the smallest
+     gap between sorted values, computed in float32: it can land a few ulps away from the
+     checkpoint's own scale (``fl(8s) - fl(7s) != s``), so each recovery is compared with
+     the checkpoint and, where integers reproduce but the scale is off by rounding, the
+     checkpoint's scale is used (counted in ``recovery`` of the record; the materializer
+     is ai-edge-quantizer's own, only its parameter function is wrapped);
+   * static int8 activations from the checkpoint's SRQ scales written directly as the
+     calibration statistics (qsv) of each FULLY_CONNECTED input and output: symmetric,
+     zero point 0, ``min = -127 s``, ``max = 127 s`` in float64, which ai-edge-quantizer
+     turns back into ``scale = max(|min|, |max|) / 127 == s`` exactly (float32);
+   * linears whose SRQ scales are both 0 (lm_head in the published map) stay with float
+     activations (weight-only integers, dequantized in the graph);
+   * the main embedding table: per-row scales = channel-wise EMBEDDING_LOOKUP, exact;
+   * the per-layer embedding table: one scale per (row, decoder layer) in the checkpoint,
+     one per row in a channel-wise EMBEDDING_LOOKUP: cannot be expressed; re-quantized
+     per row at ``ple_bits`` (default 8) and named in the record's ``approximations``.
+3. ``KV-cache scales``: the standard CPU export keeps the KV cache float32 (litert-torch
+   0.10 has int8 KV only inside its NPU pipeline), so they are not carried; the record
+   names them.
+
+``requantize=True`` is the naive path for comparison: min-max re-quantization of the
+dequantized weights and calibrated activations (the build engineer's pipeline, unchanged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgekit.errors import BuildError, CheckpointError
+
+PD = "tf_lite_prefill_decode"
+EMB = "tf_lite_embedder"
+PLE = "tf_lite_per_layer_embedder"
+QAT_RECORD_VERSION = 1
+
+
+# ------------------------------------------------------------------ source
+
+
+def prepare_source(checkpoint, preset, cache_dir: Path, width_div: int | None = None, log=None):
+    """Validate a QAT checkpoint and return ``(dequantized float dir, QatCheckpoint)``.
+
+    Validation reads only headers and scale tensors; dequantizing is cached under
+    ``cache_dir/checkpoints/qat-<sha>``.
+    """
+    from edgekit.models import qat
+    from edgekit.models.presets import get_preset, width_div_for_config
+
+    preset = get_preset(preset)
+    ckpt_dir = Path(checkpoint)
+    try:
+        cfg = json.loads((ckpt_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt_dir}: cannot read config.json ({exc})") from None
+    wd = width_div or width_div_for_config(preset, cfg) or 1
+    try:
+        hf_config = preset.config(wd)
+    except Exception:  # the preset cannot be divided that way: the size is wrong
+        hf_config = preset.config(1)
+    ck = qat.validate_qat_checkpoint(ckpt_dir, hf_config, preset_name=preset.name)
+    digest = _weights_digest(ckpt_dir)
+    out = Path(cache_dir) / "checkpoints" / f"qat-{digest[:20]}-dequantized"
+    if not (out / "model.safetensors").is_file():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        qat.write_dequantized_checkpoint(ck, tmp)
+        _ensure_tokenizer(tmp, preset)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    return out, ck
+
+
+def _ensure_tokenizer(folder: Path, preset) -> None:
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file():
+        return
+    try:
+        from edgekit.models.checkpoint import _write_tokenizer  # the models engineer's helper
+    except ImportError:  # pragma: no cover
+        raise CheckpointError(f"{folder}: the QAT checkpoint has no tokenizer", hint="copy tokenizer.json next to config.json") from None
+    if not _write_tokenizer(preset, folder):
+        raise CheckpointError("the QAT checkpoint has no tokenizer", hint="copy tokenizer.json next to config.json")
+
+
+def _weights_digest(ckpt_dir: Path) -> str:
+    """sha256 over the safetensors files (streamed)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(ckpt_dir).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ qsv from SRQ
+
+
+def srq_bounds(scale: float) -> dict[str, np.ndarray]:
+    """The min/max statistics from which ai-edge-quantizer derives exactly ``scale``.
+
+    Symmetric int8: ``scale = max(|min|, |max|) / 127``. ``127 * s`` is exact in float64
+    (a 24-bit mantissa times 7 bits), so the division gives ``s`` back bit for bit.
+    """
+    b = np.float64(np.float32(scale)) * 127.0
+    return {"min": np.array([-b], dtype=np.float64), "max": np.array([b], dtype=np.float64)}
+
+
+def _check_srq_roundtrip(scale: float) -> bool:
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uqt
+
+    q = srq_bounds(scale)
+    zp, s = uqt.tensor_zp_scale_from_min_max(q["min"], q["max"], 8, True, qtyping.QuantGranularity.TENSORWISE)
+    return np.float32(np.asarray(s).reshape(-1)[0]) == np.float32(scale) and int(np.asarray(zp).reshape(-1)[0]) == 0
+
+
+# ------------------------------------------------------------------ plans
+
+
+@dataclasses.dataclass
+class OpSRQ:
+    module: str
+    input_name: str
+    output_name: str
+    s_in: float
+    s_out: float
+
+
+def _tensor_name(t) -> str:
+    n = t.name
+    return n.decode() if isinstance(n, bytes) else str(n)
+
+
+def fc_io(tflite_path, plans) -> dict[tuple[int, int], tuple[str, str, str]]:
+    """(subgraph, op) -> (weight, input, output) tensor names of each planned FC."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(tflite_path))
+    out = {}
+    for p in plans:
+        if p.kind != "fc":
+            continue
+        sg = model.subgraphs[p.subgraph]
+        op = sg.operators[p.op_index]
+        out[(p.subgraph, p.op_index)] = (
+            _tensor_name(sg.tensors[op.inputs[1]]),
+            _tensor_name(sg.tensors[op.inputs[0]]),
+            _tensor_name(sg.tensors[op.outputs[0]]),
+        )
+    return out
+
+
+# ------------------------------------------------------------------ exact weights
+
+
+class ExactWeights:
+    """Checkpoint integers and scales served to ai-edge-quantizer's materializers.
+
+    ``params(module, content, config, op_info)`` runs the upstream
+    ``dequantized_weight_recovery`` parameter function on the float content, compares
+    its integers and scales with the checkpoint's and keeps the checkpoint's where they
+    differ only by the recovery's float rounding (content must equal ``int x scale``
+    exactly, else BuildError: the export changed the weights).
+    """
+
+    def __init__(self, ckpt):
+        self.ckpt = ckpt
+        self.stats: dict[str, dict[str, Any]] = {}
+
+    def params(self, module: str, op_info, tensor_quant_config, tensor_content):
+        from ai_edge_quantizer import qtyping
+        from ai_edge_quantizer.algorithms.uniform_quantize import dequantized_weight_recovery as dwr
+
+        m = self.ckpt.modules.get(module)
+        if m is None:
+            raise BuildError(f"{module} is not quantized in the checkpoint but the recipe quantizes it")
+        ints = self.ckpt.integers(module).astype(np.int8)
+        scales = self.ckpt.scales(module).astype(np.float32)
+        if m.kind == "embedding" and scales.shape[1] != 1:
+            raise BuildError(f"{module}: block scales cannot be carried exactly (internal: plan should approximate)")
+        deq = ints.astype(np.float32) * scales
+        content = np.asarray(tensor_content, np.float32)
+        transposed = False
+        if content.shape != deq.shape and content.T.shape == deq.shape:
+            transposed = True
+        target = content.T if transposed else content
+        if target.shape != deq.shape or not np.array_equal(target, deq):
+            raise BuildError(
+                f"{module}: the exported weight is not the checkpoint's dequantized lattice "
+                f"(shape {list(content.shape)} vs {list(deq.shape)}); the exporter transformed it"
+            )
+        cfg = dataclasses.replace(tensor_quant_config, num_bits=m.bits)
+        rec = dwr.get_tensor_quant_params(op_info, cfg, content, None)
+        r_scale = np.asarray(rec.scale, np.float32).reshape(-1)
+        r_ints = np.asarray(rec.quantized_data)
+        r_ints = (r_ints.T if transposed else r_ints).astype(np.int64)
+        ints_ok = np.array_equal(r_ints, ints.astype(np.int64))
+        scale_ok = np.array_equal(r_scale.view(np.uint32), scales.reshape(-1).view(np.uint32))
+        st = self.stats.setdefault(module, {})
+        st.update(bits=m.bits, recovered_integers_exact=bool(ints_ok), recovered_scales_exact=bool(scale_ok))
+        if ints_ok and scale_ok:
+            return rec
+        st["corrected_from_checkpoint"] = True
+        qd = rec.quantized_dimension
+        shape = [1] * content.ndim
+        shape[qd] = content.shape[qd]
+        q = ints.T if transposed else ints
+        return qtyping.UniformQuantParams(
+            num_bits=m.bits,
+            quantized_dimension=qd,
+            scale=scales.reshape(shape),
+            zero_point=np.zeros(shape, np.int32),
+            symmetric=True,
+            quantized_data=q.astype(np.int8),
+        )
+
+
+@contextlib.contextmanager
+def exact_weight_materializers(exact: ExactWeights, module_of_weight: Callable[[str], str | None]):
+    """Temporarily route ``dequantized_weight_recovery``'s FULLY_CONNECTED and
+    EMBEDDING_LOOKUP materializers through :class:`ExactWeights` (ai-edge-quantizer's own
+    materializers, with the parameter function bound to the op's checkpoint module)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import common_quantize
+    from ai_edge_quantizer.algorithms.uniform_quantize import dequantized_weight_recovery as dwr
+    from ai_edge_quantizer.algorithms.uniform_quantize import naive_min_max_quantize
+
+    alg = algorithm_manager.AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY
+    api = algorithm_manager._alg_manager_instance  # noqa: SLF001 - the registry has no getter
+    info = api._algorithm_registry[alg].quantized_ops  # noqa: SLF001
+    ops = {
+        qtyping.TFLOperationName.FULLY_CONNECTED: common_quantize.materialize_fc_conv,
+        qtyping.TFLOperationName.EMBEDDING_LOOKUP: common_quantize.materialize_embedding_lookup,
+    }
+    saved = {k: info[k] for k in ops}
+
+    def make(base):
+        def materialize(op_info, graph_info, tensor_name_to_qsv, tensor_quant_params_cache):
+            wt = graph_info.subgraph_tensors[op_info.op.inputs[1]]
+            module = module_of_weight(_tensor_name(wt))
+
+            def get_params(op_info_, cfg, content=None, tensor_qsv=None):
+                if content is None or module is None:
+                    return naive_min_max_quantize.get_tensor_quant_params(op_info_, cfg, content, tensor_qsv)
+                return exact.params(module, op_info_, cfg, content)
+
+            return base(get_params, op_info, graph_info, tensor_name_to_qsv, tensor_quant_params_cache)
+
+        return materialize
+
+    try:
+        for opn, base in ops.items():
+            algorithm_manager.register_quantized_op(
+                alg, opn, dwr.init_qsvs, calibration_func=dwr.calibrate, materialize_func=make(base)
+            )
+        yield
+    finally:
+        for k, v in saved.items():
+            info[k] = v
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def _op_config(bits: int, *, static: bool, skip_checks: bool):
+    from ai_edge_quantizer import qtyping
+
+    return qtyping.OpQuantizationConfig(
+        activation_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True) if static else None,
+        weight_tensor_config=qtyping.TensorQuantizationConfig(
+            num_bits=bits, symmetric=True, granularity=qtyping.QuantGranularity.CHANNELWISE
+        ),
+        compute_precision=qtyping.ComputePrecision.INTEGER if static else qtyping.ComputePrecision.FLOAT,
+        explicit_dequantize=not static,
+        skip_checks=skip_checks,
+    )
+
+
+def _exact_scope(scope: str) -> str:
+    import re
+
+    return "^" + re.escape(scope) + "$"
+
+
+# ------------------------------------------------------------------ quantize
+
+
+def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work: Path, *,
+                      ple_bits: int = 8, run: Callable | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Quantize the float sections exactly; returns (replaced section files, qat record).
+
+    ``plans`` are :func:`edgekit.build.quantize.plan_section` results (their ``module``
+    names map tensors to checkpoint modules; their ``bits`` are ignored: the checkpoint's
+    widths are used).
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+
+    from edgekit.build import quantize as qz
+
+    run = run or (lambda stage, msg, fn, *a, **k: fn(*a, **k))
+    alg = algorithm_manager.AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY
+    exact = ExactWeights(ckpt)
+    approximations: list[dict[str, Any]] = []
+    replaced: dict[str, Path] = {}
+    srq_total = srq_set = 0
+    srq_records: list[dict[str, Any]] = []
+
+    # ---- prefill/decode: FC weights exact, SRQ activations as qsv
+    pd_plans = plans.get(PD, [])
+    io = fc_io(secs[PD], pd_plans)
+    rm = recipe_manager.RecipeManager()
+    qsv: dict[str, dict[str, np.ndarray]] = {}
+    weight_module: dict[str, str] = {}
+    seen_scopes: set[str] = set()
+    conflicts: dict[str, set] = {}
+    for p in pd_plans:
+        if p.kind != "fc":
+            continue
+        m = ckpt.modules.get(p.module)
+        if m is None:
+            continue  # kept float in the checkpoint (per_layer_model_projection ...)
+        wname, iname, oname = io[(p.subgraph, p.op_index)]
+        weight_module[wname] = p.module
+        s_in, s_out = ckpt.srq_scales(p.module)
+        static = s_in > 0 and s_out > 0
+        if (s_in > 0) != (s_out > 0):
+            approximations.append({"what": f"{p.module} SRQ", "why": "one side quantized, the other not: a static "
+                                   "int8 FULLY_CONNECTED quantizes both; kept float activations",
+                                   "carried": False})
+        if p.scope not in seen_scopes:
+            seen_scopes.add(p.scope)
+            rm.add_quantization_config(
+                _exact_scope(p.scope), qtyping.TFLOperationName.FULLY_CONNECTED,
+                _op_config(m.bits, static=static, skip_checks=m.bits == 2), algorithm_key=alg,
+            )
+        if static:
+            for name, s in ((iname, s_in), (oname, s_out)):
+                prev = qsv.get(name)
+                b = srq_bounds(s)
+                if prev is not None and float(prev["max"][0]) != float(b["max"][0]):
+                    conflicts.setdefault(name, set()).update({float(prev["max"][0]) / 127, s})
+                    b = {"min": np.minimum(prev["min"], b["min"]), "max": np.maximum(prev["max"], b["max"])}
+                qsv[name] = b
+    for name, vals in conflicts.items():
+        approximations.append({"what": f"activation {name}", "why": "consumers' SRQ scales differ "
+                               f"({sorted(vals)}); one tensor holds one scale: the widest kept", "carried": False})
+    recipe = rm.get_quantization_recipe()
+    dst = work / f"{PD}.tflite"
+    with qz.float_graph_io(), exact_weight_materializers(exact, weight_module.get):
+        q = quantizer.Quantizer(str(secs[PD]))
+        q.load_quantization_recipe(recipe)
+        res = run("quantize", "prefill/decode: checkpoint integers + SRQ activation scales", q.quantize, qsv)
+    qz._export(res, dst)  # noqa: SLF001 - the build engineer's exporter helper
+    replaced[PD] = dst
+
+    # ---- embedders
+    for sec in (EMB, PLE):
+        if sec not in secs:
+            continue
+        sec_plans = [p for p in plans.get(sec, []) if p.kind == "embedding"]
+        rm = recipe_manager.RecipeManager()
+        weight_module = {}
+        src = secs[sec]
+        io_names = _embedding_weights(src, sec_plans)
+        use_alg = alg
+        for p in sec_plans:
+            m = ckpt.modules.get(p.module)
+            if m is None:
+                continue
+            if m.kind == "embedding" and m.blocks > 1:
+                approximations.append({
+                    "what": p.module,
+                    "why": f"{m.blocks} scales per row (one per decoder layer) in the checkpoint; a channel-wise "
+                           f"EMBEDDING_LOOKUP holds one per row: re-quantized min-max per row at {ple_bits} bits",
+                    "carried": False, "bits": ple_bits,
+                })
+                rm.add_quantization_config(
+                    _exact_scope(p.scope), qtyping.TFLOperationName.EMBEDDING_LOOKUP, _embedding_config(ple_bits)
+                )
+                use_alg = None
+                continue
+            weight_module[io_names[(p.subgraph, p.op_index)]] = p.module
+            rm.add_quantization_config(
+                _exact_scope(p.scope), qtyping.TFLOperationName.EMBEDDING_LOOKUP, _embedding_config(m.bits),
+                algorithm_key=alg,
+            )
+        recipe = rm.get_quantization_recipe()
+        if not recipe:
+            continue
+        dst = work / f"{sec}.tflite"
+        with exact_weight_materializers(exact, weight_module.get):
+            q = quantizer.Quantizer(str(src))
+            q.load_quantization_recipe(recipe)
+            res = run("quantize", f"{sec}: checkpoint integers" if use_alg else f"{sec}: per-row re-quantization",
+                      q.quantize)
+        qz._export(res, dst)  # noqa: SLF001
+        replaced[sec] = dst
+
+    seen_what: set[str] = set()
+    approximations = [a for a in approximations if not (a["what"] in seen_what or seen_what.add(a["what"]))]
+    kv = ckpt.kv_cache_scales()
+    n_kv = sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
+    if n_kv:
+        approximations.append({
+            "what": f"KV-cache scales ({n_kv} of {2 * len(kv)} layers' k/v)",
+            "why": "the CPU export keeps the KV cache float32 (litert-torch 0.10: int8 KV only in the NPU "
+                   "pipeline, which the CPU engine cannot load); not carried",
+            "carried": False,
+        })
+    for name in ckpt.modules:
+        if ckpt.modules[name].kind != "linear":
+            continue
+        s_in, s_out = ckpt.srq_scales(name)
+        srq_total += (s_in > 0) + (s_out > 0)
+    record = {
+        "version": QAT_RECORD_VERSION,
+        "mode": "exact",
+        "checkpoint": str(ckpt.path),
+        "weight_algorithm": "ai-edge-quantizer dequantized_weight_recovery (checked against the checkpoint)",
+        "recovery": _recovery_summary(exact.stats),
+        "srq": {"scales_in_checkpoint": srq_total, "activation_tensors_set": len(qsv)},
+        "kv_cache_scales": {"in_checkpoint": n_kv, "carried": 0},
+        "approximations": approximations,
+    }
+    return replaced, record
+
+
+def _embedding_config(bits: int):
+    from ai_edge_quantizer import qtyping
+
+    return qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(
+            num_bits=bits, symmetric=True, granularity=qtyping.QuantGranularity.CHANNELWISE
+        ),
+        compute_precision=qtyping.ComputePrecision.INTEGER,
+        explicit_dequantize=False,
+    )
+
+
+def _embedding_weights(tflite_path, plans) -> dict[tuple[int, int], str]:
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(tflite_path))
+    out = {}
+    for p in plans:
+        op = model.subgraphs[p.subgraph].operators[p.op_index]
+        out[(p.subgraph, p.op_index)] = _tensor_name(model.subgraphs[p.subgraph].tensors[op.inputs[1]])
+    return out
+
+
+def _recovery_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    n = len(stats)
+    return {
+        "tensors": n,
+        "integers_exact_by_recovery": sum(1 for s in stats.values() if s.get("recovered_integers_exact")),
+        "scales_exact_by_recovery": sum(1 for s in stats.values() if s.get("recovered_scales_exact")),
+        "corrected_from_checkpoint": sorted(k for k, s in stats.items() if s.get("corrected_from_checkpoint")),
+        "by_bits": {
+            str(b): {
+                "tensors": sum(1 for s in stats.values() if s["bits"] == b),
+                "recovery_exact": sum(1 for s in stats.values() if s["bits"] == b and s.get("recovered_integers_exact")
+                                      and s.get("recovered_scales_exact")),
+            }
+            for b in sorted({s["bits"] for s in stats.values()})
+        },
+    }

@@ -1,0 +1,271 @@
+"""Integer exactness of a bundle against the QAT checkpoint it was built from.
+
+``exactness_report(bundle, checkpoint) -> dict`` reads every quantized weight tensor
+back from the ``.litertlm`` (its integers unpacked from INT2/INT4/INT8 storage, its
+per-channel scales) and compares them with the checkpoint's integers and scales, bit for
+bit; it also reads each FULLY_CONNECTED op's input/output activation scale and zero point
+and compares them with the checkpoint's SRQ scales. Nothing is taken from the build's
+intent: what is not equal in the file is reported as approximated.
+
+A weight element is *exact* when its integer and its scale (float32 bits) equal the
+checkpoint's; a tensor is exact when all its elements are. The report is JSON-able:
+
+``{"tensors_exact", "tensors_total", "weights_exact", "weights_total", "weights_exact_pct",
+"srq_carried", "srq_total", "not_in_bundle", "approximated": [...], "tensors": [...]}``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bundle.tensor_names import module_name_for
+from edgekit.runtime.litertlm_file import read_header, read_section
+
+FULLY_CONNECTED = 9
+EMBEDDING_LOOKUP = 7
+GELU = 150
+DEQUANTIZE = 6
+QUANTIZE = 114
+_INT_TYPES = {9: 8, 17: 4, 19: 2}  # TensorType INT8, INT4, INT2 -> bits
+_NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 7: np.int16}
+
+
+def unpack_tflite_ints(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """TFLite packed sub-byte integers (low bits first, two's complement) -> int8."""
+    raw = np.asarray(raw, np.uint8)
+    if bits == 8:
+        return raw.view(np.int8)[:count].copy()
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    vals = np.stack([(raw >> (bits * k)) & mask for k in range(per)], axis=-1).reshape(-1)[:count].astype(np.int16)
+    vals = np.where(vals >= (1 << (bits - 1)), vals - (1 << bits), vals)
+    return vals.astype(np.int8)
+
+
+def _opcode(model, op) -> int:
+    oc = model.OperatorCodes(op.OpcodeIndex())
+    return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+
+
+def _name(t) -> str:
+    n = t.Name()
+    return n.decode() if isinstance(n, bytes) else str(n)
+
+
+def _buffer_bytes(model, buf: memoryview, idx: int) -> np.ndarray | None:
+    b = model.Buffers(idx)
+    if b is None:
+        return None
+    if b.Offset() > 1:
+        return np.frombuffer(buf, np.uint8, count=int(b.Size()), offset=int(b.Offset()))
+    if b.DataLength() == 0:
+        return None
+    return b.DataAsNumpy()
+
+
+def _scales(t) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+    q = t.Quantization()
+    if q is None or q.ScaleLength() == 0:
+        return None, None, None
+    zp = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(q.ScaleLength(), np.int64)
+    return q.ScaleAsNumpy().astype(np.float32), np.asarray(zp), int(q.QuantizedDimension())
+
+
+def read_bundle_weights(bundle) -> list[dict[str, Any]]:
+    """Every FULLY_CONNECTED / EMBEDDING_LOOKUP of every TFLite section, with the raw
+    integer weights, weight scales, and (FC) input/output activation quantization."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    header = read_header(bundle)
+    out = []
+    for sec in header.sections:
+        if sec.data_type != "TFLiteModel":
+            continue
+        data = read_section(bundle, sec)
+        mv = memoryview(data)
+        model = schema.Model.GetRootAs(data, 0)
+        sigs = {model.SignatureDefs(i).SubgraphIndex(): model.SignatureDefs(i).SignatureKey().decode()
+                for i in range(model.SignatureDefsLength())}
+        for si in range(model.SubgraphsLength()):
+            if si not in sigs:
+                continue
+            sg = model.Subgraphs(si)
+            consumers: dict[int, list[int]] = defaultdict(list)  # tensor -> consuming op indices
+            producer: dict[int, int] = {}
+            for oi in range(sg.OperatorsLength()):
+                op = sg.Operators(oi)
+                for i in op.InputsAsNumpy():
+                    consumers[int(i)].append(oi)
+                for o in op.OutputsAsNumpy():
+                    producer[int(o)] = oi
+
+            def feeds_gelu(t: int, depth: int = 0) -> bool:
+                # through the DEQUANTIZE/QUANTIZE ops a static int8 output goes through
+                for ci in consumers.get(t, []):
+                    c = sg.Operators(ci)
+                    code_c = _opcode(model, c)
+                    if code_c == GELU:
+                        return True
+                    if code_c in (DEQUANTIZE, QUANTIZE) and depth < 3 and feeds_gelu(int(c.OutputsAsNumpy()[0]), depth + 1):
+                        return True
+                return False
+            for oi in range(sg.OperatorsLength()):
+                op = sg.Operators(oi)
+                code = _opcode(model, op)
+                if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
+                    continue
+                ins = [int(i) for i in op.InputsAsNumpy()]
+                outs = [int(i) for i in op.OutputsAsNumpy()]
+                wi = ins[1]
+                pi = producer.get(wi)
+                if pi is not None and _opcode(model, sg.Operators(pi)) == DEQUANTIZE:
+                    wi = int(sg.Operators(pi).InputsAsNumpy()[0])  # weight-only: the integer tensor
+                w = sg.Tensors(wi)
+                wname = _name(w)
+                is_gate = None
+                if code == FULLY_CONNECTED and "gate_proj" in wname:
+                    is_gate = feeds_gelu(outs[0])
+                scope = _name(sg.Tensors(outs[0]))
+                module = module_name_for(wname, scope, is_gate, sec.name)
+                entry: dict[str, Any] = {
+                    "section": sec.name, "signature": sigs[si], "module": module, "weight": wname,
+                    "op": "FULLY_CONNECTED" if code == FULLY_CONNECTED else "EMBEDDING_LOOKUP",
+                    "shape": [int(x) for x in w.ShapeAsNumpy()], "type": int(w.Type()), "buffer": int(w.Buffer()),
+                }
+                s, zp, qd = _scales(w)
+                entry["scales"], entry["quantized_dimension"] = s, qd
+                entry["raw"] = _buffer_bytes(model, mv, w.Buffer())
+                if code == FULLY_CONNECTED:
+                    for side, ti in (("input", ins[0]), ("output", outs[0])):
+                        t = sg.Tensors(ti)
+                        s2, z2, _ = _scales(t)
+                        entry[f"{side}_type"] = int(t.Type())
+                        entry[f"{side}_scale"] = None if s2 is None or len(s2) != 1 else np.float32(s2[0])
+                        entry[f"{side}_zero_point"] = None if z2 is None or len(z2) != 1 else int(z2[0])
+                out.append(entry)
+    return out
+
+
+def exactness_report(bundle: str | os.PathLike, checkpoint, *, max_listed: int = 50) -> dict[str, Any]:
+    """Compare a bundle's integer weights, weight scales and activation scales with a
+    QAT checkpoint (a folder, or a validated :class:`edgekit.models.qat.QatCheckpoint`)."""
+    from edgekit.models import qat
+
+    ck = checkpoint if isinstance(checkpoint, qat.QatCheckpoint) else _load(checkpoint)
+    entries = read_bundle_weights(Path(bundle))
+    by_module: dict[str, list[dict]] = defaultdict(list)
+    for e in entries:
+        if e["module"]:
+            by_module[e["module"]].append(e)
+    tensors = []
+    approximated = []
+    w_exact = w_total = t_exact = 0
+    for name, m in ck.modules.items():
+        es = by_module.get(name)
+        if not es:
+            continue
+        ints = ck.integers(name)
+        scales = ck.scales(name)
+        e = es[0]
+        rec: dict[str, Any] = {"module": name, "kind": m.kind, "checkpoint_bits": m.bits, "section": e["section"]}
+        n = ints.size
+        w_total += n
+        bits = _INT_TYPES.get(e["type"])
+        rec["bundle_bits"] = bits
+        if bits is None or e["raw"] is None or e["scales"] is None:
+            rec.update(exact=False, integers_equal=0.0, scales_equal=False, reason="weight not integer in the bundle")
+        else:
+            shape = e["shape"]
+            count = int(np.prod(shape))
+            q = unpack_tflite_ints(e["raw"], bits, count).reshape(shape)
+            bs = e["scales"]
+            qd = e["quantized_dimension"] or 0
+            if qd != 0:
+                q = np.moveaxis(q, qd, 0)
+            if q.shape != ints.shape and q.T.shape == ints.shape:
+                q = q.T
+            if q.shape != ints.shape:
+                rec.update(exact=False, integers_equal=0.0, scales_equal=False,
+                           reason=f"shape {list(q.shape)} vs checkpoint {list(ints.shape)}")
+            else:
+                blocks = scales.shape[1] if scales.ndim == 2 else 1
+                if blocks == 1 and bs.size == scales.shape[0]:
+                    row_ok = bs.view(np.uint32) == scales.reshape(-1).view(np.uint32)
+                    el_scale_ok = np.repeat(row_ok[:, None], ints.shape[1], axis=1)
+                else:  # the bundle cannot hold per-block scales: compare element scales
+                    ck_el = np.repeat(scales, ints.shape[1] // blocks, axis=1)
+                    b_el = np.repeat(bs.reshape(-1, 1), ints.shape[1], axis=1) if bs.size == ints.shape[0] else None
+                    el_scale_ok = (b_el.view(np.uint32) == ck_el.view(np.uint32)) if b_el is not None else np.zeros(ints.shape, bool)
+                int_ok = q.astype(np.int16) == ints.astype(np.int16)
+                el_ok = int_ok & el_scale_ok
+                k = int(el_ok.sum())
+                w_exact += k
+                rec.update(exact=bool(k == n and bits == m.bits), integers_equal=round(float(int_ok.mean()), 6),
+                           scales_equal=bool(el_scale_ok.all()), elements_exact=k, elements=n)
+                if bits != m.bits:
+                    rec["reason"] = f"{bits}-bit in the bundle, {m.bits}-bit in the checkpoint"
+                elif not rec["exact"]:
+                    rec["reason"] = "integers or scales differ"
+        t_exact += bool(rec["exact"])
+        tensors.append(rec)
+        if not rec["exact"]:
+            approximated.append({"what": name, "why": rec.get("reason", "not exact")})
+    not_in_bundle = sorted(n for n in ck.modules if n not in by_module)
+
+    # SRQ activation scales
+    srq_total = srq_carried = 0
+    srq_missing = []
+    for name, m in ck.modules.items():
+        if m.kind != "linear" or name not in by_module:
+            continue
+        s_in, s_out = ck.srq_scales(name)
+        for side, s in (("input", s_in), ("output", s_out)):
+            if s <= 0:
+                continue
+            srq_total += 1
+            ok = all(
+                e.get(f"{side}_type") == 9 and e.get(f"{side}_scale") is not None
+                and np.float32(e[f"{side}_scale"]).view(np.uint32) == np.float32(s).view(np.uint32)
+                and e.get(f"{side}_zero_point") == 0
+                for e in by_module[name] if e["op"] == "FULLY_CONNECTED"
+            )
+            srq_carried += ok
+            if not ok:
+                got = by_module[name][0].get(f"{side}_scale")
+                srq_missing.append({"what": f"{name} {side} activation scale",
+                                    "why": f"bundle {float(got) if got is not None else 'float'} vs checkpoint {s}"})
+    approximated += srq_missing
+    return {
+        "tensors_exact": t_exact,
+        "tensors_total": len(tensors),
+        "weights_exact": w_exact,
+        "weights_total": w_total,
+        "weights_exact_pct": round(100.0 * w_exact / w_total, 4) if w_total else None,
+        "srq_carried": srq_carried,
+        "srq_total": srq_total,
+        "not_in_bundle": not_in_bundle,
+        "approximated": approximated[:max_listed],
+        "approximated_count": len(approximated),
+        "tensors": tensors,
+    }
+
+
+def _load(path):
+    import json
+
+    from edgekit.models import qat
+    from edgekit.models.presets import get_preset, preset_for_config, width_div_for_config
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    p = preset_for_config(cfg)
+    if p is None:
+        from edgekit.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: no preset matches this checkpoint's architecture")
+    wd = width_div_for_config(p, cfg) or 1
+    return qat.validate_qat_checkpoint(path, get_preset(p).config(wd), preset_name=p.name)
