@@ -153,6 +153,7 @@ def targets_dir(tmp_path_factory) -> Path:
 def _bring_up(kind: str, root: Path) -> StandIn:
     try:
         state = stand.up(root, which=(kind,))
+        stand.start_watchdog(root, os.getpid())  # stops them if this pytest is killed
     except TargetsError as exc:
         stand.down(root, which=(kind,))
         pytest.fail(f"could not start the {kind} stand-in: {exc}")

@@ -133,3 +133,25 @@ def test_missing_sshd_is_one_helpful_line(state, monkeypatch):
     assert r.returncode == 3
     assert r.stderr.strip().splitlines() == [
         "error: /nonexistent/sshd not found: install the Debian package openssh-server (`make system-deps`)"]
+
+
+def test_stand_ins_do_not_outlive_a_killed_session(state):
+    # a "pytest session" that starts the stand-ins with a watchdog, then dies by SIGKILL
+    code = ("import sys, os, time; sys.path.insert(0, 'scripts'); from targetlib import stand; "
+            f"stand.up({str(state)!r}); stand.start_watchdog({str(state)!r}, os.getpid()); "
+            "print('up', flush=True); time.sleep(120)")
+    owner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "up"
+        st = json.loads((state / "state.json").read_text())
+        pids = [st["ssh"]["pid"], st["adb"]["pid"], st["watchdog"]["pid"]]
+        assert all(_alive(p) for p in pids)
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+    assert st["adb"]["serial"] not in _adb_devices()
+    assert "watchdog" not in json.loads((state / "state.json").read_text())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from . import profiles
-from .common import REPO, locked, read_json, state_dir, write_json
+from .common import REPO, locked, pid_alive, read_json, state_dir, stop_pid, write_json
 from .sshd import SshdStandIn
 
 STATE_FILE = "state.json"
@@ -64,8 +67,45 @@ def down(root: str | os.PathLike | None = None, which: tuple[str, ...] = ("ssh",
                 stopped.append(f"sshd pid {state['ssh'].get('pid')}")
             (root / "profiles" / f"{profiles.RPI5_NAME}.toml").unlink(missing_ok=True)
             state.pop("ssh", None)
+        dog = state.get("watchdog") or {}
+        if not (state.get("ssh") or state.get("adb")) and dog:
+            if dog.get("pid") != os.getpid():
+                stop_pid(dog.get("pid"), WATCH_CMD)
+            state.pop("watchdog", None)
         write_json(root / STATE_FILE, state)
     return stopped
+
+
+WATCH_CMD = "_watch"
+
+
+def start_watchdog(root: str | os.PathLike | None, owner_pid: int) -> int:
+    """A detached process that runs `down` if ``owner_pid`` dies first (e.g. a killed
+    pytest), so stand-ins started for a test session never outlive it. Idempotent."""
+    root = state_dir(root)
+    with locked(root):
+        state = read_json(root / STATE_FILE)
+        dog = state.get("watchdog") or {}
+        if dog.get("owner") == owner_pid and pid_alive(dog.get("pid"), WATCH_CMD):
+            return int(dog["pid"])
+        script = Path(__file__).resolve().parents[1] / "targets"
+        proc = subprocess.Popen([sys.executable, str(script), "--dir", str(root), WATCH_CMD, "--pid", str(owner_pid)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        state["watchdog"] = {"pid": proc.pid, "owner": owner_pid}
+        write_json(root / STATE_FILE, state)
+        return proc.pid
+
+
+def watch(root: str | os.PathLike | None, owner_pid: int, interval: float = 0.5) -> None:
+    """Body of the watchdog: wait for ``owner_pid`` to end, then stop everything."""
+    root = state_dir(root)
+    while pid_alive(owner_pid):
+        time.sleep(interval)
+        state = read_json(root / STATE_FILE)
+        if not (state.get("ssh") or state.get("adb")) or (state.get("watchdog") or {}).get("pid") != os.getpid():
+            return  # stopped normally, or another watchdog took over
+    down(root)
 
 
 def status(root: str | os.PathLike | None = None) -> dict[str, Any]:
