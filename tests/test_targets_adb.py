@@ -173,6 +173,13 @@ def test_unauthorized_phone(adb_target, client):
     assert _state(client, serial) is None
 
 
+def test_phone_that_accepts_the_servers_key(adb_target, client):
+    # AUTH token -> the server signs it / sends its public key -> the phone accepts
+    with adb_target.extra_device(auth="accept") as serial:
+        assert _state(client, serial) == "device"
+        assert client.device(serial).shell("getprop ro.product.model") == "Pixel 8"
+
+
 def test_offline_phone(adb_target, client):
     with adb_target.extra_device(offline=True) as serial:
         assert _state(client, serial) == "offline"
