@@ -18,7 +18,10 @@ STATE_FILE = "state.json"
 
 def repo_python() -> str:
     venv = REPO / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
+    try:
+        return str(venv) if os.access(venv, os.X_OK) else sys.executable
+    except OSError:
+        return sys.executable
 
 
 def _adb_module():
