@@ -1,1 +1,68 @@
-"""Fixtures (session-scoped where expensive)."""
+"""Session-scoped tiny bundles built with the real toolchain, cached on disk.
+
+``tiny_bundles`` -> {"wNa8o8": Path, "fp16": Path}: text-only bundles of the tiny
+preset (shipped checkpoint, or seed-0 random weights while none is shipped),
+built by ``edgekit.build.pipeline.build``. They are cached under
+``$EDGEKIT_CACHE`` (default ``<repo>/.cache/edgekit``) in ``test-bundles/<key>``,
+where the key hashes the source files of the build path (build, bundle, runtime,
+schemes, models) and the shipped tiny assets, so any code change rebuilds them and
+reruns are fast. The float export itself is cached by the pipeline.
+
+``tiny_manifests`` -> {"wNa8o8": dict, "fp16": dict} (the manifest.json of each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_DIRS = ("edgekit/build", "edgekit/bundle", "edgekit/runtime", "edgekit/schemes", "edgekit/models")
+SCHEMES = ("fp16", "wNa8o8")  # fp16 first: it is the baseline of the other
+
+
+def bundle_cache_root() -> Path:
+    return Path(os.environ.get("EDGEKIT_CACHE") or REPO / ".cache" / "edgekit")
+
+
+def code_key() -> str:
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for f in sorted((REPO / d).rglob("*")):
+            if f.is_file() and f.suffix in (".py", ".toml", ".json", ".txt", ".safetensors") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(REPO)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_tiny_bundles(out_root: Path | None = None) -> dict[str, Path]:
+    """Build (or reuse) the tiny text-only bundles; returns scheme -> bundle path."""
+    from edgekit.bundle.manifest import MANIFEST_FILE
+    from edgekit.build.pipeline import build, bundle_name
+
+    root = out_root or bundle_cache_root() / "test-bundles" / code_key()
+    out: dict[str, Path] = {}
+    for scheme in SCHEMES:
+        name = bundle_name("tiny", scheme, True)
+        d = root / name
+        bundle = d / f"{name}.litertlm"
+        if not (bundle.is_file() and (d / MANIFEST_FILE).is_file()):
+            res = build("tiny", scheme=scheme, text_only=True, output=root, cache_dir=bundle_cache_root(),
+                        quality=False)
+            bundle = res.bundle
+        out[scheme] = bundle
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles() -> dict[str, Path]:
+    return build_tiny_bundles()
+
+
+@pytest.fixture(scope="session")
+def tiny_manifests(tiny_bundles) -> dict[str, dict]:
+    return {k: json.loads((p.parent / "manifest.json").read_text()) for k, p in tiny_bundles.items()}

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,10 +103,14 @@ def _tail(path: Path, n: int = 40) -> list[str]:
     return lines[-n:]
 
 
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
 def _failure_line(lines: list[str]) -> str:
+    """The exception line of the child's traceback (not the exporter's noisy [ERROR] logs)."""
     for line in reversed(lines):
         s = line.strip()
-        if s and ("Error" in s or "error" in s or "Exception" in s):
+        if _EXC_LINE.match(s):
             return s[:300]
     return lines[-1].strip()[:300] if lines else "no output"
 
@@ -116,11 +122,18 @@ def export_checkpoint(
     *,
     cache_dir: str | os.PathLike | None = None,
     force: bool = False,
-    log=None,
 ) -> ExportResult:
     """Export (or reuse the cached export of) a checkpoint to a float32 ``.litertlm``."""
     root = Path(cache_dir) if cache_dir else cache_root()
     key = export_key(source_identity, options)
+    (root / "exports").mkdir(parents=True, exist_ok=True)
+    # One export per key at a time (parallel builds / test sessions share the cache).
+    with open(root / "exports" / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _export_locked(checkpoint_dir, source_identity, options, root, key, force)
+
+
+def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: str, force: bool) -> ExportResult:
     entry = root / "exports" / key
     bundle = entry / "model.litertlm"
     record_path = entry / "export.json"
@@ -130,7 +143,6 @@ def export_checkpoint(
             return ExportResult(bundle, True, 0.0, rec.get("peak_rss_bytes"), rec)
         except (OSError, json.JSONDecodeError):
             pass
-    (root / "exports").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=root / "exports"))
     try:
         out_dir = work / "out"

@@ -487,3 +487,135 @@ def _recovery_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for b in sorted({s["bits"] for s in stats.values()})
         },
     }
+
+
+# ------------------------------------------------------------------ pipeline hook
+
+
+@dataclasses.dataclass
+class QatBuild:
+    """What ``edgekit build --checkpoint <QAT dir>`` needs beyond a float build.
+
+    Created by :meth:`prepare` in the pipeline's source stage; the pipeline then asks it
+    for the scheme (:meth:`scheme`), lets it quantize (:meth:`quantize`, exact path only)
+    and adds :meth:`report` to the manifest under ``"qat"``.
+    """
+
+    checkpoint_dir: Path
+    float_dir: Path
+    ckpt: Any
+    requantize: bool = False
+    ple_bits: int = 8
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return not self.requantize
+
+    @classmethod
+    def prepare(cls, checkpoint, preset, cache_dir: Path, *, requantize: bool = False, ple_bits: int = 8) -> "QatBuild":
+        float_dir, ck = prepare_source(checkpoint, preset, cache_dir)
+        return cls(Path(checkpoint), float_dir, ck, requantize, ple_bits)
+
+    def scheme(self, requested, preset):
+        """The scheme the bundle follows: the checkpoint's own bit map (fp16 stays fp16).
+
+        Exact path: the per-layer table at ``ple_bits`` (its per-layer block scales cannot
+        be kept, see the module doc); KV cache float (its scales are not carried).
+        """
+        from edgekit.schemes.scheme import Rule, scheme_from_quantization_config
+
+        if requested.is_float:
+            return requested
+        base = scheme_from_quantization_config(self.ckpt.config["quantization_config"], preset=preset,
+                                               source=f"{self.checkpoint_dir}/config.json")
+        if self.requantize:
+            return dataclasses.replace(base, name="wNa8o8-qat-requant", kv_cache="float",
+                                       description="QAT bit map, naive min-max re-quantization + calibration")
+        rules = (Rule(r"embed_tokens_per_layer$", self.ple_bits,
+                      note="per-(row, layer) scales cannot be carried: re-quantized per row"),) + base.weight_rules
+        return dataclasses.replace(base, name="wNa8o8-qat", weight_rules=rules, kv_cache="float",
+                                   description="QAT checkpoint integers and SRQ scales carried exactly")
+
+    def quantize(self, secs, plans, work: Path, run=None) -> dict[str, Path]:
+        replaced, self.record = quantize_sections(secs, plans, self.ckpt, work, ple_bits=self.ple_bits, run=run)
+        return replaced
+
+    def report(self, bundle: Path, *, reference: bool = True, max_tokens: int = 256, progress=None) -> dict[str, Any]:
+        from edgekit.bundle.exactness import exactness_report
+
+        rec = dict(self.record) if self.record else {"version": QAT_RECORD_VERSION, "mode": "requantize",
+                                                     "weight_algorithm": "min-max re-quantization (naive)",
+                                                     "checkpoint": str(self.checkpoint_dir)}
+        ex = exactness_report(bundle, self.ckpt)
+        rec["exactness"] = {k: v for k, v in ex.items() if k != "tensors"}
+        rec["exactness"]["per_tensor"] = [
+            {k: t.get(k) for k in ("module", "checkpoint_bits", "bundle_bits", "exact", "integers_equal",
+                                   "scales_equal", "reason") if t.get(k) is not None}
+            for t in ex["tensors"]
+        ]
+        if reference:
+            from edgekit.build.reference import agreement
+
+            rec["agreement"] = agreement(bundle, self.checkpoint_dir, max_tokens=max_tokens, progress=progress)
+        return rec
+
+
+def precheck(checkpoint, preset) -> None:
+    """Validate a ``quant_method: gemma`` checkpoint before anything reads its weights
+    (no-op for other checkpoints)."""
+    from edgekit.models import qat
+    from edgekit.models.presets import get_preset, width_div_for_config
+
+    p = Path(checkpoint)
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # the checkpoint loader reports it
+    if not qat.is_qat_config(cfg):
+        return
+    preset = get_preset(preset)
+    wd = width_div_for_config(preset, cfg) or 1
+    try:
+        hf = preset.config(wd)
+    except Exception:
+        hf = preset.config(1)
+    qat.validate_qat_checkpoint(p, hf, preset_name=preset.name)
+
+
+def is_qat_checkpoint(checkpoint) -> bool:
+    from edgekit.models import qat
+
+    try:
+        cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return qat.is_qat_config(cfg)
+
+
+def _float_activation_modules(ckpt) -> set[str]:
+    """Linears the checkpoint leaves with float activations (both SRQ scales 0: lm_head)."""
+    out = set()
+    for name, m in ckpt.modules.items():
+        if m.kind == "linear" and ckpt.srq_scales(name) == (0.0, 0.0):
+            out.add(name)
+    return out
+
+
+def _expected_violations(self, violations: list[str]) -> list[str]:
+    """Drop the scheme-check findings the checkpoint itself asks for: a linear whose SRQ
+    scales are both 0 keeps float activations (weight-only integers, dequantized in the
+    graph, so the generic inspector sees a float weight); its integers are checked by the
+    exactness report instead."""
+    if self.requantize:
+        return violations
+    keep = []
+    names = _float_activation_modules(self.ckpt)
+    for v in violations:
+        if any(v.startswith(n + " ") or f" {n} " in f" {v} " or v.startswith(f"{n} (") for n in names):
+            continue
+        keep.append(v)
+    return keep
+
+
+QatBuild.expected_violations = _expected_violations

@@ -31,6 +31,7 @@ REPORT_SCHEMA = 1
 
 FULLY_CONNECTED = 9
 EMBEDDING_LOOKUP = 7
+DEQUANTIZE = 6
 GELU = 150
 
 # TensorType of the TFLite schema -> (name, bits)
@@ -141,11 +142,14 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
         if sig is None:
             continue  # decomposition subgraphs of composites
         consumers: dict[int, list[int]] = defaultdict(list)
+        dequantized_from: dict[int, int] = {}  # output of a DEQUANTIZE op -> its (constant) input
         for oi in range(sg.OperatorsLength()):
             op = sg.Operators(oi)
             code = _opcode(model, op)
             for i in op.InputsAsNumpy():
                 consumers[int(i)].append(code)
+            if code == DEQUANTIZE and op.InputsLength() and op.OutputsLength():
+                dequantized_from[int(op.Outputs(0))] = int(op.Inputs(0))
         for oi in range(sg.OperatorsLength()):
             op = sg.Operators(oi)
             code = _opcode(model, op)
@@ -155,11 +159,14 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
             ins = [int(i) for i in op.InputsAsNumpy()]
             outs = [int(i) for i in op.OutputsAsNumpy()]
             if code == FULLY_CONNECTED:
-                data_t, w_t = sg.Tensors(ins[0]), sg.Tensors(ins[1])
+                data_t, w_idx = sg.Tensors(ins[0]), ins[1]
                 kind = "fc"
             else:
-                w_t, data_t = sg.Tensors(ins[1]), sg.Tensors(ins[0])
+                data_t, w_idx = sg.Tensors(ins[0]), ins[1]
                 kind = "embedding"
+            # weight-only (e.g. float16) storage: constant -> DEQUANTIZE -> op
+            via_dequantize = w_idx in dequantized_from
+            w_t = sg.Tensors(dequantized_from.get(w_idx, w_idx))
             out_t = sg.Tensors(outs[0])
             wname = _tensor_name(w_t)
             is_gate = None
@@ -178,6 +185,7 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
                 "bits": wbits,
                 "shape": _shape(w_t),
                 "weight_scales": wq["scales"],
+                "weight_dequantized_in_graph": via_dequantize,
                 "quantized_dimension": wq.get("quantized_dimension"),
                 "output_dtype": _dtype(out_t)[0],
             }
@@ -290,6 +298,8 @@ def _expected(scheme, module: str):
     """(kind, bits): kind in {"int", "fp16", "float"}."""
     b = scheme.bits_for(module)
     if b is None:
+        if getattr(scheme, "float_dtype", "float32") == "float16":
+            return "fp16", 16
         return "float", None
     if isinstance(b, str):
         b = b.lower()
@@ -330,6 +340,7 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] 
         static = any(
             _expected(scheme, w["module"])[0] == "int" for w in report["weights"] if w["op"] == "FULLY_CONNECTED"
         )
+    int8_out = getattr(scheme, "outputs", None) == "int8"
     seen: set[tuple[str, str]] = set()
     for w in report["weights"]:
         kind, bits = _expected(scheme, w["module"])
@@ -356,6 +367,11 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] 
                 if (m2, "") not in seen:
                     seen.add((m2, ""))
                     v.append(m2)
+            elif int8_out and w.get("output_dtype") != "INT8":
+                m3 = f"output of {_describe(w)} ({w['signature']}) is {w.get('output_dtype')}, scheme says int8"
+                if (m3, "") not in seen:
+                    seen.add((m3, ""))
+                    v.append(m3)
         del key
     if not report.get("has_per_layer_embedder"):
         v.append("no separate per-layer embedding section (tf_lite_per_layer_embedder)")

@@ -1,0 +1,522 @@
+"""``edgekit build``: preset + source + scheme -> ``dist/<model>-<scheme>[-text]/`` (bundle + manifest).
+
+Stages (each reported to ``progress`` with its duration):
+``source`` (validate the checkpoint or make/reuse random weights), ``estimate``
+(memory and disk needed vs available; refuse unless ``force``), ``export``
+(litert-torch, child process, cached), ``unpack``, ``calibrate`` (wNa8o8 only),
+``quantize``, ``repack``, ``verify`` (the bundle loads and generates tokens with
+the interpreter and, in a child process, the LiteRT-LM CPU engine), ``inspect``
+(read back, check against the scheme and preset), ``quality`` (wNa8o8 vs an fp16
+build of the same source, when one exists), ``manifest``.
+
+Everything lands in a temporary folder that is renamed into place only at the
+end (:func:`edgekit.fsutil.atomic_dir`), so a failed or interrupted build leaves
+nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.errors import BuildError, CheckpointError, EdgekitError, OutputNotWritable, ResourceError, UsageError
+
+Progress = Callable[[str, str, float | None], None]
+"""progress(stage, message, seconds): seconds is None when a stage starts."""
+
+GIB = 1024**3
+EXPORT_RSS_BYTES_PER_PARAM = 10.0  # measured: ~10 B/param (toolchain notes: 805 M params -> 8.1-10.3 GB)
+EXPORT_RSS_BASE = int(1.3 * GIB)  # tiny model export peaks at ~1.3 GB (imports of torch/tf/transformers)
+QUANTIZE_RSS_PER_FLOAT_BYTE = 3.0  # flatbuffer unpack + quantized copy + calibration state
+SOFTCAP_KEY = "edgekit.final_logit_softcapping"
+
+FALLBACK_CALIBRATION = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Once upon a time there was a small robot who liked to read books about the sea.",
+    "def add(a, b):\n    return a + b",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+)
+
+
+@dataclasses.dataclass
+class BuildResult:
+    bundle: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    params: int
+    peak_rss_bytes: int
+    disk_bytes: int
+    float_bundle_bytes: int
+    bundle_bytes: int
+    mem_available_bytes: int | None
+    disk_free_bytes: int | None
+    export_cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _gb(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f} GB"
+
+
+def mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _existing_parent(p: Path) -> Path:
+    p = p.resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _bits_of(scheme, module: str) -> float:
+    b = scheme.bits_for(module)
+    if b is None:
+        return 16.0 if getattr(scheme, "float_dtype", "float32") == "float16" else 32.0
+    return float(b)
+
+
+def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, export_cached: bool,
+             cache_dir: Path) -> Estimate:
+    counts = preset.param_counts(width_div)
+    params = counts["text"] if text_only else counts["total"]
+    p = "model.language_model"
+    bundle_bits = (
+        counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")
+        + counts["ple"] * _bits_of(scheme, f"{p}.embed_tokens_per_layer")
+        + counts["decoder"] * _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")
+        + counts.get("ple_projection", 0) * _bits_of(scheme, f"{p}.per_layer_model_projection")
+    )
+    if not text_only:
+        bundle_bits += counts["vision"] * _bits_of(scheme, "model.vision_tower.encoder") + counts["audio"] * _bits_of(
+            scheme, "model.audio_tower.layers.0"
+        )
+    bundle_bytes = int(bundle_bits / 8)
+    float_bytes = 4 * params
+    export_rss = 0 if export_cached else int(EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * params)
+    quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
+    peak = max(export_rss, quant_rss)
+    # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
+    disk = (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
+    free = None
+    try:
+        free = shutil.disk_usage(_existing_parent(output_dir)).free
+        if not export_cached:
+            free = min(free, shutil.disk_usage(_existing_parent(cache_dir)).free)
+    except OSError:
+        pass
+    return Estimate(params, peak, disk, float_bytes, bundle_bytes, mem_available(), free, export_cached)
+
+
+def _self_peak_rss() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _Stages:
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.times: dict[str, float] = {}
+
+    def run(self, stage: str, message: str, fn, *args, **kwargs):
+        if self.progress:
+            self.progress(stage, message, None)
+        t0 = time.monotonic()
+        try:
+            out = fn(*args, **kwargs)
+        except EdgekitError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ResourceError(f"disk full during {stage}: {exc}", hint="free disk space and rebuild") from exc
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise OutputNotWritable(f"cannot write during {stage}: {exc}") from exc
+            raise BuildError(f"{stage} failed: {exc}") from exc
+        except MemoryError as exc:
+            raise ResourceError(f"out of memory during {stage}") from exc
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise BuildError(f"{stage} failed in the toolchain: {type(exc).__name__}: {first}") from exc
+        dt = time.monotonic() - t0
+        self.times[stage] = round(self.times.get(stage, 0.0) + dt, 3)
+        if self.progress:
+            self.progress(stage, message, dt)
+        return out
+
+
+# ------------------------------------------------------------------ sources
+def _has_weights(d: Path | None) -> bool:
+    return bool(d) and d.is_dir() and any(d.glob("*.safetensors"))
+
+
+def resolve_source(preset, checkpoint, random_weights: bool, seed: int, width_div: int, cache_dir: Path):
+    """-> (checkpoint folder, CheckpointInfo)."""
+    from edgekit.models.checkpoint import load_checkpoint, make_random_checkpoint
+
+    if checkpoint is not None and random_weights:
+        raise UsageError("--checkpoint and --random-weights exclude each other", hint="pass one of them")
+    if checkpoint is None and not random_weights:
+        shipped = getattr(preset, "shipped_checkpoint_dir", None)
+        if _has_weights(shipped):
+            checkpoint = shipped
+        elif preset.name == "tiny":
+            random_weights = True
+        else:
+            raise UsageError(
+                f"no weights for {preset.name}: pass --checkpoint DIR or --random-weights",
+                hint=f"e.g. `edgekit build {preset.name} --random-weights --width-div 4 --text-only`",
+            )
+    if checkpoint is not None:
+        if width_div != 1:
+            pass  # the checkpoint's own widths decide; load_checkpoint reports its width_div
+        from edgekit.build.qat import precheck  # QAT hook: refuse a bad QAT checkpoint before reading weights
+
+        precheck(checkpoint, preset)
+        info = load_checkpoint(checkpoint, preset)
+        return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build()
+    d = cache_dir / "checkpoints" / f"{preset.name}-seed{seed}-w{width_div}-float32"
+    if not _has_weights(d):
+        make_random_checkpoint(preset, d, seed=seed, width_div=width_div)
+    return d, load_checkpoint(d, preset)
+
+
+def _calibration_texts(path) -> tuple[list[str], dict[str, Any]]:
+    try:
+        from edgekit.schemes.calibration import load_calibration
+    except ImportError:
+        load_calibration = None
+    if load_calibration is not None:
+        texts = load_calibration(path) if path is not None else load_calibration()
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        src = str(path) if path is not None else "edgekit.schemes.calibration (shipped)"
+    elif path is not None:
+        p = Path(path)
+        try:
+            texts = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            from edgekit.errors import ConfigError
+
+            raise ConfigError(f"calibration file {p}: {exc}") from exc
+        src = str(p)
+    else:
+        texts = list(FALLBACK_CALIBRATION)
+        src = "edgekit.build.pipeline.FALLBACK_CALIBRATION"
+    if not texts:
+        from edgekit.errors import ConfigError
+
+        raise ConfigError(f"calibration set {src} is empty", hint="give at least one prompt")
+    import hashlib
+
+    h = hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()
+    return texts, {"source": src, "prompts": len(texts), "sha256": h}
+
+
+def _tokenize(bundle: Path, texts: list[str], limit: int) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    from edgekit.runtime.litertlm_file import read_hf_tokenizer_json
+
+    js = read_hf_tokenizer_json(bundle)
+    if js is None:
+        raise BuildError(f"{bundle}: the export holds no Hugging Face tokenizer")
+    tok = Tokenizer.from_str(js)
+    out = []
+    for t in texts:
+        ids = tok.encode(t).ids
+        if ids:
+            out.append(ids[:limit])
+    return out
+
+
+# ------------------------------------------------------------------ build
+def bundle_name(model: str, scheme_name: str, text_only: bool) -> str:
+    return f"{model}-{scheme_name}" + ("-text" if text_only else "")
+
+
+def build(
+    model: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    width_div: int = 1,
+    seed: int = 0,
+    scheme: Any = "wNa8o8",
+    text_only: bool = False,
+    calibration: str | os.PathLike | None = None,
+    output: str | os.PathLike = "dist",
+    force: bool = False,
+    prefill: int = 32,
+    cache_length: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    decode_steps: int = 8,
+    calibration_samples: int = 64,
+    verify_engine: bool = True,
+    quality: bool = True,
+    progress: Progress | None = None,
+    requantize: bool = False,
+) -> BuildResult:
+    """Build one bundle; returns its path, the manifest path and the manifest."""
+    from edgekit.build import export as ex
+    from edgekit.build import quantize as qz
+    from edgekit.bundle import inspect as insp
+    from edgekit.bundle import manifest as mf
+    from edgekit.fsutil import atomic_dir
+    from edgekit.models.presets import get_preset
+    from edgekit.schemes import load_scheme
+
+    t_start = time.monotonic()
+    st = _Stages(progress)
+    preset = get_preset(model)
+    sch = load_scheme(scheme, preset)
+    if prefill < 1 or cache_length < 2 or prefill >= cache_length:
+        raise UsageError(f"--prefill {prefill} must be >= 1 and below --cache-length {cache_length}")
+    if width_div < 1:
+        raise UsageError(f"--width-div must be a positive integer, got {width_div}")
+    if not text_only:
+        try:
+            import torchvision  # noqa: F401
+        except ImportError as exc:
+            raise BuildError(
+                "a bundle with vision/audio encoders needs litert-torch's multimodal export, which imports "
+                "torchvision (transformers' AutoImageProcessor); torchvision is not installed",
+                hint="build with --text-only, or install torchvision matching torch 2.13.0",
+            ) from exc
+    cache = Path(cache_dir) if cache_dir else ex.cache_root()
+    out_root = Path(output)
+    # --- QAT hook (edgekit/build/qat.py): a quant_method 'gemma' checkpoint is validated before any
+    # long work, exported from its exact dequantized float and quantized exactly (or naively: requantize)
+    qat_build = None
+    if checkpoint is not None and not random_weights:
+        from edgekit.build import qat as bq
+
+        if bq.is_qat_checkpoint(checkpoint):
+            qat_build = st.run("source", "QAT checkpoint: validate, exact dequantization", bq.QatBuild.prepare,
+                               checkpoint, preset, cache, requantize=requantize)
+            sch = qat_build.scheme(sch, preset)
+    name = bundle_name(preset.name, sch.name, text_only)
+    out_dir = out_root / name
+    _check_writable(out_root)
+
+    ckpt_dir, info = st.run("source", "checkpoint", resolve_source, preset, checkpoint, random_weights, seed,
+                            width_div, cache)
+    if qat_build is not None:  # QAT hook: export the exact dequantized float
+        ckpt_dir = qat_build.float_dir
+    wd = info.width_div
+    source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
+    opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
+    key = ex.export_key(source_identity, opts)
+    cached = (cache / "exports" / key / "model.litertlm").is_file()
+    est = estimate(preset, wd, sch, text_only, out_root, cached, cache)
+    if progress:
+        progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM (available "
+                 f"{_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk (free {_gb(est.disk_free_bytes)})", 0.0)
+    if not force:
+        if est.mem_available_bytes is not None and est.peak_rss_bytes > est.mem_available_bytes:
+            raise ResourceError(
+                f"building {name} needs about {_gb(est.peak_rss_bytes)} of memory "
+                f"({est.params:,} parameters), only {_gb(est.mem_available_bytes)} available",
+                hint="use --width-div to shrink the model, free memory, or pass --force",
+            )
+        if est.disk_free_bytes is not None and est.disk_bytes > est.disk_free_bytes:
+            raise ResourceError(
+                f"building {name} needs about {_gb(est.disk_bytes)} of disk, only {_gb(est.disk_free_bytes)} free",
+                hint="free disk space, choose another --output / EDGEKIT_CACHE, or pass --force",
+            )
+
+    exp = st.run("export", "litert-torch export_hf (float32, child process)" + (" [cached]" if cached else ""),
+                 ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)
+    float_bundle = exp.bundle
+
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.work-", dir=cache))
+    try:
+        with atomic_dir(out_dir) as tmp:
+            toml = st.run("unpack", "litert-lm-builder unpack", qz.unpack, float_bundle, work / "unpacked")
+            secs = qz.section_files(toml)
+            calib_rec: dict[str, Any] | None = None
+            replaced: dict[str, Path] = {}
+            if sch.is_float:
+                if sch.float_dtype == "float16":
+                    recipe = qz.fp16_recipe()
+                    for sec, path in secs.items():
+                        dst = work / f"{sec}.tflite"
+                        st.run("quantize", f"{sec}: float16 weights", qz.quantize_weights, path, dst, recipe)
+                        replaced[sec] = dst
+            elif qat_build is not None and qat_build.exact:  # QAT hook: checkpoint integers + SRQ scales
+                plans = {sec: qz.plan_section(path, sec, sch.bits_for) for sec, path in secs.items()}
+                replaced.update(qat_build.quantize(secs, plans, work, st.run))
+            else:
+                plans = {sec: qz.plan_section(path, sec, sch.bits_for) for sec, path in secs.items()}
+                if sch.static_activations:
+                    texts, calib_rec = _calibration_texts(calibration)
+                    ids = _tokenize(float_bundle, texts, limit=cache_length - decode_steps - 1)
+                    feeds = st.run("calibrate", f"{len(ids)} prompts through the float signatures",
+                                   qz.record_calibration, float_bundle, ids, decode_steps,
+                                   max_samples=calibration_samples)
+                    calib_rec["samples"] = {k: len(v) for k, v in feeds.items()}
+                    calib_rec["decode_steps"] = decode_steps
+                    calib_rec["max_samples_per_signature"] = calibration_samples
+                    dst = work / "tf_lite_prefill_decode.tflite"
+                    st.run("quantize", "prefill/decode: static int8 activations, N-bit weights",
+                           qz.quantize_static, secs["tf_lite_prefill_decode"], dst,
+                           plans["tf_lite_prefill_decode"], feeds)
+                    replaced["tf_lite_prefill_decode"] = dst
+                    del feeds
+                else:
+                    dst = work / "tf_lite_prefill_decode.tflite"
+                    st.run("quantize", "prefill/decode: N-bit weights (dynamic activations)",
+                           qz.quantize_weights, secs["tf_lite_prefill_decode"], dst,
+                           qz.dynamic_recipe(plans["tf_lite_prefill_decode"]))
+                    replaced["tf_lite_prefill_decode"] = dst
+                for sec in secs:
+                    if sec == "tf_lite_prefill_decode":
+                        continue
+                    rec = qz.embedding_recipe(plans[sec]) + qz.dynamic_recipe(plans[sec])
+                    if not rec:
+                        continue
+                    dst = work / f"{sec}.tflite"
+                    st.run("quantize", f"{sec}: channel-wise weights", qz.quantize_weights, secs[sec], dst, rec)
+                    replaced[sec] = dst
+            bundle = tmp / f"{name}.litertlm"
+            softcap = _softcap(ckpt_dir)
+            meta = {"edgekit.scheme": sch.name, "edgekit.preset": preset.name, "edgekit.width_div": int(wd)}
+            if softcap:
+                meta[SOFTCAP_KEY] = float(softcap)
+            st.run("repack", "litert-lm-builder", qz.repack, toml, bundle, replaced, meta)
+
+            from edgekit.build import verify
+
+            prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
+            runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
+                                             bundle, prompt)}
+            if verify_engine:
+                runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
+                                              bundle, min(16, prefill), 8, cache_length)
+
+            report = st.run("inspect", "read back", insp.inspect_bundle, bundle)
+            build_rec = {
+                "text_only": text_only,
+                "prefill_length": prefill,
+                "cache_length": cache_length,
+                "export": {"cached": exp.cached, "key": key, "seconds": exp.record.get("seconds"),
+                           "peak_rss_bytes": exp.record.get("peak_rss_bytes")},
+                "calibration": calib_rec,
+                "estimate": est.to_dict(),
+                "stages_s": st.times,
+                "seconds": None,
+                "peak_rss_bytes": None,
+                "builder_peak_rss_bytes": None,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.monotonic() - t_start))),
+            }
+            manifest = mf.make_manifest(
+                name=name,
+                model={"preset": preset.name, "width_div": wd, "config": info.config,
+                       "param_counts": preset.param_counts(wd)},
+                source=info.source_record(),
+                scheme=sch.to_dict(),
+                build=build_rec,
+                toolchain=ex.toolchain_versions(),
+                report=report,
+                runtime=runtime,
+            )
+            violations = insp.check(report, sch, preset, manifest)
+            if qat_build is not None:  # QAT hook: exactness read back, agreement with transformers
+                violations = qat_build.expected_violations(violations)
+                manifest["qat"] = st.run("qat", "exactness vs the checkpoint, agreement vs transformers",
+                                         qat_build.report, bundle)
+            if violations:
+                raise BuildError(
+                    f"the built bundle does not match scheme {sch.name}: {violations[0]}"
+                    + (f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""),
+                    hint="this is an edgekit/toolchain defect; rerun with EDGEKIT_DEBUG=1 and report it",
+                )
+            if quality and sch.static_activations:
+                q = _quality(st, out_root / bundle_name(preset.name, "fp16", text_only), bundle, info)
+                if q is not None:
+                    manifest["quality"] = q
+            builder_peak = _self_peak_rss()
+            export_peak = exp.record.get("peak_rss_bytes") if not exp.cached else None
+            build_rec["builder_peak_rss_bytes"] = builder_peak
+            build_rec["peak_rss_bytes"] = max(builder_peak, export_peak or 0)
+            build_rec["seconds"] = round(time.monotonic() - t_start, 3)
+            build_rec["stages_s"] = st.times
+            st.run("manifest", "write", mf.write_manifest, tmp / mf.MANIFEST_FILE, manifest)
+            for p_ in (tmp / mf.MANIFEST_FILE, bundle):
+                os.chmod(p_, 0o644)
+            os.chmod(tmp, 0o755)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(out_dir / f"{name}.litertlm", out_dir / mf.MANIFEST_FILE, manifest)
+
+
+def _softcap(ckpt_dir: Path) -> float | None:
+    import json
+
+    try:
+        cfg = json.loads((ckpt_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config", cfg)
+    v = text.get("final_logit_softcapping")
+    return float(v) if v else None
+
+
+def _check_writable(out_root: Path) -> None:
+    base = _existing_parent(out_root)
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"output folder {out_root} is not writable (checked {base})")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        fd, p = tempfile.mkstemp(prefix=".edgekit-write-test-", dir=out_root)
+        os.close(fd)
+        os.unlink(p)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(f"disk full: cannot write to {out_root}") from exc
+        raise OutputNotWritable(f"cannot write to output folder {out_root}: {exc.strerror}") from exc
+
+
+def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str, Any] | None:
+    """manifest["quality"] against an fp16 build of the same source, when one exists."""
+    import importlib.util
+
+    from edgekit.bundle import manifest as mf
+
+    if importlib.util.find_spec("edgekit.quality") is None:
+        return None
+    mpath = baseline_dir / mf.MANIFEST_FILE
+    if not mpath.is_file():
+        return None
+    try:
+        base = mf.read_manifest(mpath)
+    except EdgekitError:
+        return None
+    if base.get("source", {}).get("weights_sha256") != info.weights_sha256:
+        return None
+    baseline_bundle = baseline_dir / base["bundle"]["file"]
+    if not baseline_bundle.is_file():
+        return None
+    from edgekit import quality as ql
+
+    res = st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle)
+    res = dict(res)
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}
+    return res
