@@ -164,12 +164,21 @@ def _bring_up(kind: str, root: Path) -> StandIn:
                    state_file=root / "state.json", port=int(info["port"]), info=info)
 
 
+def _drop_big_files(folder: Path, limit: int = 8 * 1024 * 1024) -> None:
+    """Free the disk taken by pushed bundles; small files (traces, logs) stay for debugging."""
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size > limit:
+                path.unlink()
+
+
 @pytest.fixture(scope="session")
 def ssh_target(targets_dir: Path) -> Iterator[StandIn]:
     _need("ssh")
     target = _bring_up("ssh", targets_dir)
     yield target
     stand.down(targets_dir, which=("ssh",))
+    _drop_big_files(Path(target.work_dir))
 
 
 @pytest.fixture(scope="session")
@@ -178,6 +187,7 @@ def adb_target(targets_dir: Path) -> Iterator[StandIn]:
     target = _bring_up("adb", targets_dir)
     yield target
     stand.down(targets_dir, which=("adb",))
+    _drop_big_files(target.sandbox)
 
 
 def read_state(target: StandIn) -> dict[str, Any]:
