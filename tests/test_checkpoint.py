@@ -264,3 +264,53 @@ def test_sharded_index_with_missing_shard(copy):
     (ck / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     _fails(ck, "tiny", "model-00001-of-00002.safetensors named in model.safetensors.index.json is missing")
+
+
+def test_ensure_reuses_matching_checkpoint(tiny_ckpt, tmp_path):
+    from edgekit.models.checkpoint import ensure_random_checkpoint, random_checkpoint_bytes
+
+    dst = tmp_path / "cache"
+    shutil.copytree(tiny_ckpt, dst)
+    before = (dst / WEIGHTS_FILE).stat().st_mtime_ns
+    assert ensure_random_checkpoint("tiny", dst, seed=0) == dst
+    assert (dst / WEIGHTS_FILE).stat().st_mtime_ns == before  # reused, not rewritten
+    ensure_random_checkpoint("tiny", dst, seed=5)  # other seed: remade
+    assert json.loads((dst / EDGEKIT_META_FILE).read_text())["seed"] == 5
+    header_len = struct.unpack("<Q", (dst / WEIGHTS_FILE).read_bytes()[:8])[0]
+    assert (dst / WEIGHTS_FILE).stat().st_size == 8 + header_len + random_checkpoint_bytes("tiny")
+
+
+def test_bad_arguments_and_unwritable_output(tmp_path):
+    import os
+
+    from edgekit.errors import OutputNotWritable, UsageError
+
+    with pytest.raises(UsageError):
+        make_random_checkpoint("tiny", tmp_path / "x", dtype="int8")
+    with pytest.raises(UsageError):
+        make_random_checkpoint("tiny", tmp_path / "x", width_div=3)
+    with pytest.raises(UsageError, match="known presets"):
+        make_random_checkpoint("gemma-9b", tmp_path / "x")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("permissions not enforced for this user")
+        with pytest.raises(OutputNotWritable):
+            make_random_checkpoint("tiny", ro / "ck")
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_refuses_when_disk_too_small(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from edgekit.errors import ResourceError
+    from edgekit.models import checkpoint
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ResourceError, match=r"needs 0\.02 GB, 0\.00 GB free"):
+        make_random_checkpoint("tiny", tmp_path / "x")
+    assert not (tmp_path / "x").exists()

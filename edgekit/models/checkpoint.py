@@ -11,6 +11,7 @@ with the weight files' sha256 and dtypes.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from edgekit.errors import CheckpointError
+from edgekit.errors import CheckpointError, OutputNotWritable, ResourceError, UsageError
 from edgekit.fsutil import atomic_dir, atomic_write_json, sha256_file
 from edgekit.models.presets import (
     CONFIG_FILE,
@@ -209,7 +210,9 @@ def make_random_checkpoint(
 
     p = get_preset(preset)
     if dtype not in _TORCH_TO_ST:
-        raise ValueError(f"dtype must be one of {sorted(_TORCH_TO_ST)}, got {dtype!r}")
+        raise UsageError(f"checkpoint dtype must be one of {', '.join(sorted(_TORCH_TO_ST))}, got {dtype!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
     t0 = time.monotonic()
     model = p.meta_model(width_div)
     torch_dtype = getattr(torch, dtype)
@@ -218,14 +221,24 @@ def make_random_checkpoint(
     # state_dict order; dtype of every tensor is the checkpoint dtype (buffers included)
     entries = [(name, st, shape) for name, shape in shapes.items()]
     out_dir = Path(out_dir)
+    need = random_checkpoint_bytes(p, width_div, dtype)
+    _check_free_space(out_dir, need)
     with atomic_dir(out_dir) as tmp:
-        write_safetensors(
-            tmp / WEIGHTS_FILE,
-            entries,
-            _materialize(model, set(shapes), seed, torch_dtype),
-            metadata={"format": "pt", "edgekit": "random", "preset": p.name, "seed": str(seed),
-                      "width_div": str(width_div)},
-        )
+        try:
+            write_safetensors(
+                tmp / WEIGHTS_FILE,
+                entries,
+                _materialize(model, set(shapes), seed, torch_dtype),
+                metadata={"format": "pt", "edgekit": "random", "preset": p.name, "seed": str(seed),
+                          "width_div": str(width_div)},
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ResourceError(f"disk full while writing {out_dir / WEIGHTS_FILE} "
+                                    f"({need / 1e9:.2f} GB needed)") from exc
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise OutputNotWritable(f"cannot write {out_dir}: {exc.strerror}") from exc
+            raise
         (tmp / CONFIG_FILE).write_text(
             json.dumps(p.config_dict(width_div, dtype=dtype), indent=2, sort_keys=True) + "\n")
         _write_generation_config(p, width_div, tmp)
@@ -248,6 +261,60 @@ def make_random_checkpoint(
         atomic_write_json(tmp / EDGEKIT_META_FILE, meta)
         _make_readable(tmp)
     return out_dir
+
+
+def random_checkpoint_bytes(preset: str | Preset, width_div: int = 1, dtype: str = "float32") -> int:
+    """Bytes of the weight file :func:`make_random_checkpoint` writes (header excluded)."""
+    p = get_preset(preset)
+    size = ST_DTYPE_SIZES[_TORCH_TO_ST[dtype]]
+    return sum(math.prod(s) for s in p.expected_shapes(width_div).values()) * size
+
+
+def _check_free_space(out_dir: Path, need: int) -> None:
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    margin = 64 << 20
+    if free < need + margin:
+        raise ResourceError(
+            f"not enough disk for the random checkpoint in {out_dir}: needs {need / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free", hint="free disk space, choose another folder, or use a larger --width-div")
+
+
+def ensure_random_checkpoint(
+    preset: str | Preset,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    width_div: int = 1,
+    dtype: str = "float32",
+) -> Path:
+    """Reuse ``out_dir`` if it holds the same random checkpoint (same preset, seed,
+    width_div, dtype, torch version, weight size), otherwise (re)make it."""
+    import torch
+
+    p = get_preset(preset)
+    out = Path(out_dir)
+    meta_path = out / EDGEKIT_META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        same = (
+            meta.get("schema") == META_SCHEMA and meta.get("kind") == "random_weights"
+            and meta.get("preset") == p.name and meta.get("seed") == seed
+            and meta.get("width_div") == width_div and meta.get("dtype") == dtype
+            and meta.get("torch_version") == torch.__version__
+        )
+        weights = out / WEIGHTS_FILE
+        if same and weights.is_file():
+            header = read_safetensors_header(weights)
+            if {k: e.shape for k, e in header.items()} == p.expected_shapes(width_div):
+                return out
+    except (OSError, ValueError, CheckpointError, AttributeError):
+        pass
+    return make_random_checkpoint(p, out, seed=seed, width_div=width_div, dtype=dtype)
 
 
 def _make_readable(folder: Path) -> None:
