@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -61,7 +62,7 @@ def test_up_status_down(state):
     assert up.returncode == 0, up.stderr
     lines = up.stdout.splitlines()
     assert lines[:2] == ["rpi5-standin", "pixel8-standin"]
-    assert lines[-1] == f"export EDGEKIT_PROFILES={state / 'profiles'}"
+    assert lines[-1] == f"export EDGEKIT_PROFILES={shlex.quote(str(state / 'profiles'))}"
     st = json.loads((state / "state.json").read_text())
     ssh_pid, adb_pid, serial = st["ssh"]["pid"], st["adb"]["pid"], st["adb"]["serial"]
     assert _alive(ssh_pid) and _alive(adb_pid)
