@@ -98,7 +98,8 @@ class StandIn:
         """Inject faults into the running emulator for the duration of a ``with`` block.
 
         Keys: ``drop_after_bytes`` (close the transport once that many bytes of one sync
-        SEND arrived; one-shot), ``quota_bytes`` (SEND fails with "No space left on device"
+        SEND arrived; one-shot; the partial file stays unless ``drop_keep_partial=False``),
+        ``quota_bytes`` (SEND fails with "No space left on device"
         once the sandbox would exceed it). Paths outside /data/local/tmp are always refused.
         """
         from targetlib.adbemu import write_faults
