@@ -242,7 +242,7 @@ def make_random_checkpoint(
         (tmp / CONFIG_FILE).write_text(
             json.dumps(p.config_dict(width_div, dtype=dtype), indent=2, sort_keys=True) + "\n")
         _write_generation_config(p, width_div, tmp)
-        synthetic = _write_tokenizer(p, tmp)
+        synthetic = write_tokenizer(p, tmp) == "synthetic"
         counts = p.param_counts(width_div)
         meta = {
             "schema": META_SCHEMA,
@@ -375,16 +375,25 @@ def _write_generation_config(p: Preset, width_div: int, out: Path) -> None:
     GenerationConfig.from_model_config(p.config(width_div)).save_pretrained(str(out))
 
 
-def _write_tokenizer(p: Preset, out: Path) -> bool:
-    """Copy the shipped tokenizer, or write a synthetic one of the full vocabulary. Returns synthetic?"""
+def write_tokenizer(preset: str | Preset, out: str | os.PathLike) -> str:
+    """Put ``preset``'s tokenizer files into ``out``; returns "shipped" or "synthetic".
+
+    tiny: the shipped tokenizer; e2b/e4b: the deterministic synthetic tokenizer of the full
+    vocabulary (no real Gemma tokenizer is available offline).
+    """
+    p = get_preset(preset)
+    out = Path(out)
     if p.tokenizer_dir is not None:
         for fname in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             src = p.tokenizer_dir / fname
             if src.exists():
                 shutil.copyfile(src, out / fname)
-        return False
+        return "shipped"
     write_synthetic_tokenizer(out, p.vocab_size)
-    return True
+    return "synthetic"
+
+
+_write_tokenizer = write_tokenizer  # old private name (edgekit/build/qat.py uses it)
 
 
 def write_synthetic_tokenizer(out: str | os.PathLike, vocab_size: int) -> None:
