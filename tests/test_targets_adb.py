@@ -285,3 +285,15 @@ def test_rejoins_after_adb_server_restart(adb_target, client, dev):
     assert _state(client, adb_target.serial) is None
     adb_target.ensure_connected()
     assert client.device(adb_target.serial).shell("getprop ro.product.model") == "Pixel 8"
+
+
+def test_dropped_push_like_adbd_removes_the_partial_file(adb_target, client, dev, tmp_path):
+    src = tmp_path / "one_mb.bin"
+    src.write_bytes(os.urandom(1024 * 1024))
+    remote = f"{TMP}/edgekit/drop2/one_mb.bin"
+    with adb_target.faults(drop_after_bytes=300_000, drop_keep_partial=False):
+        with pytest.raises((adbutils.AdbError, ConnectionError, OSError)):
+            dev.sync.push(str(src), remote)
+    assert not adb_target.host_path(remote).exists()
+    adb_target.ensure_connected()
+    assert client.device(adb_target.serial).sync.push(str(src), remote) == 1024 * 1024
