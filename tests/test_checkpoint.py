@@ -314,3 +314,13 @@ def test_refuses_when_disk_too_small(tmp_path, monkeypatch):
     with pytest.raises(ResourceError, match=r"needs 0\.02 GB, 0\.00 GB free"):
         make_random_checkpoint("tiny", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_shipped_tiny_folder():
+    """The committed tiny folder is a valid tiny checkpoint once trained weights are added."""
+    p = get_preset("tiny")
+    if p.shipped_weights is not None:
+        info = load_checkpoint(p.shipped_weights, "tiny")
+        assert info.width_div == 1 and info.tokenizer_files[0] == "tokenizer.json"
+    else:
+        _fails(p.shipped_checkpoint_dir, "tiny", r"no \*\.safetensors weight files")

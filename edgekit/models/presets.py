@@ -226,6 +226,14 @@ class Preset:
 
     # -------------------------------------------------------------- checkpoint
     @property
+    def shipped_weights(self) -> Path | None:
+        """The shipped checkpoint folder when it holds trained weights (tiny, once trained)."""
+        d = self.shipped_checkpoint_dir
+        if d is not None and d.is_dir() and any(d.glob("*.safetensors")):
+            return d
+        return None
+
+    @property
     def checkpoint_requirements(self) -> dict[str, Any]:
         """What a ``--checkpoint DIR`` of this preset must contain."""
         return {
@@ -507,6 +515,9 @@ def write_tiny_config(path: Path | None = None) -> Path:
     """(Re)write the committed tiny checkpoint's config.json from the preset."""
     from edgekit.fsutil import atomic_write_text
 
+    import os
+
     path = path or (ASSETS / "tiny" / CONFIG_FILE)
     atomic_write_text(path, json.dumps(TINY.config_dict(), indent=2, sort_keys=True) + "\n")
+    os.chmod(path, 0o644)
     return path
