@@ -305,3 +305,14 @@ def test_calibration_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="NUL"):
         load_calibration(binary)
     assert DEFAULT_CALIBRATION.is_file()
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(ConfigError, match="3 bits"):
+        Rule("mlp", 3)
+    with pytest.raises(ConfigError, match="invalid regular expression"):
+        Rule("mlp(", 4)
+    with pytest.raises(ConfigError, match="activations 'int4'"):
+        _scheme([], activations="int4")
+    s = _scheme([Rule("a", 2)])
+    assert isinstance(s.weight_rules, tuple)

@@ -58,6 +58,14 @@ class Rule:
     bits: int | None
     note: str = ""
 
+    def __post_init__(self) -> None:
+        if self.bits is not None and (isinstance(self.bits, bool) or self.bits not in VALID_BITS):
+            raise ConfigError(f"rule {self.pattern!r}: {self.bits!r} bits is not supported (2, 4, 8 or None)")
+        try:
+            re.compile(expand_placeholders(self.pattern, {p: (0, 1) for p in PLACEHOLDERS}))
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"rule {self.pattern!r}: invalid regular expression ({exc})") from exc
+
     def matches(self, module_name: str) -> bool:
         return _compiled(self.pattern).search(module_name) is not None
 
@@ -88,6 +96,21 @@ class Scheme:
     float_dtype: str = "float32"  # dtype of weights kept float ("float16" for the fp16 baseline)
     kv_cache: str = "float"  # "float" | "int8"
     resolved_for: str | None = None  # preset name once placeholders are expanded
+
+    def __post_init__(self) -> None:
+        where = f"scheme {self.name!r}"
+        if self.default_weight_bits is not None and (
+                isinstance(self.default_weight_bits, bool) or self.default_weight_bits not in VALID_BITS):
+            raise ConfigError(f"{where}: default_weight_bits {self.default_weight_bits!r} is not 2, 4, 8 or None")
+        for key, value, choices in (("activations", self.activations, ACTIVATIONS), ("outputs", self.outputs, OUTPUTS),
+                                    ("weight_granularity", self.weight_granularity, GRANULARITIES),
+                                    ("float_dtype", self.float_dtype, FLOAT_DTYPES), ("kv_cache", self.kv_cache, KV_CACHE)):
+            if value not in choices:
+                raise ConfigError(f"{where}: {key} {value!r} is not one of {', '.join(choices)}")
+        if not all(isinstance(r, Rule) for r in self.weight_rules):
+            raise ConfigError(f"{where}: weight_rules must be Rule objects")
+        if not isinstance(self.weight_rules, tuple):
+            object.__setattr__(self, "weight_rules", tuple(self.weight_rules))
 
     # ------------------------------------------------------------ behaviour
     @property
