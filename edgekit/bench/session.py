@@ -484,6 +484,8 @@ class Session:
                     error = f"run {order} ({role} {phase} #{idx}, {bundles[role].label}) failed: {run.error}"
                     self.progress(f"    FAILED: {run.error} (traces kept in {final / 'traces' / name})")
                     break
+            if status == "ok":  # everything is pulled: leave no trace folders behind on the device
+                self.transport.shell(["rm", "-rf", session_dir], check=False, timeout=60)
         except EdgekitError as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc.message}"
             interrupted = exc
@@ -499,7 +501,11 @@ class Session:
         res_obj = result()
         save_result(res_obj, partial / "result.json")
         if finalize is not None:
-            finalize(partial, res_obj)
+            try:
+                finalize(partial, res_obj)
+            except Exception as exc:  # noqa: BLE001 - the measurements must survive a broken view
+                self.progress(f"warning: writing the reports failed ({type(exc).__name__}: {exc}); "
+                              f"regenerate them with `edgekit report {final}`")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
