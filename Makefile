@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekit-installed
-SYSTEM_PACKAGES := adb openssh-server chromium
+SYSTEM_PACKAGES := adb openssh-server chromium mksh busybox posh
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-deps clean targets-up targets-down
@@ -19,12 +19,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian packages the tests need (real adb server, real sshd, headless chromium).
+# Debian packages the tests need (real adb server, real sshd, headless chromium;
+# mksh, busybox and posh run android_harness/harness.sh under the shells phones and boards have).
 system-deps:
 	@missing=""; \
 	command -v adb >/dev/null || missing="$$missing adb"; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v mksh >/dev/null || missing="$$missing mksh"; \
+	command -v busybox >/dev/null || missing="$$missing busybox"; \
+	command -v posh >/dev/null || missing="$$missing posh"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -33,6 +33,8 @@ sys.exit(3)
 def _shell(name):
     argv = SHELLS[name]
     if shutil.which(argv[0]) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide {argv[0]} (make system-deps)")
         pytest.skip(f"{argv[0]} not installed (make system-deps)")
     return argv
 
