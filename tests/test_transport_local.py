@@ -196,3 +196,21 @@ def test_quote_argv_is_inert_under_sh(t):
 )
 def test_classify_failure(res, kind):
     assert type(classify_failure("cmd", res)) is kind
+
+
+def test_progress_only_on_a_terminal():
+    import io
+
+    from edgekit.devices.transport import default_progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert default_progress("push", io.StringIO()) is None  # a pipe or file: no progress bar
+    tty = Tty()
+    show = default_progress("push x", tty)
+    show(50, 100)
+    show(100, 100)
+    text = tty.getvalue()
+    assert "push x" in text and "100.0%" in text and text.endswith("\n")

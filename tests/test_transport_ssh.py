@@ -90,13 +90,14 @@ def test_interrupted_push_then_push_again(t, prof, tmp_path):
     remote = f"{prof.work_dir}/interrupted/big.bin"
     killed = threading.Event()
 
-    def kill_midway(done, total):
+    def kill_midway(done, total, tr):
         if done > 3_000_000 and not killed.is_set():
             killed.set()
-            t._client.get_transport().sock.close()  # the link drops, as when a cable is pulled
+            tr._client.get_transport().sock.close()  # the link drops, as when a cable is pulled
 
+    t1 = SshTransport.from_profile(prof, retries=1)  # no automatic retry: see the raw failure
     with pytest.raises((DeviceOffline, TransportTimeout)):
-        t.push(src, remote, progress=kill_midway)
+        t1.push(src, remote, progress=lambda d, n: kill_midway(d, n, t1))
     assert killed.is_set()
     t2 = open_transport(prof)
     try:
@@ -108,6 +109,21 @@ def test_interrupted_push_then_push_again(t, prof, tmp_path):
         assert not t2.push(src, remote).sent
     finally:
         t2.close()
+
+
+def test_link_drop_during_push_is_retried(t, prof, tmp_path):
+    src = tmp_path / "c.bin"
+    digest = _blob(src, 8_000_000, seed=4)
+    remote = f"{prof.work_dir}/retried/c.bin"
+    dropped = threading.Event()
+
+    def drop_once(done, total):
+        if done > 2_000_000 and not dropped.is_set():
+            dropped.set()
+            t._client.get_transport().sock.close()
+
+    r = t.push(src, remote, progress=drop_once)
+    assert dropped.is_set() and r.sent and t.sha256(remote) == digest
 
 
 def test_unknown_host_key_refused_then_accepted(prof, ssh_target, tmp_path):

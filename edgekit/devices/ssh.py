@@ -212,7 +212,7 @@ class SshTransport(BaseTransport):
             t.close()
 
     def _transport(self) -> paramiko.Transport:
-        t = self._client.get_transport() if self._client else None
+        t = self._client.get_transport() if self._client is not None else None
         if t is None or not t.is_active():
             self._sftp = None
             self.connect()
@@ -298,7 +298,8 @@ class SshTransport(BaseTransport):
         text = str(exc).lower()
         if "no space" in text or getattr(exc, "errno", None) == errno.ENOSPC:
             return StorageFull(f"{self.name}: {what}: no space left on device")
-        if isinstance(exc, TRANSIENT + (paramiko.SSHException,)):
+        if isinstance(exc, TRANSIENT + (paramiko.SSHException,)) or getattr(exc, "errno", None) in (
+                errno.EBADF, errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET):
             self._sftp = None
             return DeviceOffline(f"{self.name}: {what}: connection lost ({exc!r})")
         return DeviceError(f"{self.name}: {what}: {exc}")
@@ -319,20 +320,26 @@ class SshTransport(BaseTransport):
         return RemoteStat(int(st.st_size or 0), mode, float(st.st_mtime or 0), stat_mod.S_ISDIR(mode))
 
     def _upload(self, local: str, remote: str, progress: Progress | None) -> None:
-        try:
-            self.sftp().put(local, remote, callback=progress, confirm=True)
-        except Exception as exc:
-            if isinstance(exc, DeviceError):
+        """SFTP put into ``remote`` (the push's temporary name); redone from scratch after a dropped link."""
+        for attempt in range(self.retries):
+            try:
+                self.sftp().put(local, remote, callback=progress, confirm=True)
+                return
+            except DeviceError:
                 raise
-            # ssh gives SSH_FX_FAILURE for a full disk: look before blaming anything else
-            err = self._sftp_error(exc, f"upload to {remote}")
-            if type(err) is DeviceError:
-                try:
-                    if self.free_bytes(os.path.dirname(remote)) < os.path.getsize(local):
-                        err = StorageFull(f"{self.name}: upload to {remote}: no space left on device")
-                except DeviceError:
-                    pass
-            raise err from exc
+            except Exception as exc:
+                err = self._sftp_error(exc, f"upload to {remote}")
+                if isinstance(err, DeviceOffline) and attempt < self.retries - 1:
+                    self.close()  # reconnect on the next attempt
+                    continue
+                if type(err) is DeviceError:
+                    # ssh reports a full disk as a generic SSH_FX_FAILURE: look before blaming anything else
+                    try:
+                        if self.free_bytes(os.path.dirname(remote)) < os.path.getsize(local):
+                            err = StorageFull(f"{self.name}: upload to {remote}: no space left on device")
+                    except DeviceError:
+                        pass
+                raise err from exc
 
     def _download(self, remote: str, local: str) -> None:
         try:
