@@ -484,8 +484,8 @@ class Session:
                     error = f"run {order} ({role} {phase} #{idx}, {bundles[role].label}) failed: {run.error}"
                     self.progress(f"    FAILED: {run.error} (traces kept in {final / 'traces' / name})")
                     break
-            if status == "ok":  # everything is pulled: leave no trace folders behind on the device
-                self.transport.shell(["rm", "-rf", session_dir], check=False, timeout=60)
+            # every trace is pulled (a failed run's too): leave no trace folders behind on the device
+            self.transport.shell(["rm", "-rf", session_dir], check=False, timeout=60)
         except EdgekitError as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc.message}"
             interrupted = exc
