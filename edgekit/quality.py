@@ -268,10 +268,6 @@ def evaluate(
         "runtime": "ai_edge_litert interpreter (edgekit.runtime.signatures.BundleModel.score)",
         "seconds": round(time.time() - t0, 3),
     }
-    if cand_path is not None:
-        result["candidate"] = str(cand_path)
-    if base_path is not None:
-        result["baseline"] = str(base_path)
     return result
 
 

@@ -66,6 +66,7 @@ def command(bundle, baseline, text, tokenizer, max_tokens, seq_len, threads, fai
         cand_path, base_path, text=text, max_tokens=max_tokens, seq_len=seq_len,
         tokenizer=tokenizer, num_threads=threads, progress=lambda s: click.echo(s, err=True),
     )
+    result["candidate"], result["baseline"] = str(cand_path), str(base_path)
     violated = quality.check_thresholds(result, thresholds)
     result["gate"] = {
         "thresholds": [str(t) for t in thresholds],
