@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,9 @@ def test_shell_exit_codes_and_quoting(t, prof):
     with pytest.raises(RuntimeMissing):
         t.shell(["litert_lm_main_not_installed", "--help"])
     with pytest.raises(TransportTimeout):
-        t.shell(["sleep", "5"], timeout=0.5)
+        t.shell(["sh", "-c", "sleep 37.25; echo late"], timeout=0.5)
+    time.sleep(1.5)  # the timed-out command was ended on the device, not left running
+    assert t.shell(["pgrep", "-f", "sleep 37.25"], check=False).exit_code == 1
     ident = t.identity()
     assert ident["transport"] == "ssh" and ident["arch"] == os.uname().machine and ident["os"]
     assert ident["serial"].endswith(f":{prof.ssh.port}")

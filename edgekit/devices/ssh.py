@@ -42,6 +42,7 @@ from edgekit.errors import (
 )
 
 TRANSIENT = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, EOFError)
+PGID_MARK = "__EDGEKIT_PGID__:"
 
 
 class _RecordNewKey(paramiko.MissingHostKeyPolicy):
@@ -241,10 +242,26 @@ class SshTransport(BaseTransport):
         except (paramiko.SSHException,) + TRANSIENT as exc:
             raise DeviceOffline(f"{self.name}: ssh session to {self.where} failed: {exc}") from exc
 
-    def _run(self, cmdline: str, timeout: float) -> ShellResult:
+    def _kill_group(self, err: bytearray) -> None:
+        """After a timeout: end the command's process group (sshd made the shell a session leader)."""
+        text = err.decode("utf-8", "replace")
+        if not text.startswith(PGID_MARK):
+            return
+        pgid = text[len(PGID_MARK):].split("\n", 1)[0].strip()
+        if not pgid.isdigit() or int(pgid) <= 1:
+            return
+        try:
+            self._run(f"kill -TERM -- -{pgid} 2>/dev/null; sleep 1; kill -KILL -- -{pgid} 2>/dev/null; true",
+                      self.connect_timeout + 10, track=False)
+        except DeviceError:
+            pass
+
+    def _run(self, cmdline: str, timeout: float, track: bool = True) -> ShellResult:
         chan = self._open_channel()
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
+        if track:  # the shell's pid (= its process group) first on stderr, so a timeout can end it all
+            cmdline = f"echo {PGID_MARK}$$ >&2; {cmdline}"
         try:
             chan.settimeout(0.2)
             chan.exec_command(cmdline)
@@ -259,6 +276,8 @@ class SshTransport(BaseTransport):
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if time.monotonic() > deadline:
+                    chan.close()
+                    self._kill_group(err)
                     raise timeout_error(self.name, f"`{cmdline[:60]}`", timeout)
                 if not got:
                     if chan.closed and not chan.exit_status_ready():
@@ -278,7 +297,10 @@ class SshTransport(BaseTransport):
             chan.close()
         if code == -1:
             raise DeviceOffline(f"{self.name}: the command ended without an exit status (connection lost)")
-        return ShellResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        err_text = err.decode("utf-8", "replace")
+        if track and err_text.startswith(PGID_MARK):
+            err_text = err_text.split("\n", 1)[1] if "\n" in err_text else ""
+        return ShellResult(code, out.decode("utf-8", "replace"), err_text)
 
     # --- files ------------------------------------------------------------------------
     def sftp(self) -> paramiko.SFTPClient:
