@@ -19,7 +19,7 @@ import re
 import shutil
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -346,15 +346,12 @@ def _materialize(model, keep: set[str], seed: int, torch_dtype) -> Iterable[tupl
                 best, blen = m, len(prefix)
         return best
 
-    seen: set[int] = set()
     for mname, mod in model.named_modules():
         direct = [(n, t) for n, t in list(mod._parameters.items()) + list(mod._buffers.items()) if t is not None]
         if not direct:
             continue
         keys = [f"{mname}.{n}" if mname else n for n, _ in direct]
-        if not any(k in keep for k in keys):
-            continue
-        if any(id(t) in seen for _, t in direct):  # tied parameter already written
+        if not any(k in keep for k in keys):  # e.g. lm_head tied to the embedding: not written
             continue
         mod.to_empty(device="cpu", recurse=False)
         with torch.no_grad():
@@ -363,8 +360,6 @@ def _materialize(model, keep: set[str], seed: int, torch_dtype) -> Iterable[tupl
             t = getattr(mod, n)
             if key in keep:
                 yield key, t.detach().to(torch_dtype)
-        for n, t in direct:
-            seen.add(id(getattr(mod, n)))
         mod.to_empty(device="meta", recurse=False)
 
 

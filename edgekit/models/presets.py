@@ -495,7 +495,7 @@ def preset_for_config(config: Mapping[str, Any]) -> Preset | None:
             text.get("num_hidden_layers") == p.num_layers
             and text.get("vocab_size") == p.vocab_size
             and text.get("num_kv_shared_layers") == p.text["num_kv_shared_layers"]
-            and list(text.get("layer_types") or []) == list(p.layer_types)
+            and (text.get("layer_types") is None or list(text["layer_types"]) == list(p.layer_types))
         ):
             return p
     return None
