@@ -184,3 +184,21 @@ def test_failing_run_keeps_partial_traces_exit_3(bench_bundles, tmp_path, capsys
     assert (folder / "summary.md").is_file() and "FAILED" in (folder / "summary.md").read_text()
     suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
     assert suite.find("properties/property").get("value") == "3"
+
+
+@pytest.mark.slow
+def test_no_baseline_bench_applies_budgets_only(bench_bundles, tmp_path, capsys):
+    code = main(["bench", "--device", "host", "--bundle", str(bench_bundles["wNa8o8"]), "--no-baseline",
+                 "--reps", "3", *FAST, "--fail-on", "peak_rss_mb<=1", "--output", str(tmp_path / "results")])
+    cap = capsys.readouterr()
+    assert code == 1  # the command-line budget is broken; the profile's relative thresholds are not applied
+    assert "relative thresholds are not applied" in cap.err
+    from edgekit.devices.profiles import load_profile
+    from edgekit.results.gate import parse_threshold
+
+    for b in load_profile("host").gate.budget:  # the host profile's budgets still are
+        assert parse_threshold(b).text in cap.out
+    folder = next((tmp_path / "results").iterdir())
+    r = load_result(folder)
+    assert r.roles() == ("candidate",) and len(r.measured("candidate")) == 3
+    assert "no baseline in this result" in (folder / "summary.md").read_text()

@@ -51,6 +51,7 @@ def command(device: str, bundle: Path | None, model: str | None, text_only: bool
     """
     from edgekit.bench.session import BenchPlan, bundle_info, default_baseline, latest_build, run_bench
     from edgekit.cli.gate import profile_thresholds as prof_thr
+    from edgekit.cli.gate import without_baseline
     from edgekit.devices.profiles import load_profile
     from edgekit.fsutil import atomic_write_text
     from edgekit.report.context import build_context
@@ -70,10 +71,11 @@ def command(device: str, bundle: Path | None, model: str | None, text_only: bool
         raise UsageError("--baseline and --no-baseline exclude each other")
     cli_thresholds = parse_thresholds(fail_on, source="command line")  # bad syntax: exit 2 before any work
     profile = load_profile(device)
-    thresholds = merge_thresholds(prof_thr(profile.name) if profile_thresholds else [], cli_thresholds)
     candidate = bundle if bundle is not None else latest_build(dist, model, text_only)
     if baseline is None and not no_baseline:
         baseline = default_baseline(bundle_info(candidate), dist)
+    prof = without_baseline(prof_thr(profile.name) if profile_thresholds else [], baseline is not None)
+    thresholds = merge_thresholds(prof, cli_thresholds)
     plan = BenchPlan(candidate=candidate, baseline=baseline, warmup=warmup, reps=reps, cooldown_s=cooldown,
                      prefill=prefill, decode=decode, threads=threads, backend=backend,
                      allow_mismatch=allow_mismatch, output=output, accept_new_host_key=accept_new_host_key)

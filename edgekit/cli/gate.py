@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit.errors import ConfigError, EdgekitError
-from edgekit.results.gate import Threshold, merge_thresholds, parse_thresholds
+from edgekit.results.gate import RELATIVE, Threshold, merge_thresholds, parse_thresholds
 from edgekit.results.records import BenchResult, load_result
 
 
@@ -28,9 +28,21 @@ def profile_thresholds(profile_name: str, warn=True) -> list[Threshold]:
     return parse_thresholds([*profile.gate.fail_on, *profile.gate.budget], source=source)
 
 
+def without_baseline(profile: list[Threshold], has_baseline: bool) -> list[Threshold]:
+    """Without a baseline the profile's relative thresholds cannot apply; its budgets still do."""
+    if has_baseline:
+        return profile
+    dropped = [t.text for t in profile if t.kind == RELATIVE]
+    if dropped:
+        click.echo("note: no baseline, so the profile's relative thresholds are not applied: " + ", ".join(dropped),
+                   err=True)
+    return [t for t in profile if t.kind != RELATIVE]
+
+
 def resolve_thresholds(result: BenchResult, fail_on: tuple[str, ...], use_profile: bool) -> list[Threshold]:
     cli = parse_thresholds(fail_on, source="command line")
     prof = profile_thresholds(result.device.profile) if use_profile else []
+    prof = without_baseline(prof, "baseline" in result.bundles)
     return merge_thresholds(prof, cli)
 
 
