@@ -157,3 +157,19 @@ def test_preset_for_config_tells_sizes_apart():
         p = get_preset(name)
         assert presets.preset_for_config(p.config_dict(2 if name != "tiny" else 1)).name == name
     assert presets.preset_for_config({"text_config": {"num_hidden_layers": 3}}) is None
+
+
+def test_text_only_configs_match_text_counts():
+    import torch
+    from transformers import Gemma4ForCausalLM
+
+    p = get_preset("tiny")
+    counts = p.param_counts()
+    stripped = p.meta_model(text_only=True)
+    assert stripped.model.vision_tower is None and stripped.model.audio_tower is None
+    assert sum(x.numel() for x in stripped.parameters()) == counts["text"] == counts["total"] - counts["towers"]
+    cfg = p.text_config()
+    assert cfg.model_type == "gemma4_text" and cfg._experts_implementation == "eager"
+    with torch.device("meta"):
+        causal = Gemma4ForCausalLM(cfg)
+    assert sum(x.numel() for x in causal.parameters()) == counts["text"]

@@ -165,6 +165,18 @@ class Preset:
         cfg.architectures = ["Gemma4ForConditionalGeneration"]
         return cfg
 
+    def text_config(self, width_div: int = 1):
+        """The text model alone (``Gemma4TextConfig``, model_type ``gemma4_text``).
+
+        The experts implementation is set to eager: litert-torch's exporter refuses a
+        ``Gemma4ForCausalLM`` otherwise ("does not support setting experts implementation").
+        """
+        from transformers import Gemma4TextConfig
+
+        cfg = Gemma4TextConfig(**self.text_kwargs(width_div), experts_implementation="eager")
+        cfg.architectures = ["Gemma4ForCausalLM"]
+        return cfg
+
     def config_dict(self, width_div: int = 1, dtype: str | None = "float32") -> dict[str, Any]:
         """``config.json`` content, exactly what ``save_pretrained`` writes (defaults left out)."""
         cfg = self.config(width_div)

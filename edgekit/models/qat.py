@@ -657,20 +657,35 @@ def write_dequantized_checkpoint(ckpt: QatCheckpoint, out_dir, *, tokenizer_from
 # --------------------------------------------------------------------------- writing
 
 
-def quantize_rows(w: np.ndarray, bits: int, blocks: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row (per row-block) quantization: ``scale = absmax / qmax``.
+CLIP_RATIOS = tuple(np.round(np.linspace(0.5, 1.0, 11), 3))
 
-    Returns (int8 values in [qmin, qmax], float32 scales of shape (rows, blocks)). This is
-    the lattice QAT trains on; ``dequantize(*quantize_rows(w, b))`` is exact in float32.
+
+def quantize_rows(w: np.ndarray, bits: int, blocks: int = 1, *, clip_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row (per row-block) quantization.
+
+    The scale of each row (block) is ``r * absmax / qmax`` with the clipping ratio ``r`` in
+    :data:`CLIP_RATIOS` that minimises the squared error (``clip_search=False``: r = 1, plain
+    min-max), the way QAT recipes learn clipped step sizes. Returns (int8 values in
+    [qmin, qmax], float32 scales of shape (rows, blocks)); ``dequantize(*quantize_rows(w, b))``
+    is exact in float32.
     """
     w = np.asarray(w, np.float32)
     rows, width = w.shape
     qmin, qmax = qrange(bits)
     wb = w.reshape(rows, blocks, width // blocks)
-    absmax = np.abs(wb).max(axis=-1)
-    scales = (np.maximum(absmax, 1e-8) / np.float32(qmax)).astype(np.float32)
-    q = np.clip(np.rint(wb / scales[..., None]), qmin, qmax).astype(np.int8)
-    return q.reshape(rows, width), scales
+    absmax = np.maximum(np.abs(wb).max(axis=-1), 1e-8)
+    best_s = (absmax / np.float32(qmax)).astype(np.float32)
+    if clip_search:
+        best_err = np.full(absmax.shape, np.inf, np.float64)
+        for r in CLIP_RATIOS:
+            s = (np.float32(r) * absmax / np.float32(qmax)).astype(np.float32)
+            d = np.clip(np.rint(wb / s[..., None]), qmin, qmax) * s[..., None]
+            err = ((d - wb) ** 2).sum(axis=-1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_s = np.where(better, s, best_s)
+    q = np.clip(np.rint(wb / best_s[..., None]), qmin, qmax).astype(np.int8)
+    return q.reshape(rows, width), best_s.astype(np.float32)
 
 
 class SafetensorsStreamWriter:
