@@ -2,7 +2,7 @@
 
 * per-token decode latency of every measured run (candidate and baseline);
 * memory over time, anonymous and file-backed drawn apart;
-* candidate vs baseline bars (medians) with 95% confidence intervals.
+* candidate vs baseline bars (means) with 95% confidence intervals (Student t).
 """
 
 from __future__ import annotations
@@ -94,16 +94,14 @@ def bars_png(result: BenchResult) -> bytes | None:
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
     for i, name in enumerate(names):
         ax = axes[i // cols][i % cols]
-        meds, errs = [], [[], []]
+        means, errs = [], [[], []]
         for role in roles:
             s = summarize(result.samples(role, name))
-            meds.append(s.median)
-            lo = s.ci_low if s.ci_low is not None else s.median
-            hi = s.ci_high if s.ci_high is not None else s.median
-            # the CI is of the mean; draw it around the mean's interval, clipped at the median
-            errs[0].append(max(0.0, s.median - lo))
-            errs[1].append(max(0.0, hi - s.median))
-        ax.bar(range(len(roles)), meds, yerr=errs, capsize=4, color=[COLORS[r] for r in roles])
+            means.append(s.mean)
+            # the t-interval is of the mean: bars show means so the error bars belong to them
+            errs[0].append(0.0 if s.ci_low is None else s.mean - s.ci_low)
+            errs[1].append(0.0 if s.ci_high is None else s.ci_high - s.mean)
+        ax.bar(range(len(roles)), means, yerr=errs, capsize=4, color=[COLORS[r] for r in roles])
         ax.set_xticks(range(len(roles)))
         ax.set_xticklabels(roles, fontsize=8)
         m = METRICS[name]
@@ -111,7 +109,7 @@ def bars_png(result: BenchResult) -> bytes | None:
         ax.tick_params(axis="y", labelsize=7)
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].axis("off")
-    fig.suptitle("Candidate vs baseline: medians with 95% confidence intervals")
+    fig.suptitle("Candidate vs baseline: means with 95% confidence intervals (t), measured runs")
     fig.tight_layout()
     return _png(fig)
 
@@ -120,7 +118,7 @@ def all_plots(result: BenchResult) -> list[tuple[str, str, bytes]]:
     """(id, caption, png bytes) for every plot the data allows."""
     out = []
     for pid, caption, fn in (
-        ("bars", "Candidate vs baseline, medians with 95% CI error bars", bars_png),
+        ("bars", "Candidate vs baseline, means with 95% CI error bars", bars_png),
         ("token-latency", "Per-token decode latency", token_latency_png),
         ("memory", "Memory over time: anonymous vs file-backed", memory_png),
     ):
