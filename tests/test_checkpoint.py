@@ -324,3 +324,27 @@ def test_shipped_tiny_folder():
         assert info.width_div == 1 and info.tokenizer_files[0] == "tokenizer.json"
     else:
         _fails(p.shipped_checkpoint_dir, "tiny", r"no \*\.safetensors weight files")
+
+
+def test_chunked_embedding_init(tmp_path, monkeypatch):
+    """Big embedding tables are drawn in row blocks: deterministic, HF-like statistics, loadable."""
+    import torch
+    from safetensors import safe_open
+
+    from edgekit.models import checkpoint
+
+    monkeypatch.setattr(checkpoint, "CHUNKED_INIT_MIN_NUMEL", 100_000)  # tiny's tables take the chunked path
+    a = make_random_checkpoint("tiny", tmp_path / "a", seed=0)
+    b = make_random_checkpoint("tiny", tmp_path / "b", seed=0)
+    assert sha256_file(a / WEIGHTS_FILE) == sha256_file(b / WEIGHTS_FILE)
+    load_checkpoint(a, "tiny")
+    with safe_open(str(a / WEIGHTS_FILE), "pt") as f:
+        ple = f.get_tensor("model.language_model.embed_tokens_per_layer.weight")
+        emb = f.get_tensor("model.language_model.embed_tokens.weight")
+    assert ple.shape == (2048, 320) and torch.count_nonzero(ple[0]) == 0  # <pad> row zero, as transformers does
+    assert abs(float(ple[1:].std()) - 0.02) < 0.001 and abs(float(ple.mean())) < 0.001
+    assert not torch.equal(emb[1:5], ple[1:5, :128])  # per-tensor streams
+    # blocks change nothing but memory: a different block size gives the same table
+    small = checkpoint.ChunkedTensor((2048, 320), 0.02, 7, torch.float32, 0, rows_per_chunk=100)
+    big = checkpoint.ChunkedTensor((2048, 320), 0.02, 7, torch.float32, 0, rows_per_chunk=2048)
+    assert torch.equal(torch.cat(list(small.chunks())), torch.cat(list(big.chunks())))

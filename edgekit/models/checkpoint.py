@@ -19,6 +19,7 @@ import re
 import shutil
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,6 +40,8 @@ META_SCHEMA = 1
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+# Embedding tables above this many elements are initialized and written in row blocks.
+CHUNKED_INIT_MIN_NUMEL = 1 << 25
 
 # safetensors dtype code -> bytes per element
 ST_DTYPE_SIZES: dict[str, int] = {
@@ -170,13 +173,48 @@ def write_safetensors(path: str | os.PathLike, entries: list[tuple[str, str, tup
         f.write(raw)
         for name, tensor in tensors:
             ename, dtype, shape = next(expected)
-            if name != ename or tuple(tensor.shape) != tuple(shape) or _TORCH_TO_ST[_dtype_name(tensor)] != dtype:
+            if name != ename:
                 raise RuntimeError(f"tensor stream out of order at {name} (expected {ename})")
-            f.write(tensor.detach().contiguous().view(-1).view(_uint8()).numpy().data)
+            # a tensor, or a ChunkedTensor yielding row blocks (for tables too big to hold twice)
+            parts = tensor.chunks() if isinstance(tensor, ChunkedTensor) else (tensor,)
+            rows = 0
+            for part in parts:
+                if tuple(part.shape[1:]) != tuple(shape[1:]) or _TORCH_TO_ST[_dtype_name(part)] != dtype:
+                    raise RuntimeError(f"tensor {name}: got {_dtype_name(part)} {tuple(part.shape)}, "
+                                       f"header says {dtype} {tuple(shape)}")
+                rows += part.shape[0] if part.dim() else 1
+                f.write(part.detach().contiguous().view(-1).view(_uint8()).numpy().data)
+            if rows != (shape[0] if shape else 1):
+                raise RuntimeError(f"tensor {name}: wrote {rows} rows, header says {tuple(shape)}")
         if next(expected, None) is not None:
             raise RuntimeError("tensor stream ended early")
         f.flush()
         os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class ChunkedTensor:
+    """A 2-D random-normal table produced block by block (rows), never whole in memory."""
+
+    shape: tuple[int, int]
+    std: float
+    seed: int
+    torch_dtype: Any
+    zero_row: int | None = None
+    rows_per_chunk: int = 0
+
+    def chunks(self):
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        rows, cols = self.shape
+        step = self.rows_per_chunk or max(1, (16 << 20) // max(cols, 1))  # ~64 MB of float32
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            block = torch.empty(n, cols, dtype=torch.float32).normal_(0.0, self.std, generator=gen)
+            if self.zero_row is not None and start <= self.zero_row < start + n:
+                block[self.zero_row - start].zero_()
+            yield block.to(self.torch_dtype)
 
 
 def _uint8():
@@ -251,7 +289,9 @@ def make_random_checkpoint(
             "seed": seed,
             "width_div": width_div,
             "dtype": dtype,
-            "init": "transformers Gemma4PreTrainedModel._init_weights, torch.manual_seed(seed), module order",
+            "init": "transformers Gemma4PreTrainedModel._init_weights, torch.manual_seed(seed), module order; "
+                    f"embedding tables over {CHUNKED_INIT_MIN_NUMEL} elements: normal(0, initializer_range) "
+                    "from a per-tensor generator, in row blocks",
             "torch_version": torch.__version__,
             "param_count": counts["total"],
             "synthetic_tokenizer": synthetic,
@@ -352,6 +392,15 @@ def _materialize(model, keep: set[str], seed: int, torch_dtype) -> Iterable[tupl
             continue
         keys = [f"{mname}.{n}" if mname else n for n, _ in direct]
         if not any(k in keep for k in keys):  # e.g. lm_head tied to the embedding: not written
+            continue
+        if (isinstance(mod, torch.nn.Embedding) and mod.weight.numel() > CHUNKED_INIT_MIN_NUMEL
+                and [k for k in keys if k in keep] == [f"{mname}.weight"]):
+            # the same init as transformers (normal(0, initializer_range), padding row zero), drawn
+            # from a per-tensor generator in row blocks: the table is never whole in memory
+            key = f"{mname}.weight"
+            std = getattr(owner_of(mname).config, "initializer_range", None) or 0.02
+            sub_seed = (seed * 1_000_003 + zlib.crc32(key.encode())) & 0x7FFF_FFFF_FFFF_FFFF
+            yield key, ChunkedTensor(tuple(mod.weight.shape), float(std), sub_seed, torch_dtype, mod.padding_idx)
             continue
         mod.to_empty(device="cpu", recurse=False)
         with torch.no_grad():
