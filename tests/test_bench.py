@@ -52,7 +52,7 @@ def host_bench(bench_bundles, tmp_path_factory):
 @pytest.mark.slow
 def test_host_bench_writes_complete_folder(host_bench):
     code, folder, junit = host_bench
-    for name in ("result.json", "summary.md", "report.html", "junit.xml"):
+    for name in ("result.json", "summary.md", "report.html", "runs.csv", "junit.xml"):
         assert (folder / name).is_file(), name
     r = load_result(folder)
     assert r.status == "ok" and r.device.profile == "host" and r.device.identity

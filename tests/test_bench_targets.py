@@ -32,7 +32,7 @@ def _bench_on(target, bundles, tmp_path, monkeypatch, extra=()):
 
 
 def _check_folder(folder: Path, transport: str) -> None:
-    for name in ("result.json", "summary.md", "report.html", "junit.xml"):
+    for name in ("result.json", "summary.md", "report.html", "runs.csv", "junit.xml"):
         assert (folder / name).is_file(), name
     r = load_result(folder)
     assert r.status == "ok" and r.device.transport == transport and r.device.identity

@@ -98,3 +98,18 @@ def test_not_a_result_refused(tmp_path):
 def test_bad_role_refused():
     with pytest.raises(ConfigError):
         Run(role="other", phase="measure", index=0, order=0)
+
+
+def test_csv_view_matches_records():
+    import csv
+    import io
+
+    from edgekit.report.csv import render_csv
+
+    r = _load("synth-pixel8-wna8o8-vs-fp16")
+    rows = list(csv.DictReader(io.StringIO(render_csv(r))))
+    assert len(rows) == len(r.runs)
+    for row, run in zip(rows, sorted(r.runs, key=lambda x: x.order)):
+        assert (row["role"], row["phase"], int(row["index"])) == (run.role, run.phase, run.index)
+        assert float(row["decode_tps"]) == run.value("decode_tps")
+        assert float(row["peak_anon_mb"]) == run.value("peak_anon_mb")

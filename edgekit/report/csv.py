@@ -1,0 +1,25 @@
+"""CSV view: one row per run (warmups marked), every metric in its unit. For spreadsheets and pandas."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from edgekit.results.records import RUN_METRICS, BenchResult
+
+COLUMNS = ("order", "role", "phase", "index", "status", "bundle", "sha256", *RUN_METRICS,
+           "thermal_start_c", "thermal_max_c", "thermal_end_c", "error")
+
+
+def render_csv(result: BenchResult) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in sorted(result.runs, key=lambda x: x.order):
+        b = result.bundles[r.role]
+        t = r.thermal
+        w.writerow([r.order, r.role, r.phase, r.index, r.status, b.label, b.sha256,
+                    *["" if r.value(m) is None else repr(r.value(m)) for m in RUN_METRICS],
+                    *["" if t is None or v is None else v for v in ((t.start_c, t.max_c, t.end_c) if t else (None,) * 3)],
+                    r.error or ""])
+    return buf.getvalue()
