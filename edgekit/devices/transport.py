@@ -306,7 +306,7 @@ class BaseTransport:
         part_stat = self.stat(part)
         have = part_stat.size if part_stat is not None and not part_stat.is_dir else 0
         free = self.free_bytes(parent)
-        need = size - have - (existing.size if existing is not None else 0)
+        need = size - have  # the old file stays until the rename, so it frees nothing meanwhile
         if free < need:
             raise StorageFull(
                 f"{self.name}: {need / 1e6:.1f} MB needed in {parent}, {free / 1e6:.1f} MB free",
