@@ -232,7 +232,7 @@ class ChildRun:
 
 def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None, nice: int = 0, timeout: float | None = None,
-                 keep_timeline: bool = True, echo: bool = False) -> ChildRun:
+                 keep_timeline: bool = True, echo: bool = False, watchers: Sequence[Any] = ()) -> ChildRun:
     """Run ``argv``; measure wall time and the peak RSS of its whole process tree; timestamp stderr lines."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     pre = (lambda: os.nice(nice)) if nice else None
@@ -240,6 +240,8 @@ def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.Pa
     proc = subprocess.Popen(list(argv), cwd=cwd, env=env, preexec_fn=pre, text=True, errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = TreeSampler(proc.pid, interval, keep_timeline).start()
+    sampler._t0 = t0
+    started = [w(proc.pid, t0) for w in watchers]  # each returns an object with .stop()
     out_chunks: list[str] = []
     err_lines: list[tuple[float, str]] = []
 
@@ -265,6 +267,8 @@ def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.Pa
     for th in ths:
         th.join(timeout=10)
     mem = sampler.stop()
+    for w in started:
+        w.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     # ru_maxrss of RUSAGE_CHILDREN is the max over all reaped descendants: it tells us
     # something only when it grew during this run

@@ -39,6 +39,67 @@ def text_params(model: str, wd: int) -> int:
     return int(get_preset(model).text_param_counts(wd)["text"])
 
 
+class ExportLogProbe:
+    """Follows the export child's log (``<partial>/export.log``): (t, last line) whenever it changes.
+
+    The build's own progress lines only say "export"; litert-torch's log tells which
+    phase of the export (model load, torch.export, conversion, quantization,
+    serialization, bundling) runs at a given time, so the peak can be placed inside it.
+    """
+
+    def __init__(self, root_pid: int, t0: float, interval: float = 0.5):
+        import threading
+
+        self.root, self.t0, self.interval = root_pid, t0, interval
+        self.lines: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._th = threading.Thread(target=self._loop, daemon=True)
+        self._th.start()
+
+    def _log_path(self) -> Path | None:
+        for pid in C.tree_pids(self.root):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [x.decode(errors="replace") for x in argv]
+            if "edgekit.build.export" in args and "--output-dir" in args:
+                return Path(args[args.index("--output-dir") + 1]).parent / "export.log"
+        return None
+
+    def _loop(self) -> None:
+        import time
+
+        last = None
+        while not self._stop.is_set():
+            p = self._log_path()
+            if p is not None:
+                try:
+                    with open(p, "rb") as f:
+                        f.seek(max(0, p.stat().st_size - 4096))
+                        tail = f.read().decode(errors="replace")
+                    parts = [x.strip() for x in tail.replace("\r", "\n").split("\n") if x.strip()]
+                    line = parts[-1][:200] if parts else ""
+                    if line and line != last:
+                        self.lines.append((time.monotonic() - self.t0, line))
+                        last = line
+                except OSError:
+                    pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join(timeout=5)
+
+    def line_before(self, t: float) -> str:
+        out = ""
+        for ts, line in self.lines:
+            if ts > t:
+                break
+            out = line
+        return out
+
+
 def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool) -> dict:
     cache = work / f"cache-{model}-w{wd}"
     out = work / f"dist-{model}-w{wd}"
@@ -49,7 +110,15 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
     argv, how = C.build_argv(model, scheme, wd, out)
     env = dict(os.environ, EDGEKIT_CACHE=str(cache))
     C.log(f"build {model} --width-div {wd} --scheme {scheme} ({how}), cache {cache}")
-    run = C.run_measured(argv, cwd=C.REPO, env=env, nice=10, interval=0.1, echo=True)
+    probes: list[ExportLogProbe] = []
+
+    def probe(pid: int, t0: float) -> ExportLogProbe:
+        probes.append(ExportLogProbe(pid, t0))
+        return probes[-1]
+
+    run = C.run_measured(argv, cwd=C.REPO, env=env, nice=10, interval=0.1, echo=True, watchers=[probe])
+    C.log(f"build exit {run.returncode} in {run.seconds:.0f} s: peak tree RSS {run.peak_rss / C.GIB:.2f} GiB "
+          f"(sampled {run.mem.peak_tree_rss / C.GIB:.2f}, single-process HWM {run.mem.peak_single_hwm / C.GIB:.2f})")
     if run.returncode != 0:
         tail = "".join(run.stderr.splitlines(True)[-5:])
         raise SystemExit(f"error: build of {model} w{wd} failed (exit {run.returncode}):\n{tail}")
@@ -68,6 +137,8 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
         "peak_single_hwm": run.mem.peak_single_hwm, "samples": run.mem.samples,
         "bytes_per_param": run.peak_rss / params,
         "peak_at_s": peak_t, "peak_stage": run.line_before(peak_t), "peak_process": peak_cmd,
+        "peak_export_log_line": probes[0].line_before(peak_t) if probes else "",
+        "export_log": probes[0].lines if probes else [],
         "manifest_export_peak_rss": (b.get("export") or {}).get("peak_rss_bytes"),
         "manifest_builder_peak_rss": b.get("builder_peak_rss_bytes"),
         "stages_s": b.get("stages_s"), "bundle": str(bundle) if bundle else None,
@@ -144,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         bld_peak = r.get("manifest_builder_peak_rss")
         notes.append(
             f"w{r['width_div']}: {r['seconds']:.0f} s; peak at {r['peak_at_s']:.0f} s during "
-            f"`{r['peak_stage'][:100]}` in `{r['peak_process'][:90]}`; manifest: export child peak "
+            f"`{r['peak_stage'][:100]}` in `{r['peak_process'][:90]}`"
+            + (f" (export log then: `{r['peak_export_log_line'][:120]}`)" if r.get("peak_export_log_line") else "")
+            + "; manifest: export child peak "
             f"{'n/a' if exp_peak is None else f'{exp_peak / C.GIB:.2f} GiB'}, builder peak "
             f"{'n/a' if bld_peak is None else f'{bld_peak / C.GIB:.2f} GiB'}; stages: {stages}")
     for r in results:

@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=None, help="default 128 (e2b), 24 (tiny)")
     ap.add_argument("--decode", type=int, default=None, help="default 64 (e2b), 32 (tiny)")
     ap.add_argument("--base-bundle", type=Path, help="tiny bundle for the runner's fixed memory (default: built)")
+    ap.add_argument("--backend", choices=["auto", "litert_lm", "interpreter"],
+                    help="runner backend passed to edgekit bench (default: the host profile's)")
     ap.add_argument("--write", action="store_true", help="update scripts/bench/RESULTS.md")
     a = ap.parse_args(argv)
     wd = a.width_div or (4 if a.model == "e2b" else 1)
@@ -196,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cand = find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
     base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
-    data, folder = bench(cand, base, a.reps, a.warmup, prefill, decode, C.REPO / "results" / "bench-scripts")
+    bx = ["--backend", a.backend] if a.backend else []
+    data, folder = bench(cand, base, a.reps, a.warmup, prefill, decode, C.REPO / "results" / "bench-scripts", bx)
     notes.append(f"bench result: {folder.relative_to(C.REPO) if folder.is_relative_to(C.REPO) else folder}")
     mc, mb = medians(data, folder, "candidate"), medians(data, folder, "baseline")
     runtime = data["result"].get("runtime") or {}
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.model == "e2b" and mc.get("decode_anon_mb") is not None:
         tiny = a.base_bundle or find_or_build("tiny", "wNa8o8", 1, work / "dist-tiny-w1", work / "cache-tiny-w1",
                                               notes)
-        tdata, tfolder = bench(tiny, None, 3, 1, 24, decode, C.REPO / "results" / "bench-scripts")
+        tdata, tfolder = bench(tiny, None, 3, 1, 24, decode, C.REPO / "results" / "bench-scripts", bx)
         base_mb = medians(tdata, tfolder, "candidate")["decode_anon_mb"]
         full_mb, xnotes = extrapolate(a.model, wd, mc["decode_anon_mb"], base_mb, cand)
         rows.append(C.Row(f"anon while decoding, full-size {a.model} text-only (extrapolated), GB",

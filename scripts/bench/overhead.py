@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--prefill", type=int, default=None)
     ap.add_argument("--decode", type=int, default=None)
+    ap.add_argument("--backend", choices=["auto", "litert_lm", "interpreter"],
+                    help="runner backend passed to edgekit bench (default: the host profile's)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     wd = a.width_div or (4 if a.model == "e2b" else 1)
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                             "--warmup", str(a.warmup), "--reps", str(a.reps), "--prefill", str(prefill),
                             "--decode", str(decode), "--cooldown", "0", "--no-profile-thresholds", "--json",
                             "--output", str(out))
+    if a.backend:
+        argv_b += ["--backend", a.backend]
     C.log("timing: edgekit " + " ".join(argv_b[1:]))
     run = C.run_measured(argv_b, cwd=C.REPO, interval=0.5, keep_timeline=False, echo=True)
     if run.returncode not in (0, 1):
