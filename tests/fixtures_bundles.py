@@ -66,3 +66,25 @@ def tiny_bundles() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_manifests(tiny_bundles) -> dict[str, dict]:
     return {k: json.loads((p.parent / "manifest.json").read_text()) for k, p in tiny_bundles.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_source():
+    """(checkpoint folder, CheckpointInfo) of the source the tiny bundles are built from."""
+    from edgekit.build.pipeline import make_random_source, plan_source
+    from edgekit.models.presets import get_preset
+
+    preset = get_preset("tiny")
+    d, info = plan_source(preset, None, False, 0, 1, bundle_cache_root())
+    if info is None:
+        info = make_random_source(preset, d, 0, 1)
+    return d, info
+
+
+@pytest.fixture(scope="session")
+def tiny_float_bundle(tiny_bundles, tiny_manifests) -> Path:
+    """The cached float32 export the tiny bundles were made from (text-only)."""
+    key = tiny_manifests["wNa8o8"]["build"]["export"]["key"]
+    p = bundle_cache_root() / "exports" / key / "model.litertlm"
+    assert p.is_file(), f"float export {p} missing from the cache"
+    return p

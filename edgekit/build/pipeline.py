@@ -97,7 +97,7 @@ def _bits_of(scheme, module: str) -> float:
 
 
 def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, export_cached: bool,
-             cache_dir: Path) -> Estimate:
+             cache_dir: Path, random_checkpoint_bytes: int = 0) -> Estimate:
     counts = preset.param_counts(width_div)
     params = counts["text"] if text_only else counts["total"]
     p = "model.language_model"
@@ -117,7 +117,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
     quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
     peak = max(export_rss, quant_rss)
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
-    disk = (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
+    disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
     free = None
     try:
         free = shutil.disk_usage(_existing_parent(output_dir)).free
@@ -168,9 +168,9 @@ def _has_weights(d: Path | None) -> bool:
     return bool(d) and d.is_dir() and any(d.glob("*.safetensors"))
 
 
-def resolve_source(preset, checkpoint, random_weights: bool, seed: int, width_div: int, cache_dir: Path):
-    """-> (checkpoint folder, CheckpointInfo)."""
-    from edgekit.models.checkpoint import load_checkpoint, make_random_checkpoint
+def plan_source(preset, checkpoint, random_weights: bool, seed: int, width_div: int, cache_dir: Path):
+    """-> (checkpoint folder, CheckpointInfo or None when random weights must still be made)."""
+    from edgekit.models.checkpoint import load_checkpoint
 
     if checkpoint is not None and random_weights:
         raise UsageError("--checkpoint and --random-weights exclude each other", hint="pass one of them")
@@ -186,17 +186,22 @@ def resolve_source(preset, checkpoint, random_weights: bool, seed: int, width_di
                 hint=f"e.g. `edgekit build {preset.name} --random-weights --width-div 4 --text-only`",
             )
     if checkpoint is not None:
-        if width_div != 1:
-            pass  # the checkpoint's own widths decide; load_checkpoint reports its width_div
         from edgekit.build.qat import precheck  # QAT hook: refuse a bad QAT checkpoint before reading weights
 
         precheck(checkpoint, preset)
         info = load_checkpoint(checkpoint, preset)
-        return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build()
+        return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build() (QAT hook)
     d = cache_dir / "checkpoints" / f"{preset.name}-seed{seed}-w{width_div}-float32"
-    if not _has_weights(d):
-        make_random_checkpoint(preset, d, seed=seed, width_div=width_div)
-    return d, load_checkpoint(d, preset)
+    if _has_weights(d):
+        return d, load_checkpoint(d, preset)
+    return d, None
+
+
+def make_random_source(preset, d: Path, seed: int, width_div: int):
+    from edgekit.models.checkpoint import load_checkpoint, make_random_checkpoint
+
+    make_random_checkpoint(preset, d, seed=seed, width_div=width_div)
+    return load_checkpoint(d, preset)
 
 
 def _calibration_texts(path) -> tuple[list[str], dict[str, Any]]:
@@ -316,16 +321,17 @@ def build(
     out_dir = out_root / name
     _check_writable(out_root)
 
-    ckpt_dir, info = st.run("source", "checkpoint", resolve_source, preset, checkpoint, random_weights, seed,
+    ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
-    if qat_build is not None:  # QAT hook: export the exact dequantized float
-        ckpt_dir = qat_build.float_dir
-    wd = info.width_div
-    source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
+    wd = info.width_div if info is not None else width_div
     opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
-    key = ex.export_key(source_identity, opts)
-    cached = (cache / "exports" / key / "model.litertlm").is_file()
-    est = estimate(preset, wd, sch, text_only, out_root, cached, cache)
+    cached = False
+    if info is not None:
+        source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
+        key = ex.export_key(source_identity, opts)
+        cached = (cache / "exports" / key / "model.litertlm").is_file()
+    est = estimate(preset, wd, sch, text_only, out_root, cached, cache,
+                   random_checkpoint_bytes=0 if info is not None else 4 * preset.param_counts(wd)["total"])
     if progress:
         progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM (available "
                  f"{_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk (free {_gb(est.disk_free_bytes)})", 0.0)
@@ -341,6 +347,12 @@ def build(
                 f"building {name} needs about {_gb(est.disk_bytes)} of disk, only {_gb(est.disk_free_bytes)} free",
                 hint="free disk space, choose another --output / EDGEKIT_CACHE, or pass --force",
             )
+    if info is None:
+        info = st.run("source", f"random weights (seed {seed}, width_div {wd})", make_random_source, preset,
+                      ckpt_dir, seed, wd)
+        source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
+        key = ex.export_key(source_identity, opts)
+        cached = (cache / "exports" / key / "model.litertlm").is_file()
 
     exp = st.run("export", "litert-torch export_hf (float32, child process)" + (" [cached]" if cached else ""),
                  ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)
@@ -481,6 +493,8 @@ def _softcap(ckpt_dir: Path) -> float | None:
 
 def _check_writable(out_root: Path) -> None:
     base = _existing_parent(out_root)
+    if not base.is_dir():
+        raise OutputNotWritable(f"output folder {out_root} cannot be created: {base} is a file")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutputNotWritable(f"output folder {out_root} is not writable (checked {base})")
     try:

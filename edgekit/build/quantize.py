@@ -186,16 +186,26 @@ def fp16_recipe() -> list[dict]:
 
 # ------------------------------------------------------ float graph boundaries
 @contextlib.contextmanager
-def float_graph_io():
-    """Keep graph inputs/outputs float: INPUT/OUTPUT materializers that ignore every tensor."""
+def float_graph_io(range_update: str = "minmax"):
+    """Keep graph inputs/outputs float, and choose how calibration merges ranges.
+
+    INPUT/OUTPUT get materializers that ignore every tensor, so the graph's
+    embeddings, mask, KV cache and logits stay float32. ``range_update``:
+    ``"minmax"`` keeps the true min/max over all calibration samples (no clipping
+    of what calibration saw); ``"ema"`` is ai-edge-quantizer's default moving average.
+    The registry is process-global: everything is restored on exit.
+    """
+    import functools
+
     from ai_edge_quantizer import algorithm_manager, qtyping
     from ai_edge_quantizer.algorithms.uniform_quantize import naive_min_max_quantize
     from ai_edge_quantizer.algorithms.utils import common_utils
+    from ai_edge_quantizer.utils import qsv_utils
 
     alg = algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT
-    api = algorithm_manager._alg_manager_instance  # noqa: SLF001 - the registry has no getter for the record
+    api = algorithm_manager._alg_manager_instance  # noqa: SLF001 - no public getter for the records
     info = api._algorithm_registry[alg].quantized_ops  # noqa: SLF001
-    saved = {k: info[k] for k in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT)}
+    saved = {k: dataclasses.replace(v) for k, v in info.items()}
 
     def _ignore_all(get_params, op_info, graph_info, qsv, cache):
         n_in = len(op_info.op.inputs) if op_info.op.inputs is not None else 0
@@ -210,10 +220,8 @@ def float_graph_io():
             outputs_to_ignore=list(range(n_out)),
         )
 
-    import functools
-
     try:
-        for opn in saved:
+        for opn in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
             algorithm_manager.register_quantized_op(
                 alg,
                 opn,
@@ -221,10 +229,13 @@ def float_graph_io():
                 calibration_func=naive_min_max_quantize.min_max_calibrate,
                 materialize_func=functools.partial(_ignore_all, naive_min_max_quantize.get_tensor_quant_params),
             )
+        if range_update == "minmax":
+            for v in info.values():
+                v.update_qsv_func = qsv_utils.min_max_update
         yield
     finally:
-        for k, v in saved.items():
-            info[k] = v
+        info.clear()
+        info.update(saved)
 
 
 # ------------------------------------------------------------------ calibration
@@ -277,11 +288,12 @@ def quantize_static(
     calibration: dict[str, list[dict[str, np.ndarray]]],
     num_threads: int = 2,
     symmetric_act: bool = False,
+    range_update: str = "minmax",
 ) -> None:
     from ai_edge_quantizer import quantizer
 
     recipe = static_recipe(plans, symmetric_act)
-    with float_graph_io():
+    with float_graph_io(range_update):
         q = quantizer.Quantizer(str(tflite_in))
         q.load_quantization_recipe(recipe)
         qsv = q.calibrate(calibration, num_threads=num_threads)

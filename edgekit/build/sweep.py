@@ -58,6 +58,14 @@ def _label(layers: Sequence[int]) -> str:
     return f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}-{layers[-1]}"
 
 
+def _row_label(kind: str, layers: Sequence[int], scheme_name: str, ref_bits: int | None) -> str:
+    if kind == "reference":
+        return f"none (all MLPs {ref_bits or 'float'}-bit)"
+    if kind == "scheme":
+        return f"{scheme_name} as shipped ({_label(layers) if layers else 'no decode layers'})"
+    return _label(layers)
+
+
 def _group_pattern(layers: Sequence[int]) -> str:
     return r"language_model\.layers\.(?:" + "|".join(str(i) for i in layers) + r")\.mlp\."
 
@@ -104,6 +112,16 @@ def _reusable(out_root: Path, name: str, scheme, weights_sha256: str | None) -> 
     return b if b.is_file() else None
 
 
+def _weights_sha256(preset, checkpoint) -> str | None:
+    """Identity of the weights the builds will use (None: random weights, never reused)."""
+    from edgekit.models.checkpoint import load_checkpoint
+
+    d = Path(checkpoint) if checkpoint is not None else preset.shipped_checkpoint_dir
+    if d is None or not d.is_dir() or not any(d.glob("*.safetensors")):
+        return None
+    return load_checkpoint(d, preset).weights_sha256
+
+
 def run_sweep(
     model: str,
     *,
@@ -124,8 +142,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Build the reference and one variant per layer group, score each against FP16; return the table."""
     from edgekit import quality
-    from edgekit.build.pipeline import build, bundle_name, resolve_source
-    from edgekit.build import export as ex
+    from edgekit.build.pipeline import build, bundle_name
     from edgekit.models.presets import get_preset
     from edgekit.schemes import load_scheme
 
@@ -140,9 +157,7 @@ def run_sweep(
     ref, variants, ref_bits = variant_schemes(base, preset, gs, mlp_bits)
     fp16 = load_scheme("fp16", preset)
     out_root = Path(output)
-    cache = Path(cache_dir) if cache_dir else ex.cache_root()
-    _, info = resolve_source(preset, checkpoint, False, 0, 1, cache)
-    sha = info.weights_sha256
+    sha = _weights_sha256(preset, checkpoint)
 
     def built(s) -> tuple[Path, bool, float]:
         name = bundle_name(preset.name, s.name, text_only)
@@ -171,9 +186,7 @@ def run_sweep(
             "kind": kind,
             "scheme": s.name,
             "layers": list(layers),
-            "label": {"reference": f"none (all MLPs {ref_bits or 'float'}-bit)",
-                      "scheme": f"{base.name} as shipped ({_label(layers) if layers else 'no decode layers'})"}
-            .get(kind, _label(layers)),
+            "label": _row_label(kind, layers, base.name, ref_bits),
             "layer_types": [preset.layer_types[i] for i in layers],
             "decode_layers": [i for i in layers if i in preset.decode_layers],
             "ppl_ratio": q["ppl_ratio"],

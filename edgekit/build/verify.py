@@ -38,6 +38,42 @@ sys.stdout.write("EDGEKIT_RESULT " + json.dumps(out) + "\n")
 """
 
 
+_GENERATE_CHILD = r"""
+import json, sys
+path, prompt, n, cache_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+out = {"ok": False}
+try:
+    import litert_lm
+    eng = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(), max_num_tokens=n + 64, cache_dir=cache_dir)
+    ids = eng.tokenize(prompt)
+    sess = eng.create_session(apply_prompt_template=False, max_output_tokens=n,
+                              sampler_config=litert_lm.SamplerConfig(top_k=1, temperature=0.0))
+    sess.run_prefill([prompt])
+    resp = sess.run_decode()
+    text = resp.texts[0] if resp.texts else ""
+    out = {"ok": bool(text), "prompt_ids": list(ids), "text": text, "bos": eng.bos_token_id}
+except Exception as exc:
+    out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+sys.stdout.write("EDGEKIT_RESULT " + json.dumps(out) + "\n")
+"""
+
+
+def engine_generate(bundle: str | os.PathLike, prompt: str, new_tokens: int = 8,
+                    timeout: float = ENGINE_TIMEOUT_S) -> dict[str, Any]:
+    """Greedy text from LiteRT-LM's CPU engine (session API) in a child process (never raises)."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-engine-") as cache_dir:
+        cmd = [sys.executable, "-c", _GENERATE_CHILD, os.fspath(bundle), prompt, str(new_tokens), cache_dir]
+        try:
+            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+    for line in cp.stdout.splitlines():
+        if line.startswith("EDGEKIT_RESULT "):
+            return json.loads(line[len("EDGEKIT_RESULT "):])
+    tail = [ln for ln in cp.stderr.splitlines() if ln.strip()][-3:]
+    return {"ok": False, "error": f"engine process exited with {cp.returncode}: {' | '.join(tail)[:500]}"}
+
+
 def check_interpreter(bundle: str | os.PathLike, prompt_ids: Sequence[int], new_tokens: int = 8) -> dict[str, Any]:
     from edgekit.runtime.signatures import BundleModel
 

@@ -470,3 +470,51 @@ def format_text(report: dict[str, Any], violations: list[str] | None = None) -> 
         else:
             lines.append("check: ok (matches scheme, preset and manifest)")
     return "\n".join(lines)
+
+
+def check_bundle(bundle: str | os.PathLike, *, scheme: Any = None, manifest_path: str | os.PathLike | None = None):
+    """Inspect a bundle (file or folder) and check it against its manifest and scheme.
+
+    Scheme: ``scheme`` (name/path/Scheme) if given, else the manifest's recorded
+    scheme. Preset: the manifest's. Returns (report, violations, checked) where
+    ``checked`` says what was checked against.
+    """
+    from edgekit.bundle import manifest as mf
+    from edgekit.errors import UsageError
+
+    p = Path(bundle)
+    if p.is_dir():
+        files = sorted(p.glob("*.litertlm"))
+        if len(files) != 1:
+            raise UsageError(f"{p} holds {len(files)} .litertlm files; pass the bundle file itself")
+        p = files[0]
+    report = inspect_bundle(p)
+    mpath = Path(manifest_path) if manifest_path else mf.manifest_for_bundle(p)
+    manifest = mf.read_manifest(mpath) if mpath is not None else None
+    checked: dict[str, Any] = {"manifest": str(mpath) if mpath else None, "scheme": None, "preset": None}
+    preset = None
+    sch = None
+    from edgekit.schemes import Scheme, load_scheme
+
+    if manifest is not None:
+        try:
+            from edgekit.models.presets import get_preset
+
+            preset = get_preset(manifest["model"]["preset"])
+            checked["preset"] = preset.name
+        except Exception:  # unknown preset in a foreign manifest: skip the preset check
+            preset = None
+    if scheme is not None:
+        sch = load_scheme(scheme, preset)
+        checked["scheme"] = f"{sch.name} (--scheme)"
+    elif manifest is not None:
+        sch = Scheme.from_dict(manifest["scheme"], source=f"{mpath}: scheme")
+        if preset is not None and sch.has_placeholders:
+            sch = sch.resolve(preset)
+        checked["scheme"] = f"{sch.name} (manifest)"
+    violations: list[str] = []
+    if sch is not None:
+        violations = check(report, sch, preset, manifest)
+    elif manifest is not None:
+        violations = _check_manifest(report, manifest)
+    return report, violations, checked
