@@ -167,3 +167,29 @@ def test_unknown_host_key_cli_exit_3(ssh_target, tmp_path, monkeypatch, capsys):
     assert "unknown host key" in err and "--accept-new-host-key" in err
     assert main(["push", str(blob), "--device", name, "--accept-new-host-key"]) == 0
     assert "127.0.0.1" in empty.read_text()
+
+
+def test_devices_silent_host_times_out(tmp_path, monkeypatch, capsys):
+    """A board that accepts TCP but never speaks SSH: reported as a timeout, within the per-device limit."""
+    import socket
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)  # never accept(): the kernel completes the handshake, nobody sends a banner
+    port = srv.getsockname()[1]
+    key = tmp_path / "id"
+    key.write_text("unused")
+    (tmp_path / "silent.toml").write_text(
+        f'name = "silent"\ntransport = "ssh"\nwork_dir = "~/edgekit"\n[ssh]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'user = "pi"\nkey = "{key}"\nknown_hosts = "{tmp_path / "kh"}"\n[timeouts]\nconnect_s = 1\n')
+    monkeypatch.setenv("EDGEKIT_PROFILES", str(tmp_path))
+    t0 = time.monotonic()
+    try:
+        assert main(["devices", "--json", "--timeout", "2", "silent"]) == 0
+    finally:
+        srv.close()
+    took = time.monotonic() - t0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["state"] == "timeout" and not row["reachable"]
+    assert took < 15

@@ -12,6 +12,7 @@ with every argument quoted; files move over SFTP.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat as stat_mod
@@ -40,6 +41,10 @@ from edgekit.errors import (
     StorageFull,
     TransportTimeout,
 )
+
+# paramiko logs tracebacks at ERROR for failures we report ourselves as one line; keep them
+# off the user's terminal unless logging is configured (EDGEKIT_DEBUG=1 shows our traceback).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 TRANSIENT = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, EOFError)
 PGID_MARK = "__EDGEKIT_PGID__:"
@@ -157,6 +162,7 @@ class SshTransport(BaseTransport):
                 raise
             return client
 
+        t_start = time.monotonic()
         try:
             self._client = with_retries(attempt, TRANSIENT + (paramiko.ssh_exception.NoValidConnectionsError,),
                                         attempts=self.retries)
@@ -192,8 +198,10 @@ class SshTransport(BaseTransport):
             low = msg.lower()
             if self.key and " key" in low and "host key" not in low:
                 raise DeviceUnauthorized(f"{self.name}: cannot use ssh key {self.key}: {msg}") from exc
-            if "banner" in msg.lower() or "timeout" in msg.lower():
-                raise TransportTimeout(f"{self.name}: {self.host}:{self.port}: {msg}") from exc
+            slow = time.monotonic() - t_start >= 0.8 * self.connect_timeout
+            if "banner" in low or "timeout" in low or (slow and "no existing session" in low):
+                raise TransportTimeout(f"{self.name}: {self.host}:{self.port} did not answer as an SSH server within "
+                                       f"{self.connect_timeout:.0f} s ({msg})") from exc
             raise DeviceOffline(f"{self.name}: ssh to {self.where} failed: {msg}") from exc
         except TRANSIENT as exc:
             raise DeviceOffline(f"{self.name}: connection to {self.host}:{self.port} dropped: {exc!r}") from exc
