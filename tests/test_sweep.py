@@ -70,3 +70,35 @@ def test_cli_sweep_rejects_bad_options(capsys):
     assert "exclude each other" in capsys.readouterr().err
     assert main(["sweep", "nosuchmodel"]) == 2
     assert main(["sweep", "tiny", "--scheme", "fp16"]) == 2
+
+
+@pytest.mark.slow
+def test_sweep_runs_on_tiny(tiny_bundles, capsys):
+    """Two layer groups on the trained tiny model; fp16 is reused from the tiny_bundles build."""
+    import json
+
+    out_root = tiny_bundles["fp16"].parent.parent  # the fixture's build folder: its fp16 build is reused
+    code = main(["sweep", "tiny", "--groups", "2", "--max-tokens", "254", "--no-scheme-row",
+                 "--output", str(out_root), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    res = json.loads(captured.out)
+    p = get_preset("tiny")
+    assert res["groups"] == [list(g) for g in layer_groups(p.num_layers, 2)]
+    assert [r["kind"] for r in res["rows"]] == ["reference", "group", "group"]
+    assert res["fp16_bundle"] == str(tiny_bundles["fp16"])  # reused, not rebuilt
+    assert res["tokens"] == 254
+    ref = res["rows"][0]
+    assert ref["ppl_increase_vs_reference"] == 0.0 and ref["tolerates_2bit"] is None
+    for r in res["rows"]:
+        assert r["ppl_ratio"] > 0 and 0.0 <= r["top1_agreement"] <= 1.0 and r["kl_mean"] >= 0.0
+    for r in res["rows"][1:]:
+        assert isinstance(r["tolerates_2bit"], bool)
+        assert r["tolerates_2bit"] == (r["ppl_increase_vs_reference"] <= res["tolerance"])
+        # 2-bit MLPs make a smaller bundle than the 4-bit reference
+        assert r["bundle_bytes"] < ref["bundle_bytes"]
+    # a second run reuses every build
+    code = main(["sweep", "tiny", "--groups", "2", "--max-tokens", "127", "--no-scheme-row",
+                 "--output", str(out_root), "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert code == 0 and all(r["reused"] for r in again["rows"])

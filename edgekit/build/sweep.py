@@ -20,8 +20,10 @@ Builds already present in the output folder with the same scheme and weights are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -167,9 +169,11 @@ def run_sweep(
             say(f"sweep: {name}: reusing {old}")
             return old, True, 0.0
         say(f"sweep: building {name}")
-        r = build(preset.name, checkpoint=checkpoint, scheme=s, text_only=text_only, output=out_root,
-                  cache_dir=cache_dir, verify_engine=False, quality=False,
-                  progress=lambda st, msg, dt: say(f"  {st}: {msg}" + (f" ({dt:.1f}s)" if dt is not None else "")))
+        # The quantizer prints its own report to stdout: keep stdout for the sweep's data.
+        with contextlib.redirect_stdout(sys.stderr):
+            r = build(preset.name, checkpoint=checkpoint, scheme=s, text_only=text_only, output=out_root,
+                      cache_dir=cache_dir, verify_engine=False, quality=False,
+                      progress=lambda st, msg, dt: say(f"  {st}: {msg}" + (f" ({dt:.1f}s)" if dt is not None else "")))
         return r.bundle, False, round(time.monotonic() - t, 1)
 
     fp16_bundle, _, _ = built(fp16)
