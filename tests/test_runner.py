@@ -127,3 +127,17 @@ def test_runner_bad_args():
 def test_prompt_ids_deterministic():
     a = runner.prompt_ids(64, 1000)
     assert a == runner.prompt_ids(64, 1000) and all(16 <= t < 1000 for t in a) and len(set(a)) > 32
+
+
+@pytest.mark.slow
+def test_runner_single_copied_file(tiny_bundle, tmp_path):
+    """runner.py alone (no package beside it) runs the litert_lm backend, as on a Pi without the tree."""
+    copy = tmp_path / "runner.py"
+    shutil.copy(runner.__file__, copy)
+    p = subprocess.run([sys.executable, str(copy), tiny_bundle, "--prefill", "8", "--decode", "4", "--warmup", "0",
+                        "--reps", "1", "--backend", "litert_lm"], capture_output=True, text=True, cwd=str(tmp_path),
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = [json.loads(l) for l in p.stdout.splitlines()]
+    assert recs[0]["runner_path"] == str(copy) and recs[0]["backend"] == "litert_lm"
+    _check_runs(recs, 8, 4, 0, 1)
