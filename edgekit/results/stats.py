@@ -87,13 +87,17 @@ def hygiene_warnings(result: BenchResult) -> list[str]:
     """Reasons not to trust the numbers: high spread, thermal rise, CPU frequency drop, failures."""
     warnings: list[str] = []
     for role in result.roles():
+        noisy = []
         for name in RUN_METRICS:
             s = summarize(result.samples(role, name))
             if s.cv is not None and s.cv > CV_WARN:
-                warnings.append(
-                    f"{role} {name}: CV {s.cv * 100:.1f}% > {CV_WARN * 100:.0f}% over {s.n} runs; "
-                    "the spread is too large to trust small differences (more --reps, --cooldown, fix the CPU clock)"
-                )
+                noisy.append(f"{name} {s.cv * 100:.1f}%")
+        if noisy:
+            n = len(result.measured(role))
+            warnings.append(
+                f"{role}: CV above {CV_WARN * 100:.0f}% over {n} runs for " + ", ".join(noisy)
+                + "; the spread is too large to trust small differences (more --reps, --cooldown, a quiet device)"
+            )
     measured = sorted((r for r in result.runs if r.phase == "measure" and r.ok), key=lambda r: r.order)
     temps_start = [r.thermal.start_c for r in measured if r.thermal and r.thermal.start_c is not None]
     temps_max = [r.thermal.max_c for r in measured if r.thermal and r.thermal.max_c is not None]
