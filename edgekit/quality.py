@@ -172,9 +172,17 @@ def _open(bundle: Any, num_threads: int | None):
     if hasattr(bundle, "score"):
         return bundle, None
     path = resolve_bundle(bundle)
-    from edgekit.runtime.signatures import BundleModel
+    from edgekit.runtime.litertlm_file import NotALiteRTLMFile
+    from edgekit.runtime.signatures import BundleError, BundleModel
 
-    return BundleModel(str(path), num_threads=num_threads), path
+    try:
+        return BundleModel(str(path), num_threads=num_threads), path
+    except NotALiteRTLMFile as exc:
+        raise UsageError(f"{path} is not a .litertlm bundle ({exc})",
+                         hint="pass the .litertlm file written by `edgekit build`") from exc
+    except BundleError as exc:
+        raise CheckpointError(f"cannot score {path}: {exc}",
+                              hint="build the bundle with `edgekit build` (CPU layout, externalized embedder)") from exc
 
 
 def resolve_bundle(path: str | os.PathLike) -> Path:

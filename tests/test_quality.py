@@ -182,3 +182,12 @@ def test_cli_bad_threshold_is_rejected_before_any_work(tmp_path, capsys):
 
 def test_cli_missing_baseline_option(tmp_path):
     assert main(["eval", str(tmp_path / "x.litertlm")]) == 2
+
+
+def test_cli_not_a_bundle_is_a_usage_error(tmp_path, capsys):
+    junk = tmp_path / "junk.litertlm"
+    junk.write_bytes(b"not a bundle at all" * 10)
+    code = main(["eval", str(junk), "--baseline", str(junk)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not a .litertlm bundle" in err and "Traceback" not in err
