@@ -518,8 +518,10 @@ class Session:
             raise BenchmarkFailed(f"{error}; partial results in {final}", hint=getattr(interrupted, "hint", "")) \
                 from interrupted
         if status != "ok":
-            raise BenchmarkFailed(f"{error}; partial traces and result.json kept in {final}",
-                                  hint=f"see {final / 'traces'} (runner.err) and rerun")
+            hint = f"see {final / 'traces'} (runner.err) and rerun"
+            if error and ("No module named" in error or "status 127" in error or "not found" in error):
+                hint = f"the runtime looks missing on the device: run `edgekit setup --device {prof.name}`; " + hint
+            raise BenchmarkFailed(f"{error}; partial traces and result.json kept in {final}", hint=hint)
         return res_obj
 
 
