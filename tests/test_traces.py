@@ -130,3 +130,12 @@ def test_absl_duration(text, ms):
 
 def test_absl_duration_garbage():
     assert parse_absl_duration_ms("fast") is None and parse_absl_duration_ms("1.5 s") is None
+
+
+def test_runner_jsonl_after_stray_stdout_lines(tmp_path):
+    text = (FIX / "runner_ok" / "runner.out").read_text()
+    (tmp_path / "runner.out").write_text("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n" + text)
+    shutil.copy(FIX / "runner_ok" / "harness.tsv", tmp_path / "harness.tsv")
+    t = parse_trace_dir(tmp_path)
+    assert t.source == "runner" and t.ok and len(t.iterations) == 4
+    assert any("not JSON" in w for w in t.warnings)

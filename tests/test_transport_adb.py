@@ -170,3 +170,15 @@ def test_selection_errors(prof, adb_target, monkeypatch):
 def test_model_match():
     assert model_matches("Pixel 8", "Pixel 8") and not model_matches("Pixel 8", "Pixel 8 Pro")
     assert model_matches("SM-S921*", "SM-S921B") and not model_matches("SM-S921*", "SM-S928B")
+
+
+def test_raw_shell_fallback_keeps_exit_code(prof):
+    """A device without shell_v2 (Android < 7): the raw shell plus an exit marker still gives the code."""
+    t = open_transport(prof)
+    t._features = {"cmd"}  # as such a device would advertise
+    r = t.shell(["sh", "-c", "echo out; exit 6"], check=False)
+    assert r.exit_code == 6 and r.stdout == "out\n"
+    assert t.sh('printf %s "$1"', HOSTILE).stdout == HOSTILE
+    with pytest.raises(RuntimeMissing):
+        t.shell(["no-such-binary-xyz"])
+    t.close()

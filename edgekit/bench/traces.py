@@ -404,10 +404,17 @@ def _read(path: Path) -> str:
 
 
 def _looks_like_jsonl(text: str) -> bool:
+    """Runner JSONL, possibly after a few stray lines a library printed to stdout."""
+    seen = 0
     for line in text.splitlines():
         s = line.strip()
-        if s:
-            return s.startswith("{") and '"event"' in s
+        if not s:
+            continue
+        if s.startswith("{") and '"event"' in s:
+            return True
+        seen += 1
+        if seen >= 20:
+            break
     return False
 
 
