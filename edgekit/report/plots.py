@@ -47,6 +47,10 @@ def token_latency_png(result: BenchResult) -> bytes | None:
         ax.plot(range(1, len(r.token_ms) + 1), r.token_ms, color=COLORS[r.role], alpha=0.6, lw=1, label=label)
     ax.set_xlabel("decoded token")
     ax.set_ylabel("latency (ms)")
+    vals = [v for r in runs for v in r.token_ms if v > 0]
+    if vals and max(vals) / min(vals) > 30:  # a few slow steps would flatten everything else
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log scale)")
     ax.set_title("Per-token decode latency, every measured run")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
