@@ -32,6 +32,7 @@ REPORT_SCHEMA = 1
 FULLY_CONNECTED = 9
 EMBEDDING_LOOKUP = 7
 DEQUANTIZE = 6
+QUANTIZE = 114
 GELU = 150
 
 # TensorType of the TFLite schema -> (name, bits)
@@ -111,6 +112,16 @@ def _scope(sg, op) -> str:
     return ";".join(names) + ";" if names else ""
 
 
+def _feeds(consumers, tensor: int, target: int, depth: int = 3) -> bool:
+    """Does ``tensor`` reach an op of code ``target``, looking through (de)quantize ops?"""
+    for code, outs in consumers.get(tensor, []):
+        if code == target:
+            return True
+        if code in (DEQUANTIZE, QUANTIZE) and depth > 0 and any(_feeds(consumers, o, target, depth - 1) for o in outs):
+            return True
+    return False
+
+
 def inspect_tflite(buf, section: str) -> dict[str, Any]:
     """Report on one TFLite flatbuffer (bytes-like)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -141,13 +152,14 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
             d["bytes"] += (n * bits + 7) // 8 if bits else 0
         if sig is None:
             continue  # decomposition subgraphs of composites
-        consumers: dict[int, list[int]] = defaultdict(list)
+        consumers: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
         dequantized_from: dict[int, int] = {}  # output of a DEQUANTIZE op -> its (constant) input
         for oi in range(sg.OperatorsLength()):
             op = sg.Operators(oi)
             code = _opcode(model, op)
+            outs_ = [int(o) for o in op.OutputsAsNumpy()] if op.OutputsLength() else []
             for i in op.InputsAsNumpy():
-                consumers[int(i)].append(code)
+                consumers[int(i)].append((code, outs_))
             if code == DEQUANTIZE and op.InputsLength() and op.OutputsLength():
                 dequantized_from[int(op.Outputs(0))] = int(op.Inputs(0))
         for oi in range(sg.OperatorsLength()):
@@ -171,7 +183,7 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
             wname = _tensor_name(w_t)
             is_gate = None
             if kind == "fc" and "gate_proj" in wname:
-                is_gate = GELU in consumers.get(outs[0], [])
+                is_gate = _feeds(consumers, outs[0], GELU)
             module = module_name_for(wname, _scope(sg, op), is_gate, section) or wname
             wdt, wbits = _dtype(w_t)
             wq = _quant(w_t)
