@@ -76,6 +76,13 @@ def command(device: str, bundle: Path | None, model: str | None, text_only: bool
         baseline = default_baseline(bundle_info(candidate), dist)
     prof = without_baseline(prof_thr(profile.name) if profile_thresholds else [], baseline is not None)
     thresholds = merge_thresholds(prof, cli_thresholds)
+    from edgekit.results.compare import ALPHA, min_p_value
+    from edgekit.results.gate import RELATIVE
+
+    if baseline is not None and any(t.kind == RELATIVE for t in thresholds) and reps >= 1 \
+            and (reps < 3 or min_p_value(reps, reps) > ALPHA):
+        click.echo(f"note: with {reps} runs per bundle no change can be significant at p<{ALPHA}; relative "
+                   "thresholds will be undecided (exit 4). Use --reps 4 or more.", err=True)
     plan = BenchPlan(candidate=candidate, baseline=baseline, warmup=warmup, reps=reps, cooldown_s=cooldown,
                      prefill=prefill, decode=decode, threads=threads, backend=backend,
                      allow_mismatch=allow_mismatch, output=output, accept_new_host_key=accept_new_host_key)
