@@ -211,11 +211,18 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
     modules = dict(model.named_modules())
     srq_scales: dict[str, list[float]] = {}  # name -> [in, out] (0 = off)
 
+    ratios = torch.tensor(qat.CLIP_RATIOS, dtype=torch.float32)
+
     def fq_rows(w, bits, blocks=1):
+        # fake quantization with the clipped (MSE-searched) step size quantize_rows uses
         qmin, qmax = qat.qrange(bits)
         rows, width = w.shape
         wb = w.reshape(rows, blocks, width // blocks)
-        s = (wb.detach().abs().amax(-1, keepdim=True).clamp_min(1e-8) / qmax)
+        with torch.no_grad():
+            amax = wb.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+            cand = ratios.view(-1, 1, 1, 1) * amax / qmax  # (R, rows, blocks, 1)
+            err = ((torch.clamp(torch.round(wb / cand), qmin, qmax) * cand - wb) ** 2).sum(-1, keepdim=True)
+            s = torch.gather(cand, 0, err.argmin(0, keepdim=True))[0]
         q = torch.clamp(torch.round(wb / s), qmin, qmax) * s
         return (wb + (q - wb).detach()).reshape(rows, width)
 

@@ -63,8 +63,16 @@ def test_quantize_rows_lies_on_lattice_and_dequantizes_exactly():
         qmin, qmax = qat.qrange(bits)
         assert q.min() >= qmin and q.max() <= qmax and s.shape == (16, blocks) and np.all(s > 0)
         d = qat.dequantize(q, s)
-        q2, s2 = qat.quantize_rows(d, bits, blocks)  # the lattice is a fixed point
-        np.testing.assert_array_equal(q2, q)
+        plain_q, plain_s = qat.quantize_rows(w, bits, blocks, clip_search=False)
+        d_plain = qat.dequantize(plain_q, plain_s)
+        q2, _ = qat.quantize_rows(d_plain, bits, blocks, clip_search=False)  # the lattice is a fixed point
+        np.testing.assert_array_equal(q2, plain_q)
+        # the clipped step size is never worse than plain min-max, and better somewhere
+        err = ((d - w) ** 2).sum(axis=1)
+        err_plain = ((d_plain - w) ** 2).sum(axis=1)
+        assert np.all(err <= err_plain + 1e-6)
+        if bits < 8:
+            assert np.any(err < err_plain)
 
 
 # ------------------------------------------------------------------ bit map
