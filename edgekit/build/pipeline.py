@@ -323,6 +323,8 @@ def build(
 
     ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
+    if qat_build is not None:  # QAT hook: export the exact dequantized float, not the packed checkpoint
+        ckpt_dir = qat_build.float_dir
     wd = info.width_div if info is not None else width_div
     opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
     cached = False
