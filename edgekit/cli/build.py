@@ -34,8 +34,11 @@ def _progress(stage: str, message: str, seconds: float | None) -> None:
 @click.option("--prefill", type=int, default=32, show_default=True, help="Prefill signature length.")
 @click.option("--cache-length", type=int, default=256, show_default=True, help="KV-cache length.")
 @click.option("--no-quality", is_flag=True, help="Skip the quality comparison against an existing fp16 build.")
+@click.option("--requantize", is_flag=True,
+              help="QAT checkpoint: naive min-max re-quantization + calibration instead of its exact integers "
+                   "and SRQ scales (for comparison).")
 def command(model, checkpoint, random_weights, width_div, seed, scheme, text_only, calibration, output, force,
-            prefill, cache_length, no_quality) -> int:
+            prefill, cache_length, no_quality, requantize) -> int:
     """Build MODEL (e2b, e4b, tiny) into dist/<model>-<scheme>[-text]/ (bundle + manifest.json).
 
     Progress goes to stderr (stage and seconds); the bundle path is printed on stdout.
@@ -61,6 +64,7 @@ def command(model, checkpoint, random_weights, width_div, seed, scheme, text_onl
             cache_length=cache_length,
             quality=not no_quality,
             progress=_progress,
+            requantize=requantize,
         )
     b = res.manifest["build"]
     click.echo(
