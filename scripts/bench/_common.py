@@ -213,6 +213,7 @@ class ChildRun:
     mem: TreeMemory
     rusage_maxrss: int  # bytes: getrusage(RUSAGE_CHILDREN) ru_maxrss when it grew during the run
     stderr_lines: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (t_s since start, line)
+    t0_epoch: float = 0.0  # time.time() when the child was started
 
     @property
     def peak_rss(self) -> int:
@@ -236,6 +237,7 @@ def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.Pa
     """Run ``argv``; measure wall time and the peak RSS of its whole process tree; timestamp stderr lines."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     pre = (lambda: os.nice(nice)) if nice else None
+    t0_epoch = time.time()
     t0 = time.monotonic()
     proc = subprocess.Popen(list(argv), cwd=cwd, env=env, preexec_fn=pre, text=True, errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -273,7 +275,7 @@ def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.Pa
     # ru_maxrss of RUSAGE_CHILDREN is the max over all reaped descendants: it tells us
     # something only when it grew during this run
     return ChildRun(list(argv), proc.returncode, dt, "".join(out_chunks), "".join(l for _, l in err_lines), mem,
-                    after if after > before else 0, err_lines)
+                    after if after > before else 0, err_lines, t0_epoch)
 
 
 # ------------------------------------------------------------------ statistics

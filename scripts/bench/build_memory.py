@@ -116,7 +116,7 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
         probes.append(ExportLogProbe(pid, t0))
         return probes[-1]
 
-    run = C.run_measured(argv, cwd=C.REPO, env=env, nice=10, interval=0.1, echo=True, watchers=[probe])
+    run = C.run_measured(argv, cwd=C.REPO, env=env, nice=5, interval=0.1, echo=True, watchers=[probe])
     C.log(f"build exit {run.returncode} in {run.seconds:.0f} s: peak tree RSS {run.peak_rss / C.GIB:.2f} GiB "
           f"(sampled {run.mem.peak_tree_rss / C.GIB:.2f}, single-process HWM {run.mem.peak_single_hwm / C.GIB:.2f})")
     if run.returncode != 0:
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.write:
         body = C.section(f"build_memory: peak RSS of `edgekit build {a.model} --random-weights --text-only`",
                          rows, ("width", "peak", "text params", "value"), notes,
-                         settings=[f"build command: {how}", f"scheme {a.scheme}, cold export cache, nice 10"])
+                         settings=[f"build command: {how}", f"scheme {a.scheme}, cold export cache, nice 5"])
         C.update_results("build_memory" + ("" if a.model == "e2b" else f"-{a.model}"), body)
     return 0
 

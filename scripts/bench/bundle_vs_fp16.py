@@ -55,7 +55,7 @@ def find_or_build(model: str, scheme: str, wd: int, dist: Path, cache: Path, not
         C.wait_for_quiet_machine()
     argv, how = C.build_argv(model, scheme, wd, dist)
     C.log(f"building {model} {scheme} w{wd}: {how}")
-    run = C.run_measured(argv, cwd=C.REPO, env=dict(os.environ, EDGEKIT_CACHE=str(cache)), nice=10, echo=True)
+    run = C.run_measured(argv, cwd=C.REPO, env=dict(os.environ, EDGEKIT_CACHE=str(cache)), nice=5, echo=True)
     if run.returncode != 0:
         raise SystemExit(f"error: build failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
     notes.append(f"{scheme}: built in {run.seconds:.0f} s, peak RSS {run.peak_rss / C.GIB:.1f} GiB ({how})")

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(data["folder"])
     runtime_ms = harness_ms = start_ms = sha_ms = runner_rest_ms = init_total = 0.0
     nruns = 0
-    for r in data["result"]["runs"]:
+    spans: list[tuple[float, float]] = []  # harness start/end, seconds since the bench process started
+    for r in sorted(data["result"]["runs"], key=lambda r: r["order"]):
         tdir = folder / r["trace_dir"]
         recs = read_jsonl(tdir / "runner.out")
         h = read_kv(tdir / "harness.tsv")
@@ -108,40 +109,50 @@ def main(argv: list[str] | None = None) -> int:
         if not (start and init and its and h.get("start_epoch_ms") and h.get("end_epoch_ms")):
             raise SystemExit(f"error: incomplete trace in {tdir}")
         nruns += 1
-        rt = init["init_ms"] + sum(x["prefill_ms"] + x["decode_ms"] for x in its)
-        runtime_ms += rt
+        pd = sum(x["prefill_ms"] + x["decode_ms"] for x in its)
+        runtime_ms += init["init_ms"] + pd
         init_total += init["init_ms"]
         h0, h1 = float(h["start_epoch_ms"]), float(h["end_epoch_ms"])
+        spans.append((h0 / 1000 - run.t0_epoch, h1 / 1000 - run.t0_epoch))
         harness_ms += h1 - h0
         start_ms += start["t"] * 1000 - h0
         first = min(x["t_start"] for x in its) * 1000
         # start.t .. first run start = sha256 + init_ms + session set-up before run 1
         sha_ms += max(0.0, first - start["t"] * 1000 - init["init_ms"])
-        runner_rest_ms += (h1 - h0) - (start["t"] * 1000 - h0) - (first - start["t"] * 1000) - \
-            sum(x["prefill_ms"] + x["decode_ms"] for x in its)
+        runner_rest_ms += (h1 - h0) - (first - h0) - pd
     runtime_s = runtime_ms / 1000
     overhead = wall / runtime_s - 1
     session_out = wall - harness_ms / 1000
     pushes = [(float(m.group(2)), m.group(1)) for m in re.finditer(r"push (.+?): .*?, ([0-9.]+) s\)", run.stderr)]
     push_s = sum(s for s, _ in pushes)
+    t_session = next((t for t, line in run.stderr_lines if line.startswith("bench on ")), None)
+    cli_s = t_session if t_session is not None else float("nan")
+    setup_s = spans[0][0] - (t_session or 0.0)
+    between_s = sum(max(0.0, b[0] - a[1]) for a, b in zip(spans, spans[1:]))
+    tail_s = wall - spans[-1][1]
     rows = [
         C.Row("wall of `edgekit bench` vs runtime-reported time, s", wall, runtime_s, overhead, TARGET, unit=""),
     ]
     head = ("metric", "edgekit wall", "runtime", "overhead")
     print(C.table(rows, head))
     parts = [
-        ("session outside runs (CLI start, imports, sha256 + push, pull, records, reports)", session_out),
-        ("  of which pushes (as the session reports them)", push_s),
+        ("session outside runs", session_out),
+        ("  CLI start, imports, sha256 of both bundles until the session's first line", cli_s),
+        ("  transport, pushes (sha256 + copy) and runner files until the first run", setup_s),
+        ("    of which the pushes, as the session reports them", push_s),
+        ("  between runs (pull traces, parse, next argv)", between_s),
+        ("  after the last run (records, result.json, Markdown/HTML/plots)", tail_s),
         ("per-run process start + imports until the runner's start record", start_ms / 1000),
         ("runner: sha256 of the bundle + anything before the first run, minus init", sha_ms / 1000),
-        ("runner: after the first run starts, outside prefill+decode (between runs, exit), + harness", runner_rest_ms / 1000),
+        ("runner: after the run, outside prefill+decode (exit), + harness teardown", runner_rest_ms / 1000),
         ("runtime itself: init + prefill + decode", runtime_s),
     ]
     notes.append(f"{nruns} runner processes ({a.warmup} warmup + {a.reps} measured per bundle, 2 bundles), "
                  f"cool-down 0 s; engine init {init_total / 1000:.1f} s of the runtime's {runtime_s:.1f} s")
     for label, s in parts:
         notes.append(f"{label}: {s:.2f} s ({s / wall:.1%} of wall)")
-    notes.append("overhead = wall / runtime - 1; wall from fork to exit of the `edgekit bench` process")
+    notes.append("overhead = wall / runtime - 1; wall from fork to exit of the `edgekit bench` process; "
+                 "split from the harness's start/end epochs, the runner's records and the session's stderr lines")
     for n in notes:
         print("- " + n)
     if a.write:
