@@ -171,6 +171,18 @@ def test_malformed_scheme_file(text, tmp_path, capsys):
     _one_error_line(err)
 
 
+def test_bad_calibration_file_fails_before_the_export(tmp_path, capsys):
+    missing = tmp_path / "nope.txt"
+    code, _, err = _build(["--calibration", str(missing), "--output", str(tmp_path / "o")], capsys)
+    assert code == 5 and "nope.txt" in err
+    _one_error_line(err)
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    code, _, err = _build(["--calibration", str(binary), "--output", str(tmp_path / "o")], capsys)
+    assert code == 5
+    assert "[export]" not in err  # refused before any long work
+
+
 def test_checkpoint_and_random_weights_exclusive(tmp_path, tiny_source, capsys):
     code, _, err = _build(["--checkpoint", str(tiny_source[0]), "--random-weights", "--output", str(tmp_path)],
                           capsys)

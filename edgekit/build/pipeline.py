@@ -37,13 +37,6 @@ EXPORT_RSS_BASE = int(1.3 * GIB)  # tiny model export peaks at ~1.3 GB (imports 
 QUANTIZE_RSS_PER_FLOAT_BYTE = 3.0  # flatbuffer unpack + quantized copy + calibration state
 SOFTCAP_KEY = "edgekit.final_logit_softcapping"
 
-FALLBACK_CALIBRATION = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Once upon a time there was a small robot who liked to read books about the sea.",
-    "def add(a, b):\n    return a + b",
-    "The capital of France is Paris, and the capital of Italy is Rome.",
-)
-
 
 @dataclasses.dataclass
 class BuildResult:
@@ -205,32 +198,13 @@ def make_random_source(preset, d: Path, seed: int, width_div: int):
 
 
 def _calibration_texts(path) -> tuple[list[str], dict[str, Any]]:
-    try:
-        from edgekit.schemes.calibration import load_calibration
-    except ImportError:
-        load_calibration = None
-    if load_calibration is not None:
-        texts = load_calibration(path) if path is not None else load_calibration()
-        texts = [t if isinstance(t, str) else str(t) for t in texts]
-        src = str(path) if path is not None else "edgekit.schemes.calibration (shipped)"
-    elif path is not None:
-        p = Path(path)
-        try:
-            texts = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            from edgekit.errors import ConfigError
-
-            raise ConfigError(f"calibration file {p}: {exc}") from exc
-        src = str(p)
-    else:
-        texts = list(FALLBACK_CALIBRATION)
-        src = "edgekit.build.pipeline.FALLBACK_CALIBRATION"
-    if not texts:
-        from edgekit.errors import ConfigError
-
-        raise ConfigError(f"calibration set {src} is empty", hint="give at least one prompt")
+    """The calibration prompts (shipped set or ``--calibration FILE``) and their provenance."""
     import hashlib
 
+    from edgekit.schemes.calibration import load_calibration
+
+    texts = load_calibration(path)
+    src = str(path) if path is not None else "edgekit.schemes.calibration (shipped)"
     h = hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()
     return texts, {"source": src, "prompts": len(texts), "sha256": h}
 
@@ -320,6 +294,10 @@ def build(
     name = bundle_name(preset.name, sch.name, text_only)
     out_dir = out_root / name
     _check_writable(out_root)
+    calib_texts: list[str] = []
+    calib_info: dict[str, Any] = {}
+    if sch.static_activations:  # a bad --calibration file fails now, not after the export
+        calib_texts, calib_info = _calibration_texts(calibration)
 
     ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
@@ -380,7 +358,7 @@ def build(
             else:
                 plans = {sec: qz.plan_section(path, sec, sch.bits_for) for sec, path in secs.items()}
                 if sch.static_activations:
-                    texts, calib_rec = _calibration_texts(calibration)
+                    texts, calib_rec = calib_texts, dict(calib_info)
                     ids = _tokenize(float_bundle, texts, limit=cache_length - decode_steps - 1)
                     feeds = st.run("calibrate", f"{len(ids)} prompts through the float signatures",
                                    qz.record_calibration, float_bundle, ids, decode_steps,
