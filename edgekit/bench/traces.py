@@ -213,6 +213,9 @@ def parse_runner_jsonl(text: str, warnings: list[str]) -> tuple[dict, float | No
         elif ev == "init":
             init_ms = _f(rec.get("init_ms"))
         elif ev == "run":
+            if rec.get("token_timing"):
+                warnings.append(f"runner run {rec.get('phase', 'measure')} {rec.get('index', len(iterations))}: "
+                                f"no per-token latencies ({rec['token_timing']})")
             iterations.append(
                 Iteration(
                     phase=str(rec.get("phase", "measure")),
