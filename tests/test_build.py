@@ -287,6 +287,19 @@ def test_cli_build_prints_bundle_path_and_quality_hook(tiny_bundles, tmp_path, c
     q = m["quality"]
     assert q["baseline"]["sha256"] == sha256_file(tiny_bundles["fp16"])
     assert q["tokens"] > 0 and q["ppl_candidate"] > 0 and 0 <= q["top1_agreement"] <= 1
+    # built in the other order (baseline last), the candidate's manifest gets the record too
+    out2 = tmp_path / "dist2"
+    shutil.copytree(path.parent, out2 / "tiny-wNa8o8-text")
+    m2 = json.loads((out2 / "tiny-wNa8o8-text" / "manifest.json").read_text())
+    del m2["quality"]
+    (out2 / "tiny-wNa8o8-text" / "manifest.json").write_text(json.dumps(m2))
+    assert main(["build", "tiny", "--text-only", "--scheme", "fp16", "--output", str(out2)]) == 0
+    capsys.readouterr()
+    m3 = json.loads((out2 / "tiny-wNa8o8-text" / "manifest.json").read_text())
+    assert m3["quality"]["tokens"] == q["tokens"]
+    assert m3["quality"]["baseline"]["sha256"] == sha256_file(out2 / "tiny-fp16-text" / "tiny-fp16-text.litertlm")
+    assert main(["inspect", str(out2 / "tiny-wNa8o8-text")]) == 0  # still matches its bundle
+    capsys.readouterr()
     # the same inputs give the same bundle: deterministic calibration and quantization
     assert m["bundle"]["sha256"] == sha256_file(tiny_bundles["wNa8o8"]) or m["bundle"]["bytes"] == \
         tiny_bundles["wNa8o8"].stat().st_size

@@ -456,7 +456,37 @@ def build(
             os.chmod(tmp, 0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if quality and sch.is_float and sch.float_dtype == "float16":
+        # The baseline was built after its candidate: give the candidate its quality record now.
+        _backfill_quality(st, out_root / bundle_name(preset.name, preset.default_scheme, text_only),
+                          out_dir / f"{name}.litertlm", manifest)
     return BuildResult(out_dir / f"{name}.litertlm", out_dir / mf.MANIFEST_FILE, manifest)
+
+
+def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, baseline_manifest: dict) -> None:
+    import importlib.util
+
+    from edgekit.bundle import manifest as mf
+
+    mpath = cand_dir / mf.MANIFEST_FILE
+    if importlib.util.find_spec("edgekit.quality") is None or not mpath.is_file():
+        return
+    try:
+        cand = mf.read_manifest(mpath)
+    except EdgekitError:
+        return
+    if cand.get("quality") or cand.get("source", {}).get("weights_sha256") != \
+            baseline_manifest["source"].get("weights_sha256"):
+        return
+    cand_bundle = cand_dir / cand["bundle"]["file"]
+    if not cand_bundle.is_file():
+        return
+    from edgekit import quality as ql
+
+    res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle, baseline_bundle))
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": baseline_manifest["bundle"].get("sha256")}
+    cand["quality"] = res
+    mf.write_manifest(mpath, cand)
 
 
 def _softcap(ckpt_dir: Path) -> float | None:
