@@ -218,9 +218,12 @@ def _tokenize(bundle: Path, texts: list[str], limit: int) -> list[list[int]]:
     if js is None:
         raise BuildError(f"{bundle}: the export holds no Hugging Face tokenizer")
     tok = Tokenizer.from_str(js)
+    bos = tok.token_to_id("<bos>")
     out = []
     for t in texts:
         ids = tok.encode(t).ids
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids  # sequences start with BOS, as LiteRT-LM's engine feeds them
         if ids:
             out.append(ids[:limit])
     return out
