@@ -45,7 +45,7 @@ def random_checkpoint(preset: str = "tiny", width_div: int = 1) -> Path:
     return out
 
 
-QAT_STEPS = int(os.environ.get("EDGEKIT_TEST_QAT_STEPS", "60"))
+QAT_STEPS = int(os.environ.get("EDGEKIT_TEST_QAT_STEPS", "40"))
 
 
 @functools.lru_cache(maxsize=None)
