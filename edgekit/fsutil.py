@@ -28,10 +28,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _raise_os(exc: OSError, path: Path) -> None:
     if exc.errno == errno.ENOSPC:
         raise ResourceError(f"disk full while writing {path}") from exc
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
         raise OutputNotWritable(f"cannot write {path}: {exc.strerror}") from exc
     raise exc
 
@@ -47,6 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         os.close(fd)
     except OSError as exc:
         _raise_os(exc, path)
@@ -94,6 +101,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     except OSError as exc:
         _raise_os(exc, path)
     try:
