@@ -1,5 +1,6 @@
 """Atomic writes: nothing half-written under the final name, usual modes, clear errors."""
 
+import errno
 import os
 import stat
 
