@@ -115,6 +115,10 @@ def write_checkpoint(out_dir: Path, preset, width_div: int, qconfig, layout, *, 
         for f in Path(tokenizer_dir).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens")):
                 shutil.copy(f, out_dir / f.name)
+    else:  # e2b / e4b: no real tokenizer here; the models engineer's synthetic one of the right size
+        from edgekit.models.checkpoint import write_synthetic_tokenizer
+
+        write_synthetic_tokenizer(out_dir, preset.vocab_size)
     return out_dir
 
 

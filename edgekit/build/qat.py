@@ -547,6 +547,8 @@ class QatBuild:
         rec = dict(self.record) if self.record else {"version": QAT_RECORD_VERSION, "mode": "requantize",
                                                      "weight_algorithm": "min-max re-quantization (naive)",
                                                      "checkpoint": str(self.checkpoint_dir)}
+        if self.exact:
+            rec["float_activation_modules"] = sorted(_float_activation_modules(self.ckpt))
         ex = exactness_report(bundle, self.ckpt)
         rec["exactness"] = {k: v for k, v in ex.items() if k != "tensors"}
         rec["exactness"]["per_tensor"] = [
@@ -603,19 +605,13 @@ def _float_activation_modules(ckpt) -> set[str]:
 
 
 def _expected_violations(self, violations: list[str]) -> list[str]:
-    """Drop the scheme-check findings the checkpoint itself asks for: a linear whose SRQ
-    scales are both 0 keeps float activations (weight-only integers, dequantized in the
-    graph, so the generic inspector sees a float weight); its integers are checked by the
-    exactness report instead."""
+    """The scheme check's findings minus those the checkpoint itself asks for (see
+    :func:`edgekit.bundle.exactness.filter_expected`)."""
+    from edgekit.bundle.exactness import filter_expected
+
     if self.requantize:
         return violations
-    keep = []
-    names = _float_activation_modules(self.ckpt)
-    for v in violations:
-        if any(v.startswith(n + " ") or f" {n} " in f" {v} " or v.startswith(f"{n} (") for n in names):
-            continue
-        keep.append(v)
-    return keep
+    return filter_expected(violations, _float_activation_modules(self.ckpt))
 
 
 QatBuild.expected_violations = _expected_violations

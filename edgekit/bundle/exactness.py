@@ -269,3 +269,48 @@ def _load(path):
         raise CheckpointError(f"{path}: no preset matches this checkpoint's architecture")
     wd = width_div_for_config(p, cfg) or 1
     return qat.validate_qat_checkpoint(path, get_preset(p).config(wd), preset_name=p.name)
+
+
+def filter_expected(violations: list[str], float_activation_modules) -> list[str]:
+    """Drop scheme-check findings a QAT checkpoint itself asks for.
+
+    A linear whose two SRQ scales are 0 (the published lm_head) keeps float activations:
+    its integer weights are dequantized in the graph (weight-only), so the generic check
+    sees a float weight and non-static activations. Its integers are checked by
+    :func:`exactness_report` instead.
+    """
+    names = list(float_activation_modules or ())
+    if not names:
+        return list(violations)
+    out = []
+    for v in violations:
+        padded = f" {v} "
+        if any(v.startswith(n + " ") or f" {n} " in padded for n in names):
+            continue
+        out.append(v)
+    return out
+
+
+def format_qat(rec: dict[str, Any]) -> str:
+    """Text lines for ``edgekit inspect``: what a QAT build kept exactly and what it did not."""
+    lines = [f"QAT checkpoint: {rec.get('checkpoint')} ({rec.get('mode', '?')} path)"]
+    ex = rec.get("exactness") or {}
+    if ex:
+        lines.append(
+            f"  integer-exact weight tensors: {ex.get('tensors_exact')}/{ex.get('tensors_total')}"
+            f" ({ex.get('weights_exact_pct')}% of weights); SRQ activation scales carried: "
+            f"{ex.get('srq_carried')}/{ex.get('srq_total')}"
+        )
+    ag = rec.get("agreement")
+    if ag:
+        lines.append(
+            f"  vs transformers reference: top-1 {ag['top1_agreement']:.4f}, mean KL {ag['kl_mean']:.3g},"
+            f" max |logit diff| {ag['max_abs_logit_diff']:.3g} ({ag['tokens']} tokens)"
+        )
+    approx = list(rec.get("approximations") or [])
+    approx += [a for a in (ex.get("approximated") or []) if a.get("what") not in {b.get("what") for b in approx}]
+    for a in approx[:12]:
+        lines.append(f"  approximated: {a['what']}: {a['why']}")
+    if len(approx) > 12:
+        lines.append(f"  ... {len(approx) - 12} more approximations (see manifest.json)")
+    return "\n".join(lines)

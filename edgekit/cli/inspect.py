@@ -23,6 +23,12 @@ def command(bundle: Path, as_json: bool, scheme: str | None, manifest_path: Path
         click.echo(json.dumps({"report": report, "checked_against": checked, "violations": violations}, indent=2))
     else:
         click.echo(format_text(report, violations if checked else None))
+        if checked.get("manifest"):  # QAT hook: exactness and agreement of a QAT build
+            from edgekit.bundle.exactness import format_qat
+
+            qrec = json.loads(Path(checked["manifest"]).read_text()).get("qat")
+            if qrec:
+                click.echo(format_qat(qrec))
         if not checked.get("scheme"):
             click.echo("check: no manifest and no --scheme: nothing to check against", err=True)
     if violations:

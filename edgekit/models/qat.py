@@ -633,9 +633,6 @@ def write_dequantized_checkpoint(ckpt: QatCheckpoint, out_dir, *, tokenizer_from
     """
     import shutil
 
-    import torch
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(ckpt.config)
@@ -645,8 +642,27 @@ def write_dequantized_checkpoint(ckpt: QatCheckpoint, out_dir, *, tokenizer_from
         cfg["text_config"] = dict(cfg["text_config"], tie_word_embeddings=False)
     cfg["torch_dtype"] = cfg["dtype"] = "float32"
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    state = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in iter_dequantized_state(ckpt)}  # keeps 0-d shapes
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt", "edgekit": "dequantized-qat"})
+    # streamed: one tensor in memory at a time (a full-vocabulary E2B is several GB of float32)
+    specs = []
+    for m in ckpt.modules.values():
+        specs.append((f"{m.name}.weight", "F32", (m.rows, m.width)))
+    quant_keys = {k for m in ckpt.modules.values() for k in m.tensors()}
+    for key, e in ckpt.entries.items():
+        if key in quant_keys or key.endswith(("k_cache_scale", "v_cache_scale")):
+            continue
+        specs.append((key, "F32" if e.dtype in ("F32", "F16", "BF16", "F64") else e.dtype, tuple(e.shape)))
+    order = {k: i for i, (k, _, _) in enumerate(specs)}
+    w = SafetensorsStreamWriter(out_dir / "model.safetensors", specs,
+                                metadata={"format": "pt", "edgekit": "dequantized-qat"})
+    pending: dict[str, np.ndarray] = {}
+    for k, v in iter_dequantized_state(ckpt):  # yields in spec order
+        if order[k] != w._next:
+            pending[k] = v
+            continue
+        w.write(k, v)
+        while w._next < len(specs) and specs[w._next][0] in pending:
+            w.write(specs[w._next][0], pending.pop(specs[w._next][0]))
+    w.close()
     src = Path(tokenizer_from) if tokenizer_from else ckpt.path
     for f in src.iterdir():
         if f.suffix in (".json", ".model", ".txt", ".jinja") and f.name not in ("config.json",) and not f.name.endswith(".safetensors.index.json"):
