@@ -160,3 +160,22 @@ def test_cli_refuses_bad_qat_checkpoint_before_export(case, tmp_path, capsys, mo
     assert "Traceback" not in err
     assert not (tmp_path / "cache" / "exports").exists()  # refused before the export started
     assert not (tmp_path / "dist" / f"{model}-wNa8o8-qat-text").exists()
+
+
+def test_requantize_needs_a_qat_checkpoint(tmp_path, capsys):
+    code = _cli("build", "tiny", "--random-weights", "--requantize", "--text-only", "--output", str(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2 and "--requantize" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_inspect_shows_qat_exactness_and_passes(capsys):
+    res, _ = _build(False)
+    code = _cli("inspect", str(res.bundle))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    ex = res.manifest["qat"]["exactness"]
+    assert f"integer-exact weight tensors: {ex['tensors_exact']}/{ex['tensors_total']}" in out
+    assert f"SRQ activation scales carried: {ex['srq_carried']}/{ex['srq_total']}" in out
+    assert "approximated: model.language_model.embed_tokens_per_layer" in out
+    assert "vs transformers reference: top-1" in out

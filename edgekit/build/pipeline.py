@@ -294,6 +294,9 @@ def build(
             qat_build = st.run("source", "QAT checkpoint: validate, exact dequantization", bq.QatBuild.prepare,
                                checkpoint, preset, cache, requantize=requantize)
             sch = qat_build.scheme(sch, preset)
+    if requantize and qat_build is None:
+        raise UsageError("--requantize applies only to a quant_method 'gemma' (QAT) checkpoint",
+                         hint="pass --checkpoint <QAT checkpoint folder>, or drop --requantize")
     name = bundle_name(preset.name, sch.name, text_only)
     out_dir = out_root / name
     _check_writable(out_root)

@@ -507,6 +507,7 @@ class QatBuild:
     requantize: bool = False
     ple_bits: int = 8
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    float_baseline: bool = False  # fp16/float scheme: the dequantized float itself
 
     @property
     def exact(self) -> bool:
@@ -526,6 +527,7 @@ class QatBuild:
         from edgekit.schemes.scheme import Rule, scheme_from_quantization_config
 
         if requested.is_float:
+            self.float_baseline = True
             return requested
         base = scheme_from_quantization_config(self.ckpt.config["quantization_config"], preset=preset,
                                                source=f"{self.checkpoint_dir}/config.json")
@@ -544,6 +546,14 @@ class QatBuild:
     def report(self, bundle: Path, *, reference: bool = True, max_tokens: int = 256, progress=None) -> dict[str, Any]:
         from edgekit.bundle.exactness import exactness_report
 
+        if self.float_baseline:  # the fp16 baseline: the exactly dequantized float, cast
+            rec = {"version": QAT_RECORD_VERSION, "mode": "dequantized float baseline",
+                   "checkpoint": str(self.checkpoint_dir)}
+            if reference:
+                from edgekit.build.reference import agreement
+
+                rec["agreement"] = agreement(bundle, self.checkpoint_dir, max_tokens=max_tokens, progress=progress)
+            return rec
         rec = dict(self.record) if self.record else {"version": QAT_RECORD_VERSION, "mode": "requantize",
                                                      "weight_algorithm": "min-max re-quantization (naive)",
                                                      "checkpoint": str(self.checkpoint_dir)}
