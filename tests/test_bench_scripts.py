@@ -85,3 +85,16 @@ def test_machine_and_commit(C):
     lines = C.header_lines()
     assert lines[0].startswith("- date: ") and lines[1].startswith("- commit: ")
     assert "cores" in lines[2]
+
+
+def test_summary_copies_target_rows_of_real_sections_only(C, tmp_path):
+    p = tmp_path / "RESULTS.md"
+    rows = [C.Row("decode tok/s", 30.0, 10.0, 3.0, C.Target(">=", 2.5)), C.Row("info", 1.0, 2.0, 0.5)]
+    C.update_results("bundle_vs_fp16", C.section("t", rows, ("m", "a", "b", "r")), p)
+    C.update_results("push-tiny", C.section("t", [C.Row("x", 1.0, 1.0, 9.0, C.Target("<=", 1))], ("m", "a", "b", "r")), p)
+    text = p.read_text()
+    summary = text[text.index("bench:summary start"):text.index("bench:summary end")]
+    assert "| bundle_vs_fp16 | decode tok/s | 3x | >= 2.5x | PASS |" in summary
+    assert "info" not in summary and "push-tiny" not in summary
+    C.update_results("bundle_vs_fp16", C.section("t", rows[:1], ("m", "a", "b", "r")), p)
+    assert p.read_text().count("bench:summary start") == 1

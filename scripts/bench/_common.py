@@ -403,8 +403,29 @@ def update_results(name: str, body: str, path: Path = RESULTS_MD) -> Path:
         text = pat.sub(lambda _m: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(path, text)
+    atomic_write_text(path, with_summary(text))
     return path
+
+
+def with_summary(text: str) -> str:
+    """(Re)write the summary block: every row with a target, copied from the sections below it."""
+    s0, s1 = "<!-- bench:summary start -->", "<!-- bench:summary end -->"
+    text = re.sub(re.escape(s0) + r".*?" + re.escape(s1) + r"\n*", "", text, flags=re.S)
+    rows = ["| section | metric | value | target | verdict | date |", "|---|---|---:|---|---|---|"]
+    for m in re.finditer(r"<!-- bench:(\S+) start -->(.*?)<!-- bench:\1 end -->", text, re.S):
+        name, body = m.group(1), m.group(2)
+        if name.endswith("-tiny"):  # plumbing checks, not target figures
+            continue
+        date = re.search(r"- date: (\S+ \S+)", body)
+        for line in body.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 6 and cells[5].split(" ")[0] in ("PASS", "MISS", "n/a") and cells[4]:
+                rows.append(f"| {name} | {cells[0]} | {cells[3]} | {cells[4]} | {cells[5]} | "
+                            f"{date.group(1) if date else ''} |")
+    block = s0 + "\n## Summary (copied from the sections below by `_common.with_summary`)\n\n" + \
+        "\n".join(rows) + "\n" + s1 + "\n\n"
+    first = text.find("<!-- bench:")
+    return text + "\n" + block if first < 0 else text[:first] + block + text[first:]
 
 
 def section(title: str, rows: Sequence[Row], head: tuple[str, str, str, str], notes: Sequence[str] = (),
