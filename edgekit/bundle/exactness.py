@@ -179,6 +179,9 @@ def exactness_report(bundle: str | os.PathLike, checkpoint, *, max_listed: int =
         rec["bundle_bits"] = bits
         if bits is None or e["raw"] is None or e["scales"] is None:
             rec.update(exact=False, integers_equal=0.0, scales_equal=False, reason="weight not integer in the bundle")
+        elif bits != m.bits:  # another lattice: no element can be the checkpoint's (skip the big compare)
+            rec.update(exact=False, integers_equal=None, scales_equal=False, elements_exact=0, elements=n,
+                       reason=f"{bits}-bit in the bundle, {m.bits}-bit in the checkpoint")
         else:
             shape = e["shape"]
             count = int(np.prod(shape))
