@@ -121,7 +121,7 @@ def write_eval_text(heldout: str, path: Path, chars: int = EVAL_TEXT_CHARS) -> N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-windows", type=int, default=None,
                     help="measure the final held-out perplexity on the first N windows only (default: all)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="do not train: measure the checkpoint in --out (and refresh eval.txt)")
     args = ap.parse_args(argv)
 
     import torch
@@ -159,6 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         held = held[: args.heldout_windows]
     log(f"tokens: train {len(train_ids)} ({train.shape[0]} windows), held-out {len(held_ids)} "
         f"({held.shape[0]} windows of {args.seq_len}), tokenized in {time.time() - t0:.1f}s")
+
+    if args.measure_only:  # figures of the checkpoint already in --out, no training
+        model = Gemma4ForConditionalGeneration.from_pretrained(str(args.out), dtype=torch.float32)
+        nll, count = heldout_nll(model, held)
+        train_nll, _ = heldout_nll(model, train[: args.heldout_windows or 256])
+        figures = {"checkpoint": str(args.out), "heldout_tokens": count, "heldout_nll": round(nll, 5),
+                   "heldout_ppl": round(math.exp(nll), 3), "train_ppl_first_windows": round(math.exp(train_nll), 3),
+                   "uniform_ppl": vocab}
+        log(f"held-out perplexity {math.exp(nll):.2f} over {count} tokens vs uniform {vocab}")
+        if not args.no_eval_text:
+            write_eval_text(held_text, EVAL_TEXT)
+        print(json.dumps(figures, indent=2))
+        return 0
 
     model = Gemma4ForConditionalGeneration(config)
     model.train()
