@@ -217,8 +217,12 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
 
     ratios = torch.tensor(qat.CLIP_RATIOS, dtype=torch.float32)
 
+    fq_on = [True]  # fake quantization switch (off: the float model)
+
     def fq_rows(w, bits, blocks=1):
         # fake quantization with the clipped (MSE-searched) step size quantize_rows uses
+        if not fq_on[0]:
+            return w
         qmin, qmax = qat.qrange(bits)
         rows, width = w.shape
         wb = w.reshape(rows, blocks, width // blocks)
@@ -231,7 +235,7 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
         return (wb + (q - wb).detach()).reshape(rows, width)
 
     def fq_act(x, s):
-        if not s:
+        if not s or not fq_on[0]:
             return x
         q = torch.clamp(torch.round(x / s), -128, 127) * s
         return x + (q - x).detach()
@@ -295,6 +299,21 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
     srq_scales.update(scales)
     # the published checkpoint leaves the head's activations float (scale 0)
     srq_scales["lm_head"] = [0.0, 0.0]
+    heldout = corpus.with_name("heldout.txt")
+    eval_src = heldout if heldout.is_file() else corpus
+    eval_batches = list(_token_batches(tok_dir, eval_src, 64, 8, 4, seed + 9))
+
+    def eval_loss(fake_quant: bool) -> float:
+        fq_on[0] = fake_quant
+        model.eval()
+        with torch.no_grad():
+            vals = [float(model(input_ids=torch.from_numpy(b), labels=torch.from_numpy(b)).loss) for b in eval_batches]
+        fq_on[0] = True
+        return float(np.mean(vals))
+
+    loss_float = eval_loss(False)
+    loss_ptq = eval_loss(True)
+    log(f"held-out loss: float {loss_float:.3f}, quantized before QAT {loss_ptq:.3f}")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3 if "random" in source else 3e-4, weight_decay=0.0)
     model.train()
     losses = []
@@ -311,6 +330,10 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
     # final SRQ / KV scales, observed with the quantized weights in place
     scales, kv_scales = calibrate(_token_batches(tok_dir, corpus, 64, 8, calib_batches, seed + 3))
     scales["lm_head"] = [0.0, 0.0]
+    srq_scales.clear()
+    srq_scales.update(scales)
+    loss_qat = eval_loss(True)
+    log(f"held-out loss after QAT (quantized): {loss_qat:.3f}")
     train_s = time.time() - t0
 
     params = dict(model.state_dict())
@@ -332,7 +355,9 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
     write_checkpoint(out_dir, preset, 1, qconfig, layout, quant=quant, srq=srq, floats=floats, kv=kv,
                      tokenizer_dir=tok_dir)
     info = {"source": source, "steps": steps, "seed": seed, "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None, "seconds": round(train_s, 1)}
+            "loss_last": losses[-1] if losses else None, "seconds": round(train_s, 1),
+            "heldout_loss_float": loss_float, "heldout_loss_quantized_before_qat": loss_ptq,
+            "heldout_loss_quantized_after_qat": loss_qat, "eval_text": str(eval_src)}
     (out_dir / "qat_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -360,8 +385,10 @@ def main(argv=None) -> int:
             ap.error("the QAT fine-tune runs at full width; use --random for --width-div")
         info = make_tiny_qat(args.out, preset, args.steps, args.seed, args.corpus,
                              log=lambda m: print(m, file=sys.stderr))
-        print(f"wrote QAT checkpoint {args.out} from {info['source']}: loss {info['loss_first']:.3f} -> "
-              f"{info['loss_last']:.3f} in {info['seconds']} s", file=sys.stderr)
+        print(f"wrote QAT checkpoint {args.out} from {info['source']}: held-out loss float "
+              f"{info['heldout_loss_float']:.3f}, quantized {info['heldout_loss_quantized_before_qat']:.3f} before / "
+              f"{info['heldout_loss_quantized_after_qat']:.3f} after QAT ({info['steps']} steps, {info['seconds']} s)",
+              file=sys.stderr)
     return 0
 
 
