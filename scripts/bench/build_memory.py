@@ -170,11 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh-checkpoint", action="store_true", help="regenerate the random checkpoint too")
     ap.add_argument("--write", action="store_true", help="update scripts/bench/RESULTS.md")
     ap.add_argument("--json", type=Path, help="also write the raw figures (with RSS timelines) here")
+    ap.add_argument("--from-json", type=Path,
+                    help="report figures an earlier run of this script wrote with --json instead of measuring")
     a = ap.parse_args(argv)
     widths = [int(x) for x in (a.widths or ("8,4" if a.model == "e2b" else "1")).split(",")]
     a.work.mkdir(parents=True, exist_ok=True)
 
     results = []
+    measured_at = C.utc_now()
+    if a.from_json:
+        import datetime as dt
+
+        results = json.loads(a.from_json.read_text())
+        widths = []
+        measured_at = dt.datetime.fromtimestamp(a.from_json.stat().st_mtime, dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%SZ")
     for wd in widths:
         if a.model == "e2b":
             C.wait_for_quiet_machine()
@@ -201,25 +211,35 @@ def main(argv: list[str] | None = None) -> int:
     est_full = a0 + b0 * full
     rows = []
     for r in measured:
-        rows.append(C.Row(f"w{r['width_div']}: peak RSS, GiB (B/param)", f"{r['peak_tree_rss'] / C.GIB:.2f}",
+        rows.append(C.Row(f"w{r['width_div']}: peak RSS of the build's process tree, GiB", f"{r['peak_tree_rss'] / C.GIB:.2f}",
                           f"{r['params'] / 1e6:.0f} M", r["bytes_per_param"], None, unit=" B/param"))
     rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
-                      f"{a0 / C.GIB:.2f} + {b0:.2f} B/param", f"{full / 1e6:.0f} M", est_full / C.GIB,
+                      f"{a0 / C.GIB:.2f} GiB + {b0:.2f} B/param", f"{full / 1e6:.0f} M", est_full / C.GIB,
                       C.Target("<=", TARGET_GIB), unit=" GiB"))
-    print(C.table(rows, ("width", "peak", "text params", "value")))
     notes = []
+    # each stage's own peak (the manifest's: export child's wait4 rusage; builder's getrusage), extrapolated alike
+    for key, label in (("manifest_export_peak_rss", "export child (litert-torch, float32)"),
+                       ("manifest_builder_peak_rss", "builder process (calibrate, quantize, verify)")):
+        pts = [(r["params"], r[key]) for r in measured if r.get(key)]
+        if len(pts) == len(measured) and pts:
+            sa, sb = fit(pts)
+            per = "; ".join(f"w{r['width_div']} {r[key] / C.GIB:.2f} GiB" for r in measured)
+            notes.append(f"{label}: {per} -> full size {(sa + sb * full) / C.GIB:.1f} GiB "
+                         f"({sa / C.GIB:.2f} GiB + {sb:.2f} B/param)")
+    if a.model == "e2b":
+        p2 = text_params("e2b", 2)
+        if not any(r.get("width_div") == 2 for r in measured):
+            notes.append(f"width-div 2 ({p2 / 1e9:.2f} B params): estimated {(a0 + b0 * p2) / C.GIB:.1f} GiB from "
+                         f"the same line, against {C.mem_available() / C.GIB:.1f} GiB available now (shared machine)"
+                         + ("" if a.try2 else "; not tried (no --try-2)"))
     for r in measured:
         st = r.get("stages_s") or {}
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in st.items()) if st else "n/a"
-        exp_peak = r.get("manifest_export_peak_rss")
-        bld_peak = r.get("manifest_builder_peak_rss")
         notes.append(
             f"w{r['width_div']}: {r['seconds']:.0f} s; peak at {r['peak_at_s']:.0f} s during "
             f"`{r['peak_stage'][:100]}` in `{r['peak_process'][:90]}`"
-            + (f" (export log then: `{r['peak_export_log_line'][:120]}`)" if r.get("peak_export_log_line") else "")
-            + "; manifest: export child peak "
-            f"{'n/a' if exp_peak is None else f'{exp_peak / C.GIB:.2f} GiB'}, builder peak "
-            f"{'n/a' if bld_peak is None else f'{bld_peak / C.GIB:.2f} GiB'}; stages: {stages}")
+            + (f" (export log then: `{r['peak_export_log_line'][:160]}`)" if r.get("peak_export_log_line") else "")
+            + f"; stages: {stages}")
     for r in results:
         if r.get("skipped_w2"):
             notes.append(f"width-div 2 skipped: estimated {r['estimate'] / C.GIB:.1f} GiB > "
@@ -227,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     notes.append("Peak = max over 0.1 s samples of the summed VmRSS of the build's whole process tree "
                  "(and at least any single process's VmHWM). Extrapolation: least-squares line through "
                  "(text params, peak) of the measured widths, evaluated at the full model's text params.")
+    if a.from_json:
+        notes.append(f"figures measured by this script at {measured_at} (--json {a.from_json.name}), "
+                     f"rendered with --from-json")
+    print(C.table(rows, ("width", "peak", "text params", "value")))
     how = measured[0]["how"] if measured else ""
     for n in notes:
         print("- " + n)
