@@ -539,6 +539,15 @@ class QatBuild:
         return dataclasses.replace(base, name="wNa8o8-qat", weight_rules=rules, kv_cache="float",
                                    description="QAT checkpoint integers and SRQ scales carried exactly")
 
+    def expected_violations(self, violations: list[str]) -> list[str]:
+        """The scheme check's findings minus those the checkpoint itself asks for (see
+        :func:`edgekit.bundle.exactness.filter_expected`)."""
+        from edgekit.bundle.exactness import filter_expected
+
+        if self.requantize or self.float_baseline:
+            return violations
+        return filter_expected(violations, _float_activation_modules(self.ckpt))
+
     def quantize(self, secs, plans, work: Path, run=None) -> dict[str, Path]:
         replaced, self.record = quantize_sections(secs, plans, self.ckpt, work, ple_bits=self.ple_bits, run=run)
         return replaced
@@ -614,14 +623,3 @@ def _float_activation_modules(ckpt) -> set[str]:
     return out
 
 
-def _expected_violations(self, violations: list[str]) -> list[str]:
-    """The scheme check's findings minus those the checkpoint itself asks for (see
-    :func:`edgekit.bundle.exactness.filter_expected`)."""
-    from edgekit.bundle.exactness import filter_expected
-
-    if self.requantize:
-        return violations
-    return filter_expected(violations, _float_activation_modules(self.ckpt))
-
-
-QatBuild.expected_violations = _expected_violations
