@@ -52,7 +52,7 @@ def load_config(out_dir: Path):
         p = d / "config.json"
         if p.exists():
             log(f"config: {p}")
-            return Gemma4Config.from_pretrained(str(d)), False
+            return Gemma4Config.from_pretrained(str(d)), d != out_dir  # copy it beside new weights
     log("config: edgekit.models.presets tiny")
     return get_preset("tiny").config(), True
 
