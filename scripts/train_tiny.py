@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from safetensors.torch import save_file
     from transformers import Gemma4ForConditionalGeneration
 
     torch.set_num_threads(args.threads)
