@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import sys
@@ -143,8 +144,57 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
         "manifest_builder_peak_rss": b.get("builder_peak_rss_bytes"),
         "stages_s": b.get("stages_s"), "bundle": str(bundle) if bundle else None,
         "bundle_bytes": bundle.stat().st_size if bundle else None, "how": how,
-        "timeline": run.mem.timeline[:: max(1, len(run.mem.timeline) // 400)],
+        "timeline": run.mem.timeline[:: max(1, len(run.mem.timeline) // 20000)],
+        "export_sections": export_sections(cache),
     }
+
+
+def export_sections(cache: Path) -> dict[str, int]:
+    """Section sizes (bytes) of the float32 export the build left in its cache."""
+    sys.path.insert(0, str(C.REPO))
+    from edgekit.runtime.litertlm_file import read_header
+
+    for f in sorted((cache / "exports").glob("*/model.litertlm")):
+        return {s.name: s.size for s in read_header(f).sections if s.name.startswith("tf_lite_")}
+    return {}
+
+
+PHASES = (  # (label, section, first log line of the phase, log line that ends it)
+    ("prefill/decode graphs", "tf_lite_prefill_decode", r"Torch Export: prefill_\d", "Export text prefill-decode model"),
+    ("per-layer embedder", "tf_lite_per_layer_embedder", "Torch Export: decode_per_layer_embedder",
+     "Export per_layer_embedder model"),
+)
+
+
+def phase_profile(r: dict) -> list[dict]:
+    """RSS rise of the build's tree during each export phase, against that section's float32 bytes."""
+    log, tl = r.get("export_log") or [], r.get("timeline") or []
+    out = []
+    for label, sec, first, last in PHASES:
+        t0 = next((t for t, line in log if re.search(first, line)), None)
+        t1 = next((t for t, line in log if last in line and "DONE" in line), None)
+        nbytes = (r.get("export_sections") or {}).get(sec)
+        if t0 is None or t1 is None or not tl:
+            continue
+        before = [rss for t, rss, _ in tl if t <= t0]
+        during = [rss for t, rss, _ in tl if t0 <= t <= t1]
+        if not before or not during:
+            continue
+        rise = max(during) - before[-1]
+        out.append({"phase": label, "section": sec, "start_rss": before[-1], "max_rss": max(during), "rise": rise,
+                    "section_bytes": nbytes, "rise_per_byte": rise / nbytes if nbytes else None,
+                    "seconds": t1 - t0})
+    return out
+
+
+def full_section_bytes(model: str) -> dict[str, int]:
+    """float32 bytes of each section at width-div 1, from the preset's parameter counts."""
+    sys.path.insert(0, str(C.REPO))
+    from edgekit.models.presets import get_preset
+
+    c = get_preset(model).text_param_counts(1)
+    return {"tf_lite_prefill_decode": 4 * (c["decoder"] + c["embedding"] + c["ple_projection"]),
+            "tf_lite_per_layer_embedder": 4 * c["ple"], "tf_lite_embedder": 4 * c["embedding"]}
 
 
 def fit(points: list[tuple[int, int]]) -> tuple[float, float]:
@@ -232,6 +282,31 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"width-div 2 ({p2 / 1e9:.2f} B params): estimated {(a0 + b0 * p2) / C.GIB:.1f} GiB from "
                          f"the same line, against {C.mem_available() / C.GIB:.1f} GiB available now (shared machine)"
                          + ("" if a.try2 else "; not tried (no --try-2)"))
+    fullsec = full_section_bytes(a.model)
+    for r in measured:
+        for ph in phase_profile(r):
+            if not ph["section_bytes"]:
+                continue
+            proj = ph["start_rss"] + ph["rise_per_byte"] * fullsec[ph["section"]]
+            notes.append(
+                f"w{r['width_div']} export phase '{ph['phase']}' ({ph['seconds']:.0f} s): tree RSS "
+                f"{ph['start_rss'] / C.GIB:.2f} -> {ph['max_rss'] / C.GIB:.2f} GiB, a rise of {ph['rise'] / C.GIB:.2f} GiB "
+                f"= {ph['rise_per_byte']:.1f}x the section's float32 bytes ({ph['section_bytes'] / C.GIB:.2f} GiB); "
+                f"at full size that section is {fullsec[ph['section']] / C.GIB:.1f} GiB -> this phase alone "
+                f"~{proj / C.GIB:.0f} GiB")
+    by_phase: dict[str, list[dict]] = {}
+    for r in measured:
+        for ph in phase_profile(r):
+            if ph["section_bytes"]:
+                by_phase.setdefault(ph["phase"], []).append(ph)
+    for label, phs in by_phase.items():
+        if len(phs) >= 2:
+            lo, hi = min(phs, key=lambda p: p["section_bytes"]), max(phs, key=lambda p: p["section_bytes"])
+            if hi["section_bytes"] > lo["section_bytes"] and hi["rise"] > lo["rise"]:
+                k = (hi["rise"] - lo["rise"]) / (hi["section_bytes"] - lo["section_bytes"])
+                proj = hi["start_rss"] + hi["rise"] + k * (fullsec[hi["section"]] - hi["section_bytes"])
+                notes.append(f"export phase '{label}' between widths: {k:.1f} GiB of RSS per GiB of section growth "
+                             f"-> at full size ~{proj / C.GIB:.0f} GiB in this phase")
     for r in measured:
         st = r.get("stages_s") or {}
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in st.items()) if st else "n/a"
