@@ -79,6 +79,10 @@ def bench(cand: Path, base: Path | None, reps: int, warmup: int, prefill: int, d
     return data, Path(data["folder"])
 
 
+def stored(folder: Path) -> tuple[dict, Path]:
+    return {"result": json.loads((folder / "result.json").read_text())}, folder
+
+
 def runner_iterations(trace_dir: Path) -> list[dict]:
     out = []
     try:
@@ -135,41 +139,54 @@ def section_sizes(bundle: Path) -> dict[str, int]:
     return sizes
 
 
-def extrapolate(model: str, wd: int, anon_mb: float, base_mb: float, bundle: Path) -> tuple[float, list[str]]:
-    """Resident anon while decoding at width-div 1, from width-div ``wd``.
+def extrapolate(model: str, wd: int, anon_mb: float, base_mb: float, file_mb: float | None,
+                bundle: Path) -> tuple[float, list[str]]:
+    """Resident anon while decoding at width-div 1, from the measurement at width-div ``wd``.
 
-    anon = base + W + L, where
-      base = the runner process with a (near-zero-parameter) tiny bundle: interpreter,
-             libraries, tokenizer, engine; does not scale with the model;
-      W    = the model-dependent part up to the size of the bundle's prefill/decode
-             section: treated as decoder weights held in anonymous memory (packed by
-             XNNPACK); decoder parameters scale with width^2 (hidden x intermediate);
-      L    = the rest: KV cache (layers x cache x kv heads x head_dim; head_dim scales
-             with width), activations and embedding rows in flight: linear in width.
-    The embedding and per-layer-embedding tables (vocab x width) are lookups read from
-    the mmapped file (file-backed, not anonymous) and so add nothing here.
+    anon = base + sections held in anonymous memory + rest, where
+      base     = the same runner on the tiny bundle (interpreter, libraries, engine,
+                 tokenizer): does not scale with the model;
+      sections = each weight section of the bundle that sits in anon memory, scaled by
+                 its own parameter ratio w1/wK: prefill_decode (decoder layers ~width^2
+                 plus the tied lm_head ~width), embedder and per-layer embedder
+                 (vocab x width: linear). Whether the sections are in anon memory is
+                 read from the measurement: if the run's file-backed peak is well below
+                 the bundle size, the runtime copied them (not mmapped): all count; else
+                 only prefill_decode (its weights are repacked into anon buffers);
+      rest     = what remains (KV cache: layers x cache x kv heads x head_dim, head_dim
+                 scales with width; activations): linear in width.
     """
     from edgekit.models.presets import get_preset
 
     c_w = get_preset(model).text_param_counts(wd)
     c_1 = get_preset(model).text_param_counts(1)
-    dec_scale = c_1["decoder"] / c_w["decoder"]
-    lin_scale = float(wd)
-    sec = section_sizes(bundle)
-    dec_mb = sec.get("tf_lite_prefill_decode", 0) / C.MIB
+    pd = lambda c: c["decoder"] + c["embedding"] + c["ple_projection"]  # noqa: E731
+    scale = {"tf_lite_prefill_decode": pd(c_1) / pd(c_w), "tf_lite_embedder": c_1["embedding"] / c_w["embedding"],
+             "tf_lite_per_layer_embedder": c_1["ple"] / c_w["ple"]}
+    sec = {k: v / C.MIB for k, v in section_sizes(bundle).items() if k in scale}
+    bundle_mb = bundle.stat().st_size / C.MIB
+    copied = file_mb is not None and file_mb < 0.5 * bundle_mb
+    held = dict(sec) if copied else {k: v for k, v in sec.items() if k == "tf_lite_prefill_decode"}
     model_part = max(0.0, anon_mb - base_mb)
-    w_part = min(model_part, dec_mb)
-    l_part = model_part - w_part
-    full = base_mb + w_part * dec_scale + l_part * lin_scale
+    held_mb = min(model_part, sum(held.values()))
+    shrink = held_mb / sum(held.values()) if held else 0.0
+    rest = model_part - held_mb
+    full_held = sum(v * shrink * scale[k] for k, v in held.items())
+    full = base_mb + full_held + rest * wd
     notes = [
-        f"anon while decoding at w{wd}: {anon_mb:.0f} MB = base {base_mb:.0f} MB (tiny bundle, same runner) "
-        f"+ weights-like part {w_part:.0f} MB (capped at the prefill/decode section, {dec_mb:.0f} MB) "
-        f"+ rest {l_part:.0f} MB",
-        f"full size: base {base_mb:.0f} + {w_part:.0f} x {dec_scale:.1f} (decoder params w1/w{wd}) + "
-        f"{l_part:.0f} x {lin_scale:.0f} (width: KV cache, activations) = {full:.0f} MB",
-        f"upper bound if the whole model-dependent part scaled like the decoder: "
-        f"{base_mb + model_part * dec_scale:.0f} MB",
+        f"anon while decoding at w{wd}: {anon_mb:.0f} MB = base {base_mb:.0f} MB (tiny bundle, same runner) + "
+        f"weight sections {held_mb:.0f} MB + rest {rest:.0f} MB; the run's file-backed peak "
+        f"{'n/a' if file_mb is None else f'{file_mb:.0f} MB'} vs bundle {bundle_mb:.0f} MB -> "
+        + ("the runtime holds all sections in anon memory" if copied else "sections mmapped; prefill_decode counted"),
+        "full size: base " + f"{base_mb:.0f} + " + " + ".join(
+            f"{k.removeprefix('tf_lite_')} {v * shrink:.0f} x {scale[k]:.1f}" for k, v in held.items())
+        + f" + rest {rest:.0f} x {wd} = {full:.0f} MB (MiB-based)",
     ]
+    if copied:
+        pdk = "tf_lite_prefill_decode"
+        alt = base_mb + sec.get(pdk, 0.0) * shrink * scale[pdk] + rest * wd
+        notes.append(f"if the embedding tables stayed in the mmapped file (file-backed) and only prefill_decode "
+                     f"were anonymous, the same figures give {alt:.0f} MB at full size")
     return full, notes
 
 
@@ -186,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-bundle", type=Path, help="tiny bundle for the runner's fixed memory (default: built)")
     ap.add_argument("--backend", choices=["auto", "litert_lm", "interpreter"],
                     help="runner backend passed to edgekit bench (default: the host profile's)")
+    ap.add_argument("--result", type=Path, help="read a stored `edgekit bench` result folder of the two bundles "
+                    "(from an earlier run of this script) instead of benching again")
+    ap.add_argument("--base-result", type=Path, help="with --result: the stored tiny-bundle result folder")
     ap.add_argument("--write", action="store_true", help="update scripts/bench/RESULTS.md")
     a = ap.parse_args(argv)
     wd = a.width_div or (4 if a.model == "e2b" else 1)
@@ -199,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     cand = find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
     base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
     bx = ["--backend", a.backend] if a.backend else []
-    data, folder = bench(cand, base, a.reps, a.warmup, prefill, decode, C.REPO / "results" / "bench-scripts", bx)
+    if a.result:
+        data, folder = stored(a.result)
+        notes.append(f"figures read back from the stored bench result {a.result.name} (measured by an earlier run)")
+    else:
+        data, folder = bench(cand, base, a.reps, a.warmup, prefill, decode, C.REPO / "results" / "bench-scripts", bx)
     notes.append(f"bench result: {folder.relative_to(C.REPO) if folder.is_relative_to(C.REPO) else folder}")
     mc, mb = medians(data, folder, "candidate"), medians(data, folder, "baseline")
     runtime = data["result"].get("runtime") or {}
@@ -219,10 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         # ("engine decoded 32 tokens but reported 30 steps"); the base is the runtime, not the weights
         tiny = a.base_bundle or find_or_build("tiny", "fp16", 1, work / "dist-tiny-w1", work / "cache-tiny-w1",
                                               notes)
-        tdata, tfolder = bench(tiny, None, 3, 1, 24, decode, C.REPO / "results" / "bench-scripts", bx)
+        if a.base_result:
+            tdata, tfolder = stored(a.base_result)
+        else:
+            tdata, tfolder = bench(tiny, None, 3, 1, 24, decode, C.REPO / "results" / "bench-scripts", bx)
         base_mb = medians(tdata, tfolder, "candidate")["decode_anon_mb"]
         notes.append(f"base: {tiny.name} benched alone the same way ({tfolder.name})")
-        full_mb, xnotes = extrapolate(a.model, wd, mc["decode_anon_mb"], base_mb, cand)
+        full_mb, xnotes = extrapolate(a.model, wd, mc["decode_anon_mb"], base_mb, mc.get("peak_file_mb"), cand)
         rows.append(C.Row(f"anon while decoding, full-size {a.model} text-only (extrapolated), GB",
                           f"w{wd}: {mc['decode_anon_mb']:.0f} MB", f"base {base_mb:.0f} MB", full_mb * C.MIB / 1e9,
                           C.Target("<=", ANON_FULL_TARGET_GB), unit=" GB"))
@@ -237,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"{mb['decode_cv']:.1%}")
     notes.append("peak anon / PSS / RSS / file-backed: the harness's /proc samples every 50 ms over each run "
                  "(whole runner process, init included); anon while decoding: max RssAnon inside the decode window")
+    if runtime.get("backend") == "interpreter":
+        notes.append("runner backend interpreter (ai-edge-litert driving the bundle's signatures): LiteRT-LM's "
+                     "engine path stops at the runner's prompt check on these bundles' byte-level tokenizer "
+                     "(\"the fixed prompt tokenizes to 509 tokens, not 128\")")
     for n in notes:
         print("- " + n)
     if a.write:
