@@ -56,7 +56,7 @@ def test_wna8o8_activations_are_static_int8(reports):
         for w in quantized:
             # static: the FC input is INT8 with exactly one scale/zero point stored in the file
             assert w["input_dtype"] == "INT8" and w["input_scales"] == 1, (sig, w["module"])
-            assert w["input_scale"] > 0
+            assert w["input_scale"] > 0 and w["input_zero_point"] == 0  # symmetric
             assert w["activations"] == "static_int8"
             assert w["output_dtype"] == "INT8"  # "o8": int8 outputs with a fixed scale
     # the graph's own inputs/outputs stay float (engine's sampler and KV cache)

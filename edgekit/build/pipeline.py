@@ -372,6 +372,7 @@ def build(
                     calib_rec["samples"] = {k: len(v) for k, v in feeds.items()}
                     calib_rec["decode_steps"] = decode_steps
                     calib_rec["max_samples_per_signature"] = calibration_samples
+                    calib_rec["activations"] = {"granularity": "per-tensor", "symmetric": True, "range": "min/max"}
                     dst = work / "tf_lite_prefill_decode.tflite"
                     st.run("quantize", "prefill/decode: static int8 activations, N-bit weights",
                            qz.quantize_static, secs["tf_lite_prefill_decode"], dst,

@@ -119,7 +119,7 @@ def _exact(scope: str) -> str:
     return "^" + re.escape(scope) + "$"
 
 
-def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = False) -> list[dict]:
+def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = True) -> list[dict]:
     from ai_edge_quantizer import qtyping, recipe_manager
 
     rm = recipe_manager.RecipeManager()
@@ -287,9 +287,17 @@ def quantize_static(
     plans: Sequence[OpPlan],
     calibration: dict[str, list[dict[str, np.ndarray]]],
     num_threads: int = 2,
-    symmetric_act: bool = False,
+    symmetric_act: bool = True,
     range_update: str = "minmax",
 ) -> None:
+    """Static int8 activations (per tensor, fixed scale) + N-bit channel-wise weights on every FC.
+
+    ``symmetric_act`` (zero point 0) is the default: with ai-edge-quantizer's asymmetric
+    int8 activations, LiteRT-LM 0.18.1's CPU engine computes visibly different logits than
+    ai-edge-litert's interpreter (which tracks float) on the same file; with symmetric ones
+    both runtimes give the same greedy text, at the same quality (tiny model, 8-bit
+    weights: KL vs fp16 0.0013 symmetric, 0.0012 asymmetric).
+    """
     from ai_edge_quantizer import quantizer
 
     recipe = static_recipe(plans, symmetric_act)
