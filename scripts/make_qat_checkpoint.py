@@ -224,6 +224,7 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
         if not fq_on[0]:
             return w
         qmin, qmax = qat.qrange(bits)
+        qmin = -127 if bits == 8 else qmin  # narrow int8, as quantize_rows
         rows, width = w.shape
         wb = w.reshape(rows, blocks, width // blocks)
         with torch.no_grad():

@@ -212,19 +212,35 @@ class ExactWeights:
                 f"{module}: the exported weight is not the checkpoint's dequantized lattice "
                 f"(shape {list(content.shape)} vs {list(deq.shape)}); the exporter transformed it"
             )
-        cfg = dataclasses.replace(tensor_quant_config, num_bits=m.bits)
-        rec = dwr.get_tensor_quant_params(op_info, cfg, content, None)
-        r_scale = np.asarray(rec.scale, np.float32).reshape(-1)
-        r_ints = np.asarray(rec.quantized_data)
-        r_ints = (r_ints.T if transposed else r_ints).astype(np.int64)
-        ints_ok = np.array_equal(r_ints, ints.astype(np.int64))
-        scale_ok = np.array_equal(r_scale.view(np.uint32), scales.reshape(-1).view(np.uint32))
         st = self.stats.setdefault(module, {})
-        st.update(bits=m.bits, recovered_integers_exact=bool(ints_ok), recovered_scales_exact=bool(scale_ok))
-        if ints_ok and scale_ok:
-            return rec
+        st["bits"] = m.bits
+        if m.bits == 8 and int(ints.min()) < -127:
+            # LiteRT int8 weights are narrow-range ([-127, 127]; ai-edge-quantizer clamps there for its
+            # legacy kernels): a checkpoint's -128 cannot be carried. Clipped, counted, named.
+            st["int8_clipped"] = int((ints < -127).sum())
+            ints = np.maximum(ints, -127).astype(np.int8)
+        cfg = dataclasses.replace(tensor_quant_config, num_bits=m.bits)
+        try:
+            rec = dwr.get_tensor_quant_params(op_info, cfg, content, None)
+        except RuntimeError as exc:  # the recovery's own validation failed
+            st["recovery_error"] = str(exc).split(". ")[0][:200]
+            rec = None
+        if rec is not None:
+            r_scale = np.asarray(rec.scale, np.float32).reshape(-1)
+            r_ints = np.asarray(rec.quantized_data)
+            r_ints = (r_ints.T if transposed else r_ints).astype(np.int64)
+            ints_ok = np.array_equal(r_ints, ints.astype(np.int64))
+            scale_ok = np.array_equal(r_scale.view(np.uint32), scales.reshape(-1).view(np.uint32))
+            st.update(recovered_integers_exact=bool(ints_ok), recovered_scales_exact=bool(scale_ok))
+            if ints_ok and scale_ok:
+                return rec
+            qd = rec.quantized_dimension
+        else:
+            st.update(recovered_integers_exact=False, recovered_scales_exact=False)
+            from ai_edge_quantizer.algorithms.utils import common_utils
+
+            qd = common_utils.get_weight_quantized_dim(op_info, content, tensor_quant_config.granularity)
         st["corrected_from_checkpoint"] = True
-        qd = rec.quantized_dimension
         shape = [1] * content.ndim
         shape[qd] = content.shape[qd]
         q = ints.T if transposed else ints
@@ -419,6 +435,10 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         qz._export(res, dst)  # noqa: SLF001
         replaced[sec] = dst
 
+    for mod, st in sorted(exact.stats.items()):
+        if st.get("int8_clipped"):
+            approximations.append({"what": mod, "why": f"{st['int8_clipped']} int8 weight(s) at -128 clipped to -127 "
+                                   "(LiteRT int8 weights are narrow-range)", "carried": False})
     seen_what: set[str] = set()
     approximations = [a for a in approximations if not (a["what"] in seen_what or seen_what.add(a["what"]))]
     kv = ckpt.kv_cache_scales()
@@ -478,6 +498,8 @@ def _recovery_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "integers_exact_by_recovery": sum(1 for s in stats.values() if s.get("recovered_integers_exact")),
         "scales_exact_by_recovery": sum(1 for s in stats.values() if s.get("recovered_scales_exact")),
         "corrected_from_checkpoint": sorted(k for k, s in stats.items() if s.get("corrected_from_checkpoint")),
+        "recovery_failed": sorted(k for k, s in stats.items() if s.get("recovery_error")),
+        "int8_clipped": {k: s["int8_clipped"] for k, s in stats.items() if s.get("int8_clipped")},
         "by_bits": {
             str(b): {
                 "tensors": sum(1 for s in stats.values() if s["bits"] == b),

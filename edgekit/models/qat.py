@@ -676,7 +676,8 @@ def write_dequantized_checkpoint(ckpt: QatCheckpoint, out_dir, *, tokenizer_from
 CLIP_RATIOS = tuple(np.round(np.linspace(0.5, 1.0, 11), 3))
 
 
-def quantize_rows(w: np.ndarray, bits: int, blocks: int = 1, *, clip_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def quantize_rows(w: np.ndarray, bits: int, blocks: int = 1, *, clip_search: bool = True,
+                  narrow_int8: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row (per row-block) quantization.
 
     The scale of each row (block) is ``r * absmax / qmax`` with the clipping ratio ``r`` in
@@ -688,6 +689,8 @@ def quantize_rows(w: np.ndarray, bits: int, blocks: int = 1, *, clip_search: boo
     w = np.asarray(w, np.float32)
     rows, width = w.shape
     qmin, qmax = qrange(bits)
+    if bits == 8 and narrow_int8:
+        qmin = -127  # LiteRT's int8 weights are narrow-range; a LiteRT-targeted QAT stays inside
     wb = w.reshape(rows, blocks, width // blocks)
     absmax = np.maximum(np.abs(wb).max(axis=-1), 1e-8)
     best_s = (absmax / np.float32(qmax)).astype(np.float32)
