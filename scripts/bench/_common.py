@@ -537,3 +537,13 @@ def read_manifest(bundle: Path) -> dict:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def atomic_json(path: Path, data: Any) -> None:
+    import json
+
+    sys.path.insert(0, str(REPO))
+    from edgekit.fsutil import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, data)
