@@ -330,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print("- " + n)
     if a.write:
-        body = C.section(f"bundle_vs_fp16: {a.model} w{wd} text-only, wNa8o8 vs fp16 on host", rows, head, notes,
+        body = C.section(f"bundle_vs_fp16: {a.model} w{wd} text-only, wNa8o8 vs fp16 on host "
+                         f"(runner backend {runtime.get('backend')})", rows, head, notes,
                          settings=[f"edgekit bench --device host, prefill {prefill}, decode {decode}, "
                                    f"warmup {a.warmup}, reps {a.reps}, threads from the host profile",
                                    f"bundles: {cand.name} ({bc:,} B), {base.name} ({bb:,} B)"])
-        C.update_results("bundle_vs_fp16" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+        key = "bundle_vs_fp16" + ("" if a.model == "e2b" else f"-{a.model}")
+        if runtime.get("backend") == "interpreter":
+            key += "-interpreter"
+        C.update_results(key, body)
     return 0
 
 
