@@ -142,8 +142,11 @@ def make_random(out_dir: Path, preset, width_div: int, seed: int, tokenizer_dir:
     def srq(name):
         if name == "lm_head" or "language_model" not in name:
             return 0.0, 0.0
-        rng = rng_of(name + "#srq")
-        return tuple(float(np.float32(x)) for x in rng.uniform(0.005, 0.05, size=2))
+        # an SRQ input scale belongs to the activation tensor: q/k/v read one tensor, gate/up another
+        group = name.replace("k_proj", "q_proj").replace("v_proj", "q_proj").replace("up_proj", "gate_proj")
+        s_in = float(np.float32(rng_of(group + "#srq_in").uniform(0.005, 0.05)))
+        s_out = float(np.float32(rng_of(name + "#srq_out").uniform(0.005, 0.05)))
+        return s_in, s_out
 
     def floats(key, shape):
         if key.endswith("norm.weight") or key.endswith("layer_scalar"):
