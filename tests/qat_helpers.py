@@ -22,6 +22,10 @@ SCRIPT = ROOT / "scripts" / "make_qat_checkpoint.py"
 @functools.lru_cache(maxsize=None)
 def workdir() -> Path:
     d = Path(tempfile.mkdtemp(prefix="edgekit-qat-tests-"))
+    if not os.environ.get("EDGEKIT_KEEP_TEST_FILES"):
+        import atexit
+
+        atexit.register(shutil.rmtree, d, True)
     return d
 
 
