@@ -81,7 +81,7 @@ def test_push_verify_skip_pull_hostile(t, prof, adb_target, tmp_path):
     assert r.sent and r.sha256 == digest and r.bytes == 4_000_000
     host = adb_target.host_path(remote)
     assert hashlib.sha256(host.read_bytes()).hexdigest() == digest  # what the phone stores
-    assert sorted(os.listdir(host.parent)) == [host.name]
+    assert sorted(os.listdir(host.parent)) == sorted([host.name, f".{host.name}.edgekit-sha256"])
     assert not any(p.name == "PWNED" for p in adb_target.sandbox.rglob("PWNED"))
     assert not t.push(src, remote).sent
     back = tmp_path / "back"

@@ -42,7 +42,8 @@ def test_push_pull_round_trip_hostile_names(t, tmp_path):
     r = t.push(src, remote, progress=lambda d, tot: seen.append((d, tot)))
     assert r.sent and r.sha256 == digest and r.bytes == 2_500_000 and r.seconds > 0
     assert seen and seen[-1] == (2_500_000, 2_500_000)
-    assert os.listdir(rdir) == [os.path.basename(remote)]  # no part file left, nothing injected
+    # no part file left, nothing injected; the sidecar records the verified sha256
+    assert sorted(os.listdir(rdir)) == sorted([os.path.basename(remote), os.path.basename(t.sidecar_name(remote))])
     assert not (tmp_path / "PWNED").exists() and not os.path.exists("PWNED")
     assert t.sha256(remote) == digest
     st = t.stat(remote)
@@ -55,7 +56,7 @@ def test_push_pull_round_trip_hostile_names(t, tmp_path):
     # shell quoting: the argument arrives byte for byte
     out = t.sh('printf %s "$1"', HOSTILE).stdout
     assert out == HOSTILE
-    ls = t.shell(["ls", str(rdir)]).stdout
+    ls = t.shell(["ls", str(rdir)]).stdout  # ls hides the dot-named sidecar
     assert ls.strip() == os.path.basename(remote)
 
 

@@ -33,6 +33,7 @@ from edgekit.devices.transport import (
     Progress,
     RemoteStat,
     ShellResult,
+    UploadSource,
     parse_kv,
     quote_argv,
     timeout_error,
@@ -263,15 +264,15 @@ class AdbTransport(BaseTransport):
             return None
         return RemoteStat(size, mode, float(mtime), (mode & 0o170000) == 0o040000)
 
-    def _upload(self, local: str, remote: str, progress: Progress | None) -> None:
+    def _upload(self, source: UploadSource, remote: str, progress: Progress | None) -> None:
         """Sync SEND into ``remote`` (the push's temporary name); retried from scratch when the link drops."""
-        total = os.path.getsize(local)
+        total = source.size
 
         def attempt():
             done = 0
             with self._sync(timeout=max(self.connect_timeout * 6, 60.0)) as c:
                 self._req(c, b"SEND", f"{remote},{0o100644}")
-                with open(local, "rb") as f:
+                with source.open() as f:
                     while True:
                         chunk = f.read(SYNC_CHUNK)
                         if not chunk:

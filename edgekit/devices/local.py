@@ -15,6 +15,7 @@ from edgekit.devices.transport import (
     BaseTransport,
     Progress,
     RemoteStat,
+    UploadSource,
     ShellResult,
     classify_failure,
     parse_kv,
@@ -118,11 +119,11 @@ class LocalTransport(BaseTransport):
         st = os.statvfs(d or "/")
         return st.f_bavail * st.f_frsize
 
-    def _upload(self, local: str, remote: str, progress: Progress | None) -> None:
-        total = os.path.getsize(local)
+    def _upload(self, source: UploadSource, remote: str, progress: Progress | None) -> None:
+        total = source.size
         done = 0
         try:
-            with open(local, "rb") as src, open(remote, "wb") as dst:
+            with source.open() as src, open(remote, "wb") as dst:
                 while True:
                     b = src.read(_CHUNK)
                     if not b:

@@ -21,6 +21,7 @@ import os
 import posixpath
 import shlex
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, runtime_checkable
@@ -32,7 +33,21 @@ from edgekit.errors import (
     StorageFull,
     TransportTimeout,
 )
-from edgekit.fsutil import sha256_file
+from edgekit.devices.hashing import (
+    FOLLOW_BLOCK,
+    FOLLOW_SCRIPT,
+    FINALIZE_SCRIPT,
+    PROBE_SCRIPT,
+    SHA256_SCRIPT,
+    SIDECAR_SUFFIX,
+    WRITE_SIDECAR,
+    RemoteFileState,
+    UploadSource,
+    cached_sha256,
+    local_sha256,
+    parse_probe,
+    store_sha256,
+)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -74,7 +89,8 @@ class Transport(Protocol):
 
     name: str
 
-    def push(self, local: str | os.PathLike, remote: str, progress: Progress | None = None) -> PushResult: ...
+    def push(self, local: str | os.PathLike, remote: str, progress: Progress | None = None,
+             verify: bool = False) -> PushResult: ...
     def pull(self, remote: str, local: str | os.PathLike) -> None: ...
     def shell(self, argv: list[str], check: bool = True, timeout: float | None = None) -> ShellResult: ...
     def stat(self, remote: str) -> RemoteStat | None: ...
@@ -201,7 +217,8 @@ class BaseTransport:
     def _run(self, cmdline: str, timeout: float) -> ShellResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _upload(self, local: str, remote: str, progress: Progress | None) -> None:  # pragma: no cover
+    def _upload(self, source: UploadSource, remote: str, progress: Progress | None) -> None:  # pragma: no cover
+        """Write the bytes of ``source`` (read them with ``source.open()``, once per attempt) to ``remote``."""
         raise NotImplementedError
 
     def _download(self, remote: str, local: str) -> None:  # pragma: no cover
@@ -254,7 +271,7 @@ class BaseTransport:
 
     # file helpers --------------------------------------------------------------------
     def sha256(self, remote: str, timeout: float | None = None) -> str:
-        res = self.shell(["sha256sum", self.expand(remote)], timeout=timeout)
+        res = self.sh(SHA256_SCRIPT, self.expand(remote), timeout=timeout)
         return parse_sha256sum(res.stdout)
 
     def makedirs(self, remote_dir: str) -> None:
@@ -264,7 +281,9 @@ class BaseTransport:
         self.shell(["mv", "-f", self.expand(src), self.expand(dst)], timeout=self.connect_timeout + 30)
 
     def remove(self, remote: str) -> None:
-        self.shell(["rm", "-f", self.expand(remote)], check=False, timeout=self.connect_timeout + 30)
+        """Remove a file and the sidecar a push left beside it."""
+        remote = self.expand(remote)
+        self.shell(["rm", "-f", remote, self.sidecar_name(remote)], check=False, timeout=self.connect_timeout + 30)
 
     def free_bytes(self, remote_dir: str) -> int:
         """Free bytes on the file system holding ``remote_dir`` (or its nearest existing parent)."""
@@ -280,8 +299,36 @@ class BaseTransport:
         d, base = posixpath.split(remote)
         return posixpath.join(d, f".{base}{PART_SUFFIX}")
 
-    def push(self, local: str | os.PathLike, remote: str, progress: Progress | None = None) -> PushResult:
-        """Push ``local`` to ``remote`` (a file path), verified and atomic; skip when identical."""
+    def sidecar_name(self, remote: str) -> str:
+        """``.NAME.edgekit-sha256``: the sha256 verified on the device, with the file's stat then."""
+        d, base = posixpath.split(remote)
+        return posixpath.join(d, f".{base}{SIDECAR_SUFFIX}")
+
+    def _probe(self, remote: str) -> RemoteFileState | str:
+        """One round trip: "missing", "dir", or the file's stat and what its sidecar vouches for."""
+        res = self.sh(PROBE_SCRIPT, remote, self.sidecar_name(remote), timeout=self.connect_timeout + 30)
+        try:
+            return parse_probe(res.stdout)
+        except ValueError as exc:
+            raise DeviceError(f"{self.name}: cannot read the state of {remote}: {exc}") from exc
+
+    def _write_sidecar(self, remote: str, digest: str) -> None:
+        self.sh(WRITE_SIDECAR, remote, self.sidecar_name(remote), digest, check=False,
+                timeout=self.connect_timeout + 30)
+
+    def _start_follower(self, part: str, size: int) -> "_Follower":
+        return _Follower(self, part, size)
+
+    def push(self, local: str | os.PathLike, remote: str, progress: Progress | None = None,
+             verify: bool = False) -> PushResult:
+        """Push ``local`` to ``remote`` (a file path), verified on the device and atomic; skip when identical.
+
+        An identical file is recognised by its sidecar (sha256 verified on the device at
+        the last push, still matching the file's size, mtime, ctime and inode) or, without
+        a trustworthy sidecar, by hashing it on the device. ``verify=True`` ignores the
+        sidecar and rehashes the device's file, and after an upload reads the new file
+        back in full once more.
+        """
         local = os.fspath(local)
         if not os.path.isfile(local):
             from edgekit.errors import UsageError
@@ -289,17 +336,24 @@ class BaseTransport:
             raise UsageError(f"{local}: no such file", hint="pass the path of a built bundle")
         t0 = time.monotonic()
         remote = self.expand(remote)
-        size = os.path.getsize(local)
-        digest = sha256_file(local)
+        lst = os.stat(local)
+        size = lst.st_size
+        digest = cached_sha256(local, lst)
         hash_timeout = max(60.0, size / 20e6)  # 20 MB/s is slow for sha256 even on a phone
-        existing = self.stat(remote)
-        if existing is not None and not existing.is_dir and existing.size == size:
-            if self.sha256(remote, timeout=hash_timeout) == digest:
-                return PushResult(False, digest, size, time.monotonic() - t0, remote)
-        if existing is not None and existing.is_dir:
+        state = self._probe(remote)
+        if state == "dir":
             from edgekit.errors import UsageError
 
             raise UsageError(f"{self.name}:{remote} is a folder", hint="give the remote file path")
+        if isinstance(state, RemoteFileState) and state.size == size:
+            if digest is None:
+                digest = local_sha256(local)
+            if not verify and state.sidecar_sha is not None:
+                if state.sidecar_sha == digest:
+                    return PushResult(False, digest, size, time.monotonic() - t0, remote)
+            elif self.sha256(remote, timeout=hash_timeout) == digest:
+                self._write_sidecar(remote, digest)
+                return PushResult(False, digest, size, time.monotonic() - t0, remote)
         parent = posixpath.dirname(remote) or "."
         self.makedirs(parent)
         part = self.part_name(remote)
@@ -311,15 +365,44 @@ class BaseTransport:
             raise StorageFull(
                 f"{self.name}: {need / 1e6:.1f} MB needed in {parent}, {free / 1e6:.1f} MB free",
             )
-        self._upload(local, part, progress)
-        got = self.sha256(part, timeout=hash_timeout)
+        if have:
+            self.remove(part)  # the follower must never read an older attempt's bytes
+        source = UploadSource(local)
+        follower = self._start_follower(part, size)
+        restarted = [False]
+        last = [0]
+
+        def track(done: int, total: int) -> None:
+            if done < last[0]:
+                restarted[0] = True  # a retried upload rewrote the file: the follower's read is void
+            last[0] = done
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            self._upload(source, part, track)
+        except BaseException:
+            follower.cancel()
+            raise
+        sent_digest = source.digest()
+        if sent_digest is None:
+            follower.cancel()
+            raise DeviceError(f"{self.name}: {local} changed size while it was pushed", hint="push again")
+        if source.attempts > 1:
+            restarted[0] = True
+        if digest != sent_digest:
+            digest = sent_digest
+        store_sha256(local, lst, digest)
+        got = follower.result(timeout=hash_timeout)
+        if got != digest or restarted[0] or verify:
+            got = self.sha256(part, timeout=hash_timeout)  # read the whole file back once more
         if got != digest:
             self.remove(part)
             raise DeviceError(
                 f"{self.name}: checksum mismatch after push to {remote} (device {got[:12]}, local {digest[:12]})",
                 hint="push again; if it repeats, check the link and the device storage",
             )
-        self.rename(part, remote)
+        self.sh(FINALIZE_SCRIPT, part, remote, self.sidecar_name(remote), digest, timeout=self.connect_timeout + 30)
         return PushResult(True, digest, size, time.monotonic() - t0, remote)
 
     def pull(self, remote: str, local: str | os.PathLike) -> None:
@@ -340,6 +423,34 @@ class BaseTransport:
         for n in names:
             self.pull(posixpath.join(remote_dir, n), os.path.join(os.fspath(local_dir), n))
         return names
+
+
+class _Follower:
+    """FOLLOW_SCRIPT running on the device in a thread while the upload writes the part file."""
+
+    def __init__(self, transport: BaseTransport, part: str, size: int, stall_s: int = 10):
+        self._t = transport
+        self._sha: str | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(part, size, stall_s),
+                                        name="edgekit-follow", daemon=True)
+        self._thread.start()
+
+    def _run(self, part: str, size: int, stall_s: int) -> None:
+        try:
+            res = self._t.sh(FOLLOW_SCRIPT, part, str(size), str(FOLLOW_BLOCK), str(stall_s), check=False,
+                             timeout=max(120.0, size / 5e6))
+            if res.exit_code == 0 and "edgekit-follow done" in res.stderr and not self._cancelled.is_set():
+                self._sha = parse_sha256sum(res.stdout)
+        except Exception:  # any failure only means the file is hashed once more afterwards
+            self._sha = None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def result(self, timeout: float) -> str | None:
+        self._thread.join(timeout)
+        return None if self._thread.is_alive() or self._cancelled.is_set() else self._sha
 
 
 def timeout_error(name: str, what: str, seconds: float) -> TransportTimeout:
