@@ -20,9 +20,11 @@ from edgekit.errors import UsageError
 @click.option("--remote", default=None, help="Path on the device (default WORK_DIR/bundles/NAME).")
 @click.option("--serial", default=None, help="adb serial (overrides the profile and ANDROID_SERIAL).")
 @click.option("--accept-new-host-key", is_flag=True, help="Accept and record an unknown ssh host key.")
+@click.option("--rehash", "--verify", "rehash", is_flag=True,
+              help="Do not trust the device's recorded checksum: hash the device's file in full.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(bundle: Path, device: str, remote: str | None, serial: str | None, accept_new_host_key: bool,
-            as_json: bool) -> int:
+            rehash: bool, as_json: bool) -> int:
     """Push BUNDLE to the device: written under a temporary name, sha256 verified on the
     device, then renamed; an identical file already there is not sent again."""
     if not bundle.is_file():
@@ -36,7 +38,7 @@ def command(bundle: Path, device: str, remote: str | None, serial: str | None, a
     with open_transport(profile, **opts) as t:
         dest = remote or posixpath.join(profile.work_dir, "bundles", bundle.name)
         progress = default_progress(f"push {bundle.name}")
-        r = t.push(bundle, dest, progress=progress)
+        r = t.push(bundle, dest, progress=progress, verify=rehash)
     rate = r.bytes / r.seconds / 1e6 if r.sent and r.seconds > 0 else None
     if as_json:
         click.echo(json.dumps({"device": profile.name, "local": os.fspath(bundle), "remote": r.remote,

@@ -104,20 +104,35 @@ class _HashingReader:
 
 class UploadSource:
     """The local file of one push. ``open()`` gives a hashing reader (one per attempt);
-    ``digest()`` is the sha256 of the last reader that was read to the end."""
+    ``digest()`` is the sha256 of the last reader that was read to the end.
 
-    def __init__(self, path: str):
+    With ``known_sha`` (from the cache, valid for the stat ``known_stat``) the file is read
+    without hashing, and ``digest()`` returns it only if the file's stat is unchanged."""
+
+    def __init__(self, path: str, known_sha: str | None = None, known_stat: os.stat_result | None = None):
         self.path = path
         self.size = os.path.getsize(path)
         self._last: _HashingReader | None = None
+        self._known = (known_sha, known_stat) if known_sha and known_stat else None
         self.attempts = 0
 
-    def open(self) -> _HashingReader:
+    def open(self):
         self.attempts += 1
+        if self._known is not None:
+            return open(self.path, "rb")
         self._last = _HashingReader(self.path)
         return self._last
 
     def digest(self) -> str | None:
+        if self._known is not None:
+            sha, before = self._known
+            try:
+                now = os.stat(self.path)
+            except OSError:
+                return None
+            same = (now.st_size, now.st_mtime_ns, now.st_ctime_ns, now.st_ino) == (
+                before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+            return sha if same else None
         r = self._last
         if r is None:
             return None
@@ -153,16 +168,20 @@ def cached_sha256(path: str, st: os.stat_result | None = None) -> str | None:
     return sha if isinstance(sha, str) and len(sha) == 64 else None
 
 
-def store_sha256(path: str, before: os.stat_result, sha: str, granularity_s: float = 2.0) -> bool:
-    """Record ``sha`` for ``path`` if the file is unchanged since ``before`` (its stat when the
-    read began) and its timestamps are old enough that a later change would move them."""
+def store_sha256(path: str, before: os.stat_result, sha: str, before_ns: int | None = None,
+                 granularity_s: float = 2.0) -> bool:
+    """Record ``sha`` for ``path`` if the file is unchanged since ``before`` (its stat taken at
+    wall time ``before_ns``, before the read began) and its timestamps were at least
+    ``granularity_s`` older than that stat: a change right after the stat, within the same
+    timestamp tick, could otherwise leave the stat as it was."""
     try:
         after = os.stat(path)
     except OSError:
         return False
     same = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
         before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
-    if not same or time.time_ns() - max(after.st_mtime_ns, after.st_ctime_ns) < granularity_s * 1e9:
+    when = before_ns if before_ns is not None else time.time_ns()
+    if not same or when - max(before.st_mtime_ns, before.st_ctime_ns) < granularity_s * 1e9:
         return False
     key, ident = _key(path, after)
     try:
@@ -177,12 +196,13 @@ def store_sha256(path: str, before: os.stat_result, sha: str, granularity_s: flo
 def local_sha256(path: str) -> str:
     """sha256 of a local file, from the cache when unchanged (and cached afterwards)."""
     st = os.stat(path)
+    t = time.time_ns()
     sha = cached_sha256(path, st)
     if sha is None:
         from edgekit.fsutil import sha256_file
 
         sha = sha256_file(path)
-        store_sha256(path, st, sha)
+        store_sha256(path, st, sha, before_ns=t)
     return sha
 
 

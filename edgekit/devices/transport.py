@@ -337,6 +337,7 @@ class BaseTransport:
         t0 = time.monotonic()
         remote = self.expand(remote)
         lst = os.stat(local)
+        lst_ns = time.time_ns()
         size = lst.st_size
         digest = cached_sha256(local, lst)
         hash_timeout = max(60.0, size / 20e6)  # 20 MB/s is slow for sha256 even on a phone
@@ -367,7 +368,7 @@ class BaseTransport:
             )
         if have:
             self.remove(part)  # the follower must never read an older attempt's bytes
-        source = UploadSource(local)
+        source = UploadSource(local, known_sha=digest, known_stat=lst)  # hashes while reading unless cached
         follower = self._start_follower(part, size)
         restarted = [False]
         last = [0]
@@ -387,12 +388,12 @@ class BaseTransport:
         sent_digest = source.digest()
         if sent_digest is None:
             follower.cancel()
-            raise DeviceError(f"{self.name}: {local} changed size while it was pushed", hint="push again")
+            self.remove(part)
+            raise DeviceError(f"{self.name}: {local} changed while it was pushed", hint="push again")
         if source.attempts > 1:
             restarted[0] = True
-        if digest != sent_digest:
-            digest = sent_digest
-        store_sha256(local, lst, digest)
+        digest = sent_digest
+        store_sha256(local, lst, digest, before_ns=lst_ns)
         got = follower.result(timeout=hash_timeout)
         if got != digest or restarted[0] or verify:
             got = self.sha256(part, timeout=hash_timeout)  # read the whole file back once more
