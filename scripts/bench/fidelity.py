@@ -13,9 +13,12 @@ Rounds alternate the two tools, ``--rounds`` times:
   * `edgekit bench --device host --bundle B --no-baseline --backend litert_lm
     --warmup 1 --reps R` (one runner process per run), figures = medians;
   * `litert-lm benchmark B -p P -d D --runs R --cpu-thread-count T --backend cpu
-    --max-num-tokens N --cache no --ringbuffers-local-attention false` (one process,
+    --max-num-tokens N --cache disk --ringbuffers-local-attention false` (one process,
     one warmup, the mean of R runs: what that tool prints). `--max-num-tokens` and
-    `--cache no` match the Engine edgekit's runner opens; the runner leaves ring buffers
+    `--cache disk` match the Engine edgekit's runner opens (its default cache_dir
+    writes an XNNPACK weight cache next to the bundle, `<bundle>_<mtime>_<size>.xnnpack_cache`,
+    and reuses it; with `--cache no` litert-lm repacks the weights on every load and
+    the two tools do not compare like for like); the runner leaves ring buffers
     to the library default while the CLI would force them on, so they are set off
     here (a 2-run check on the e2b w4 fp16 bundle moved decode by ~14%, inside the
     spread this shared machine shows).
@@ -90,7 +93,7 @@ def runner_direct(bundle: Path, prefill: int, decode: int, reps: int, threads: i
 def litert_lm_benchmark(bundle: Path, prefill: int, decode: int, runs: int, threads: int,
                         max_tokens: int) -> dict:
     argv = [str(C.VENV_BIN / "litert-lm"), "benchmark", str(bundle), "-p", str(prefill), "-d", str(decode),
-            "--runs", str(runs), "--backend", "cpu", "--max-num-tokens", str(max_tokens), "--cache", "no",
+            "--runs", str(runs), "--backend", "cpu", "--max-num-tokens", str(max_tokens), "--cache", "disk",
             "--ringbuffers-local-attention", "false"]
     if threads:
         argv += ["--cpu-thread-count", str(threads)]
