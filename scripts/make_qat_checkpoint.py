@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,8 @@ def _token_batches(tokenizer_dir: Path, corpus: Path, seq: int, batch: int, n: i
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    if not corpus.is_file():  # the corpus is made offline from Python's own docstrings
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_corpus.py"), str(corpus.parent)], check=True)
     text = corpus.read_text(encoding="utf-8", errors="replace")
     ids = np.array(tok.encode(text).ids, dtype=np.int64)
     rng = np.random.default_rng(seed)
