@@ -6,10 +6,16 @@ A transport moves files and runs commands on one device. Concrete transports
 ``identity``); everything else lives here once:
 
 * ``push`` writes to a temporary name beside the target, verifies the sha256 *on the
-  device* (``sha256sum``: coreutils, busybox and toybox all have it), then renames.
-  An identical file already in place (same size and same sha256) is not sent again.
-  An interrupted push leaves only the temporary name, which nothing reads as complete;
-  the next push overwrites it and finishes.
+  device*, then renames. The device hashes the temporary file while it grows (the
+  follower, see ``edgekit/devices/hashing.py``; openssl when present, else sha256sum,
+  which coreutils, busybox and toybox all have); the local file is hashed while it is
+  read for the upload (or taken from the local sha256 cache). After the rename a
+  sidecar ``.NAME.edgekit-sha256`` records the verified sha256 with the file's stat, so
+  an unchanged file is recognised without hashing it again; a sidecar whose stat no
+  longer matches is ignored and the file is hashed. An identical file already in place
+  (same size and same sha256) is not sent again. An interrupted push leaves only the
+  temporary name, which nothing reads as complete, and no new sidecar; the next push
+  overwrites it and finishes.
 * ``shell`` takes an argv list and quotes every element with :func:`shlex.quote`
   before it reaches a remote shell; a non-zero exit raises unless ``check=False``.
 * ``free_bytes`` parses ``df -Pk`` the same way on toybox, busybox and coreutils.
