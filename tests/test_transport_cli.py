@@ -53,6 +53,25 @@ def test_push_to_host_sent_then_skipped(tmp_path, capsys, monkeypatch):
     assert out.startswith("skipped") and digest in out and "bytes: 1234567" in out
 
 
+def test_push_rehash_ignores_the_sidecar(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    blob = tmp_path / "r.litertlm"
+    digest = _blob(blob, 300_000, seed=5)
+    assert main(["push", str(blob), "--device", "host", "--json"]) == 0
+    dest = Path(json.loads(capsys.readouterr().out)["remote"])
+    # corrupt the device copy and forge a sidecar that matches its new stat
+    from edgekit.devices.local import LocalTransport
+
+    dest.write_bytes(b"\0" * 300_000)
+    LocalTransport()._write_sidecar(str(dest), digest)
+    assert main(["push", str(blob), "--device", "host", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] is False  # the sidecar is believed
+    assert main(["push", str(blob), "--device", "host", "--rehash", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sent"] is True
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+
+
 def test_devices_lists_host_reachable(capsys):
     assert main(["devices", "--json", "--timeout", "5", "host"]) == 0
     rows = json.loads(capsys.readouterr().out)

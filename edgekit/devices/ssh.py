@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import stat as stat_mod
+import threading
 import time
 
 import paramiko
@@ -109,6 +110,7 @@ class SshTransport(BaseTransport):
         self.retries = max(1, int(retries))
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._reconnect_lock = threading.Lock()  # push's follower thread shares the connection
         self.connect()
 
     @classmethod
@@ -232,12 +234,13 @@ class SshTransport(BaseTransport):
             t.close()
 
     def _transport(self) -> paramiko.Transport:
-        t = self._client.get_transport() if self._client is not None else None
-        if t is None or not t.is_active():
-            self._sftp = None
-            self.connect()
-            t = self._client.get_transport()
-        return t
+        with self._reconnect_lock:
+            t = self._client.get_transport() if self._client is not None else None
+            if t is None or not t.is_active():
+                self._sftp = None
+                self.connect()
+                t = self._client.get_transport()
+            return t
 
     def close(self) -> None:
         if self._sftp is not None:
