@@ -141,3 +141,36 @@ def test_runner_single_copied_file(tiny_bundle, tmp_path):
     recs = [json.loads(l) for l in p.stdout.splitlines()]
     assert recs[0]["runner_path"] == str(copy) and recs[0]["backend"] == "litert_lm"
     _check_runs(recs, 8, 4, 0, 1)
+
+
+def test_prompt_word_is_one_token_per_repetition_for_this_tokenizer():
+    """A byte-level tokenizer makes ' the' four tokens: the runner picks a word that is one."""
+    from edgekit.runtime.runner import LiteRtLmBackend, RunnerError
+
+    class ByteEngine:
+        bos_token_id = 2
+
+        def tokenize(self, text):
+            return list(text.encode())
+
+    b = LiteRtLmBackend.__new__(LiteRtLmBackend)
+    b.engine, b._prompt, b._prompt_tokens = ByteEngine(), None, None
+    text = b.prompt(16)
+    assert len(ByteEngine().tokenize(text)) + 1 == 16 and set(text) == {"a"}
+
+    class MergingEngine(ByteEngine):
+        def tokenize(self, text):  # merges everything: no word works
+            return [0]
+
+    b.engine, b._prompt = MergingEngine(), None
+    with pytest.raises(RunnerError, match="no fixed prompt tokenizes to exactly 16 tokens"):
+        b.prompt(16)
+
+
+@pytest.mark.slow
+def test_runner_takes_a_verified_sha256_instead_of_hashing(tiny_bundle):
+    given = "ab" * 32
+    code, recs, err = _run([tiny_bundle, "--prefill", "8", "--decode", "2", "--warmup", "0", "--reps", "1",
+                            "--backend", "interpreter", "--sha256", given.upper()])
+    assert code == 0, err[-2000:]
+    assert recs[0]["bundle_sha256"] == given and recs[0]["bundle_sha256_source"] == "given"

@@ -343,7 +343,8 @@ class Session:
                       f"({size / 1e6:.2f} MB, {dt:.1f} s)")
         return getattr(res, "remote", None) or remote
 
-    def _runner_argv(self, remote_bundle: str, threads: int | None, backend: str | None) -> tuple[list[str], str]:
+    def _runner_argv(self, remote_bundle: str, sha256: str, threads: int | None,
+                     backend: str | None) -> tuple[list[str], str]:
         r = self.profile.runner
         p = self.plan
         if r.kind == "python":
@@ -352,7 +353,7 @@ class Session:
                 python = self.transport.expand(python)
             argv = ["env", f"PYTHONPATH={self.pyroot}", python, "-m", "edgekit.runtime.runner", remote_bundle,
                     "--prefill", str(p.prefill), "--decode", str(p.decode), "--warmup", "0", "--reps", "1",
-                    "--backend", backend or "auto"]
+                    "--backend", backend or "auto", "--sha256", sha256]
             if threads:
                 argv += ["--threads", str(threads)]
             return argv, "python"
@@ -455,7 +456,7 @@ class Session:
                     time.sleep(p.cooldown_s)
                 name = f"{order:02d}-{role}-{phase}-{idx}"
                 rdir = posixpath.join(session_dir, name)
-                runner_argv, _ = self._runner_argv(remote[role], threads, backend)
+                runner_argv, _ = self._runner_argv(remote[role], bundles[role].sha256, threads, backend)
                 argv = ["sh", self.remote_harness, "-o", rdir, "-i", str(interval)]
                 if affinity:
                     argv += ["-a", affinity]

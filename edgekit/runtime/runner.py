@@ -39,7 +39,10 @@ from typing import Any, Callable, TextIO
 
 SCHEMA = 1
 RUNNER_NAME = "edgekit-runner"
-PROMPT_WORD = " the"  # one token in Gemma's (and the tiny) tokenizer; checked at run time
+# Candidate prompt words, tried in order: the first that the bundle's tokenizer turns
+# into exactly one token per repetition is used (" the" in Gemma's and the tiny
+# tokenizer; a single byte in byte-level tokenizers without merges).
+PROMPT_WORDS = (" the", " a", " and", " of", "the", "a", "x", "0", " ")
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 
@@ -123,10 +126,15 @@ class LiteRtLmBackend:
         if self._prompt is None or self._prompt_tokens != n:
             bos = 1 if self.engine.bos_token_id is not None else 0
             words = max(n - bos, 1)
-            text = PROMPT_WORD * words
-            got = len(self.engine.tokenize(text)) + bos
-            if got != n:
-                raise RunnerError(f"the fixed prompt tokenizes to {got} tokens, not {n}; this tokenizer is not supported")
+            counts = {}
+            for word in PROMPT_WORDS:
+                text = word * words
+                counts[word] = len(self.engine.tokenize(text)) + bos
+                if counts[word] == n:
+                    break
+            else:
+                raise RunnerError(f"no fixed prompt tokenizes to exactly {n} tokens with this tokenizer "
+                                  f"(tried {counts}); use the interpreter backend")
             self._prompt, self._prompt_tokens = text, n
         return self._prompt
 
@@ -307,7 +315,10 @@ def run(args: argparse.Namespace, emit: Callable[[dict], None]) -> int:
         emit(start)
         emit({"event": "error", "message": f"bundle not found: {bundle}"})
         return EXIT_FAILED
-    start["bundle_sha256"] = sha256_file(bundle)
+    if args.sha256:  # verified by the caller (edgekit push checks it on the device): not hashed again
+        start["bundle_sha256"], start["bundle_sha256_source"] = args.sha256.lower(), "given"
+    else:
+        start["bundle_sha256"], start["bundle_sha256_source"] = sha256_file(bundle), "hashed"
     t0 = time.perf_counter()
     try:
         backend, fallback = open_backend(args.backend, bundle, args.threads, args.max_tokens)
@@ -368,6 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("auto", "litert_lm", "interpreter"), default="auto")
     p.add_argument("--max-tokens", type=int, default=None, help="KV cache size for the engine")
     p.add_argument("--out", default=None, help="JSONL file (default: stdout)")
+    p.add_argument("--sha256", default=None,
+                   help="the bundle's sha256 as already verified on this device (skips hashing it again)")
     a = p.parse_args(argv)
     for name in ("prefill", "decode", "reps"):
         if getattr(a, name) < 1:
