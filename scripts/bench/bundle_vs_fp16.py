@@ -84,7 +84,7 @@ def bench(cand: Path, base: Path | None, reps: int, warmup: int, prefill: int, d
 # the same harness and runner as `edgekit bench --device host` (android_harness/harness.sh sampling /proc,
 # edgekit.runtime.runner on litert_lm) with only the prompt word changed, and reads the traces with
 # edgekit.bench.traces / edgekit.bench.session like the session does.
-_RUNNER_SHIM = "import sys, edgekit.runtime.runner as r; r.PROMPT_WORD = sys.argv[1]; sys.exit(r.main(sys.argv[2:]))"
+_RUNNER_SHIM = "import sys, edgekit.runtime.runner as r; r.PROMPT_WORDS = (sys.argv[1],) + r.PROMPT_WORDS; sys.exit(r.main(sys.argv[2:]))"
 
 
 def engine_direct(bundles: dict[str, Path], warmup: int, reps: int, prefill: int, decode: int,

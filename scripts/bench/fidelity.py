@@ -54,7 +54,7 @@ def host_threads() -> int:
 # which that is not one token (the random E2B checkpoints' byte-level tokenizer gives 4). Here the runner
 # module is run unchanged except for that one constant, set to a word that is one token for the bundle.
 _RUNNER_SHIM = (
-    "import sys, edgekit.runtime.runner as r; r.PROMPT_WORD = sys.argv[1]; sys.exit(r.main(sys.argv[2:]))"
+    "import sys, edgekit.runtime.runner as r; r.PROMPT_WORDS = (sys.argv[1],) + r.PROMPT_WORDS; sys.exit(r.main(sys.argv[2:]))"
 )
 
 
