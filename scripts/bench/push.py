@@ -137,8 +137,8 @@ def bench_target(name: str, local: Path, reps: int) -> dict:
         again = t.push(local, ek_remote)
         repush = time.monotonic() - t0
         C.log(f"{name}: re-push unchanged {repush:.3f} s (sent={again.sent})")
-        for path in (raw_remote, ek_remote):
-            t.shell(["rm", "-f", path], check=False)
+        t.remove(ek_remote)  # the file and its checksum sidecar
+        t.shell(["rm", "-f", raw_remote], check=False)
         t.shell(["rmdir", rdir], check=False)
         gone = t.stat(ek_remote) is None and t.stat(raw_remote) is None
     finally:
