@@ -54,7 +54,9 @@ def _check_runs(recs, prefill, decode, warmup, reps):
         assert r["ttft_ms"] == pytest.approx(r["prefill_ms"] + r["token_ms"][0])
         assert r["t_start"] <= r["t_end"]
         assert (r["t_end"] - r["t_start"]) * 1000 >= r["prefill_ms"] + r["decode_ms"] - 1
-    assert recs[-1] == {"event": "end", "status": "ok"}
+    end = recs[-1]
+    assert {k: end[k] for k in ("event", "status")} == {"event": "end", "status": "ok"}
+    assert end["t"] >= max(r["t_end"] for r in runs)
     return start, runs
 
 
@@ -70,6 +72,30 @@ def test_runner_backends(tiny_bundle, backend):
 
     assert start["bundle_sha256"] == sha256_file(tiny_bundle)
     assert start["runtime"]["ai_edge_litert"] and start["runtime"]["litert_lm_api"]
+    if backend == "litert_lm":
+        for r in runs:  # the engine's own BenchmarkInfo of the same run, beside edgekit's wall-clock figures
+            assert r["engine_prefill_tokens"] == 16 and r["engine_decode_tokens"] == 8
+            assert r["engine_prefill_tps"] > 0 and r["engine_decode_tps"] > 0
+            # decode is timed by the same steps: the callback stamps vs the engine's turn timer
+            assert r["decode_tps"] == pytest.approx(r["engine_decode_tps"], rel=0.25)
+
+
+@pytest.mark.slow
+def test_runner_fresh_engine_reloads_per_run(tiny_bundle):
+    code, recs, err = _run([tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1", "--reps", "2",
+                            "--threads", "1", "--backend", "litert_lm", "--fresh-engine"])
+    assert code == 0, err[-2000:]
+    start, runs = _check_runs(recs, 16, 8, 1, 2)
+    assert start["fresh_engine"] is True
+    assert all(r["init_ms"] > 0 for r in runs)
+    assert runs[0]["init_ms"] == recs[1]["init_ms"]  # the first run uses the engine loaded at start
+    # each later run loaded its own engine: LiteRT logs more environment creations than with one engine
+    code1, recs1, err1 = _run([tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1", "--reps", "2",
+                               "--threads", "1", "--backend", "litert_lm"])
+    assert code1 == 0 and recs1[0]["fresh_engine"] is False
+    assert all("init_ms" not in r for r in recs1 if r["event"] == "run")
+    marker = "Creating LiteRT environment"
+    assert err.count(marker) > err1.count(marker) >= 1
 
 
 @pytest.mark.slow

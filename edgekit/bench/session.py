@@ -24,6 +24,7 @@ import posixpath
 import shutil
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,6 @@ from typing import Any, Callable, Sequence
 from edgekit import __version__
 from edgekit.bench.traces import RunTrace, parse_trace_dir
 from edgekit.errors import BenchmarkFailed, DeviceError, EdgekitError, NotComparable, UsageError
-from edgekit.fsutil import sha256_file
 from edgekit.results.records import (
     BASELINE,
     CANDIDATE,
@@ -149,7 +149,11 @@ def bundle_info(path: Path) -> BundleInfo:
         text_only = _dig(manifest, "build", "text_only")
     if not isinstance(text_only, bool):
         text_only = d_text
-    return BundleInfo(path=str(path), sha256=sha256_file(path), bytes=path.stat().st_size, model=model,
+    # The local sha256 cache that push uses too (edgekit.devices.hashing: keyed by path, size,
+    # mtime, ctime, inode): an unchanged bundle is hashed once, not by every bench and every push.
+    from edgekit.devices.hashing import local_sha256
+
+    return BundleInfo(path=str(path), sha256=local_sha256(str(path)), bytes=path.stat().st_size, model=model,
                       scheme=scheme, text_only=text_only, manifest=manifest)
 
 
@@ -314,7 +318,8 @@ class Session:
     """Runs one plan on one device profile. Use :func:`run_bench`."""
 
     def __init__(self, profile, plan: BenchPlan, progress: Progress = stderr_progress,
-                 transport_factory: Callable | None = None):
+                 transport_factory: Callable | None = None, background: Callable[[], None] | None = None):
+        self.background = background
         self.profile = profile
         self.plan = plan
         self.progress = progress
@@ -445,10 +450,20 @@ class Session:
             self.progress(f"bench on {prof.name} ({prof.transport}): {len(bundles)} bundle(s), "
                           f"warmup {p.warmup}, reps {p.reps}, prefill {p.prefill}, decode {p.decode}, "
                           f"threads {threads or 'default'}")
+            bg = None
+            if self.background is not None:
+                # work the caller needs later (e.g. the report views' imports), overlapped with the
+                # device preparation (connect, pushes) and joined before the first run, so it never
+                # runs beside a measured run
+                bg = threading.Thread(target=_quietly, args=(self.background,), name="edgekit-background",
+                                      daemon=True)
+                bg.start()
             self.transport = self._open()
             identity = dict(self.transport.identity())
             device = DeviceInfo(prof.name, prof.transport, identity)
             remote = self._prepare_device(bundles)
+            if bg is not None:
+                bg.join()
             session_dir = posixpath.join(self.work, "traces", f"{stamp}-{os.getpid()}")
             plan = schedule(p.warmup, p.reps, BASELINE in bundles)
             for order, (role, phase, idx) in enumerate(plan):
@@ -526,6 +541,13 @@ class Session:
         return res_obj
 
 
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - optional preparation: the caller does the work again when it needs it
+        pass
+
+
 def _f(v: float | None, unit: str) -> str:
     if v is None:
         return "n/a"
@@ -546,12 +568,14 @@ class BenchOutcome:
 
 def run_bench(profile, plan: BenchPlan, progress: Progress = stderr_progress,
               finalize: Callable[[Path, BenchResult], None] | None = None,
-              transport_factory: Callable | None = None) -> BenchOutcome:
+              transport_factory: Callable | None = None,
+              background: Callable[[], None] | None = None) -> BenchOutcome:
     """Bench ``plan.candidate`` against ``plan.baseline`` on ``profile``; write the result folder.
 
     ``finalize(folder, result)`` is called on the still-partial folder before it is
     renamed into place (the CLI writes the Markdown/HTML/JUnit views there), so a
-    complete folder appears at once.
+    complete folder appears at once. ``background()`` runs in a thread while the device
+    is prepared and is joined before the first run (the CLI preloads the report imports).
     """
     plan.validate()
     cand = bundle_info(Path(plan.candidate))
@@ -567,6 +591,6 @@ def run_bench(profile, plan: BenchPlan, progress: Progress = stderr_progress,
     while folder.exists():
         n += 1
         folder = Path(plan.output) / f"{stamp}-{profile.name}-{n}"
-    session = Session(profile, plan, progress, transport_factory)
+    session = Session(profile, plan, progress, transport_factory, background)
     result = session.run(bundles, folder, finalize)
     return BenchOutcome(result, folder, tuple(mismatches))

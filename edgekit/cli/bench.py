@@ -57,6 +57,7 @@ def command(device: str, bundle: Path | None, model: str | None, text_only: bool
     from edgekit.report.context import build_context
     from edgekit.report.folder import write_views
     from edgekit.report.junit import render_junit
+    from edgekit.report.plots import preload as preload_reports
     from edgekit.report.terminal import render_context
     from edgekit.errors import NotComparable
     from edgekit.results.compare import NOT_COMPARABLE
@@ -96,7 +97,7 @@ def command(device: str, bundle: Path | None, model: str | None, text_only: bool
             atomic_write_text(junit, render_junit(ctx.gate, timestamp=result.created))
 
     try:
-        outcome = run_bench(profile, plan, finalize=finalize)
+        outcome = run_bench(profile, plan, finalize=finalize, background=preload_reports)
     except NotComparable as exc:
         if junit is not None:  # CI still gets one testcase per threshold, each "not comparable"
             gate = undecided_gate(thresholds, exc.message, profile.name, NOT_COMPARABLE)

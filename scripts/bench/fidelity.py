@@ -11,20 +11,35 @@ output is parsed, never its exit code trusted).
 
 Rounds alternate the two tools, ``--rounds`` times:
   * `edgekit bench --device host --bundle B --no-baseline --backend litert_lm
-    --warmup 1 --reps R` (one runner process per run), figures = medians;
+    --warmup 1 --reps R` (one runner process per run: every measured run is the first
+    generation of a freshly loaded engine), figures = medians;
   * `litert-lm benchmark B -p P -d D --runs R --cpu-thread-count T --backend cpu
     --max-num-tokens N --cache disk --ringbuffers-local-attention false` (one process,
-    one warmup, the mean of R runs: what that tool prints). `--max-num-tokens` and
-    `--cache disk` match the Engine edgekit's runner opens (its default cache_dir
-    writes an XNNPACK weight cache next to the bundle, `<bundle>_<mtime>_<size>.xnnpack_cache`,
-    and reuses it; with `--cache no` litert-lm repacks the weights on every load and
-    the two tools do not compare like for like); the runner leaves ring buffers
-    to the library default while the CLI would force them on, so they are set off
-    here (a 2-run check on the e2b w4 fp16 bundle moved decode by ~14%, inside the
-    spread this shared machine shows).
+    one warmup, the mean of R runs: what that tool prints).
+
+What each tool measures (litert_lm/benchmark.py, litert_lm_cli/commands/benchmark.py,
+edgekit/runtime/runner.py), and how this script makes them alike:
+  * litert-lm: every run (the warmup too) creates engine settings, a NEW engine and a
+    session, generates once with "How are you" padded with token 0 to exactly P tokens
+    and exactly D decode tokens (engine benchmark mode), and prints the engine's own
+    BenchmarkInfo of that turn (prefill tok/s, decode tok/s), averaged over the runs.
+    No tokenization or session creation is inside the timed turns.
+  * edgekit: one engine per runner process (`edgekit bench`), a session per run, a prompt
+    of exactly P tokens (a one-token word repeated after BOS), D decode steps; prefill
+    tok/s = P / wall time of `run_prefill` (it includes tokenizing the prompt and the
+    Python call), decode tok/s = D / sum of the per-token gaps stamped in the engine's
+    stream callback. The same run records the engine's BenchmarkInfo
+    (`engine_prefill_tps`, `engine_decode_tps`): the table shows both, so a difference
+    in timing boundaries is visible apart from a difference in what ran.
+  * Settings matched: P, D, threads, `--max-num-tokens` = the runner's `--max-tokens`,
+    `--cache disk` (the runner's Engine default cache_dir: an XNNPACK weight cache next
+    to the bundle, `<bundle>_<mtime>_<size>.xnnpack_cache`; `--cache no` repacks the
+    weights at every load), ring buffers off (the CLI forces them on by default; the
+    runner leaves the library default).
 Ratios edgekit/litert-lm of the per-round figures, averaged; target within 5%.
 CV of edgekit's decode tok/s over its first round's R (default 5) measured runs:
-target <= 3%.
+target <= 3%. `--direct` runs the runner itself (`--fresh-engine`, one process)
+instead of `edgekit bench`.
 """
 
 from __future__ import annotations
@@ -74,11 +89,10 @@ def one_token_word(bundle: Path) -> str:
 def runner_direct(bundle: Path, prefill: int, decode: int, reps: int, threads: int, max_tokens: int) -> dict:
     import json as _json
 
-    word = one_token_word(bundle)
-    argv = [str(C.VENV_BIN / "python"), "-c", _RUNNER_SHIM, word, str(bundle), "--prefill", str(prefill),
+    argv = [str(C.VENV_BIN / "python"), "-m", "edgekit.runtime.runner", str(bundle), "--prefill", str(prefill),
             "--decode", str(decode), "--warmup", "1", "--reps", str(reps), "--backend", "litert_lm",
-            "--max-tokens", str(max_tokens)] + (["--threads", str(threads)] if threads else [])
-    C.log(f"running: edgekit runner (litert_lm, prompt word {word!r}) warmup 1 reps {reps}")
+            "--max-tokens", str(max_tokens), "--fresh-engine"] + (["--threads", str(threads)] if threads else [])
+    C.log(f"running: edgekit runner (litert_lm, a new engine per run) warmup 1 reps {reps}")
     p = subprocess.run(argv, capture_output=True, text=True, cwd=C.REPO)
     recs = [_json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     runs = [x for x in recs if x.get("event") == "run" and x.get("phase") == "measure"]
@@ -86,8 +100,23 @@ def runner_direct(bundle: Path, prefill: int, decode: int, reps: int, threads: i
         err = next((x.get("message") for x in recs if x.get("event") == "error"), p.stderr.strip()[-300:])
         raise SystemExit(f"error: runner failed: {err}")
     start = next(x for x in recs if x.get("event") == "start")
-    return {"decode_all": [x["decode_tps"] for x in runs], "prefill_all": [x["prefill_tps"] for x in runs],
-            "backend": start.get("backend"), "word": word}
+    return {"runs": runs, "backend": start.get("backend")}
+
+
+def runner_records(result: dict) -> list[dict]:
+    """The runner's own run records of the measured runs of an `edgekit bench` result (traces/*/runner.out)."""
+    import json as _json
+
+    out = []
+    for r in result["runs"]:
+        if r["phase"] != "measure" or r.get("status", "ok") != "ok":
+            continue
+        tdir = Path(r["trace_dir"])
+        if not tdir.is_absolute():
+            tdir = Path(result.get("_folder", ".")) / tdir
+        recs = [_json.loads(x) for x in (tdir / "runner.out").read_text().splitlines() if x.startswith("{")]
+        out += [x for x in recs if x.get("event") == "run" and x.get("phase") == "measure"]
+    return out
 
 
 def litert_lm_benchmark(bundle: Path, prefill: int, decode: int, runs: int, threads: int,
@@ -147,16 +176,25 @@ def main(argv: list[str] | None = None) -> int:
             data, folder = bench(bundle, None, a.reps, 1, prefill, decode, out,
                                  ["--backend", "litert_lm", "--threads", str(threads)] if threads else
                                  ["--backend", "litert_lm"])
-            runs = [r for r in data["result"]["runs"] if r["phase"] == "measure" and r.get("status", "ok") == "ok"]
-            dec = [r["metrics"]["decode_tps"] for r in runs]
-            pre = [r["metrics"]["prefill_tps"] for r in runs]
+            res = dict(data["result"], _folder=str(folder))
+            recs = runner_records(res)
             backend = (data["result"].get("runtime") or {}).get("backend")
         else:
             d = runner_direct(bundle, prefill, decode, a.reps, threads, a.max_tokens)
-            dec, pre, backend, folder = d["decode_all"], d["prefill_all"], d["backend"], None
-            via = f"edgekit's runner directly (one process, warmup 1, reps {a.reps}) with PROMPT_WORD={d['word']!r}"
+            recs, backend, folder = d["runs"], d["backend"], None
+            via = f"edgekit's runner directly (one process, `--fresh-engine`, warmup 1, reps {a.reps})"
+        if not recs:
+            raise SystemExit("error: no measured runs")
+        dec = [x["decode_tps"] for x in recs]
+        pre = [x["prefill_tps"] for x in recs]
         ek_rounds.append({"decode_tps": C.median(dec), "prefill_tps": C.median(pre), "folder": str(folder),
-                          "decode_all": dec, "backend": backend})
+                          "decode_all": dec, "backend": backend,
+                          "engine_decode_tps": C.median([x.get("engine_decode_tps") for x in recs
+                                                         if x.get("engine_decode_tps")] or [None]),
+                          "engine_prefill_tps": C.median([x.get("engine_prefill_tps") for x in recs
+                                                          if x.get("engine_prefill_tps")] or [None]),
+                          "tokens": sorted({(x.get("engine_prefill_tokens"), x.get("engine_decode_tokens"))
+                                            for x in recs}, key=str)})
         cvs.append(C.cv(dec))
         ll = litert_lm_benchmark(bundle, prefill, decode, a.reps, threads, a.max_tokens)
         ll_rounds.append(ll)
@@ -165,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         C.log(f"  edgekit decode {ek_rounds[-1]['decode_tps']:.2f} prefill {ek_rounds[-1]['prefill_tps']:.1f}; "
               f"litert-lm decode {ll['decode_tps']} prefill {ll['prefill_tps']}")
 
-    def ratio_of(key: str) -> tuple[float | None, float | None, float | None]:
-        rs = [C.ratio(e[key], l[key]) for e, l in zip(ek_rounds, ll_rounds)]
+    def ratio_of(key: str, ek_key: str | None = None) -> tuple[float | None, float | None, float | None]:
+        ek_key = ek_key or key
+        rs = [C.ratio(e[ek_key], l[key]) for e, l in zip(ek_rounds, ll_rounds)]
         rs = [r for r in rs if r is not None]
-        ek = C.mean([e[key] for e in ek_rounds])
+        ek = C.mean([e[ek_key] for e in ek_rounds if e[ek_key] is not None])
         lls = [l[key] for l in ll_rounds if l[key] is not None]
         return ek, (C.mean(lls) if lls else None), (C.mean(rs) if rs else None)
 
@@ -176,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
         ek, ll, r = ratio_of(key)
         rows.append(C.Row(label, ek, ll, r, WITHIN))
+    for key, label in (("prefill_tps", "prefill tok/s, engine BenchmarkInfo in edgekit's runs"),
+                       ("decode_tps", "decode tok/s, engine BenchmarkInfo in edgekit's runs")):
+        ek, ll, r = ratio_of(key, "engine_" + key)
+        rows.append(C.Row(label, ek, ll, r, None))
     rows.append(C.Row(f"CV of edgekit decode tok/s over {a.reps} runs (round 1)", cvs[0], "", cvs[0], CV_TARGET,
                       unit=""))
     head = ("metric", "edgekit", "litert-lm", "edgekit/litert-lm")
@@ -186,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, (e, l) in enumerate(zip(ek_rounds, ll_rounds)):
         notes.append(f"round {i + 1}: edgekit decode {e['decode_tps']:.2f} (runs "
                      f"{', '.join(f'{x:.2f}' for x in e['decode_all'])}; CV {cvs[i]:.1%}), prefill "
-                     f"{e['prefill_tps']:.1f}; litert-lm decode {l['decode_tps']}, prefill {l['prefill_tps']}, "
+                     f"{e['prefill_tps']:.1f} (engine BenchmarkInfo of the same runs: prefill "
+                     f"{e['engine_prefill_tps'] or float('nan'):.1f}, decode {e['engine_decode_tps'] or float('nan'):.2f}; "
+                     f"engine token counts (prefill, decode) {e['tokens']}); litert-lm decode {l['decode_tps']}, prefill {l['prefill_tps']}, "
                      f"exit {l['exit']}" + (f", error: {l['error']}" if l.get("error") else ""))
     notes.append(f"machine load average at the end: {C.machine_info()['loadavg']}")
     for n in notes:

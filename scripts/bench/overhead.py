@@ -15,9 +15,11 @@ The rest is split, from timestamps the parts already write:
     (CLI start and imports, bundle sha256 and pushes, pulling traces, records,
     report views); the push lines the session prints are timed too;
   * per run, harness start .. the runner's start record: interpreter start + imports;
-  * runner start record .. init done - init_ms: the runner's sha256 of the bundle
-    (it is computed before the engine loads);
-  * the remainder in the runner: between runs (session set-up, tokenisation) and exit.
+  * runner start record .. first run - init_ms: anything before the first run (the
+    runner takes the sha256 the session verified: `--sha256`, no hashing);
+  * the remainder in the runner: inside runs outside prefill+decode (session set-up,
+    tokenisation), after the last run until the runner's end record, and from that
+    record (stamped `t`) to the harness's end epoch (process exit + harness teardown).
 Bundles: the e2b w4 pair built by bundle_vs_fp16.py (.cache/bench-build/dist-e2b-w4)
 or the tiny pair (built when missing).
 """
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(run.stdout)
     folder = Path(data["folder"])
     runtime_ms = harness_ms = start_ms = sha_ms = runner_rest_ms = init_total = 0.0
+    tail_in_runner_ms = exit_ms = between_in_runner_ms = 0.0
     nruns = 0
     spans: list[tuple[float, float]] = []  # harness start/end, seconds since the bench process started
     for r in sorted(data["result"]["runs"], key=lambda r: r["order"]):
@@ -120,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         # start.t .. first run start = sha256 + init_ms + session set-up before run 1
         sha_ms += max(0.0, first - start["t"] * 1000 - init["init_ms"])
         runner_rest_ms += (h1 - h0) - (first - h0) - pd
+        end = next((x for x in recs if x.get("event") == "end"), None)
+        if end and end.get("t"):  # the runner stamps its end record: split its tail from its exit
+            last = max(x["t_end"] for x in its)
+            tail_in_runner_ms += end["t"] * 1000 - last * 1000
+            exit_ms += h1 - end["t"] * 1000
+            between_in_runner_ms += (last - min(x["t_start"] for x in its)) * 1000 - pd
     runtime_s = runtime_ms / 1000
     overhead = wall / runtime_s - 1
     session_out = wall - harness_ms / 1000
@@ -146,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         ("per-run process start + imports until the runner's start record", start_ms / 1000),
         ("runner: sha256 of the bundle + anything before the first run, minus init", sha_ms / 1000),
         ("runner: after the run, outside prefill+decode (exit), + harness teardown", runner_rest_ms / 1000),
+        ("  of which inside runs outside prefill+decode (session, tokenizing, stream set-up)",
+         between_in_runner_ms / 1000),
+        ("  of which after the last run until the end record (BenchmarkInfo, session close)",
+         tail_in_runner_ms / 1000),
+        ("  of which from the end record to the harness's end (process exit, harness teardown)", exit_ms / 1000),
         ("runtime itself: init + prefill + decode", runtime_s),
     ]
     notes.append(f"{nruns} runner processes ({a.warmup} warmup + {a.reps} measured per bundle, 2 bundles), "
