@@ -88,3 +88,22 @@ def tiny_float_bundle(tiny_bundles, tiny_manifests) -> Path:
     p = bundle_cache_root() / "exports" / key / "model.litertlm"
     assert p.is_file(), f"float export {p} missing from the cache"
     return p
+
+
+def build_tiny_multimodal_bundle(out_root: Path | None = None) -> Path:
+    """Build (or reuse) the tiny wNa8o8 bundle WITH vision/audio sections (edgekit/build/encoders.py)."""
+    from edgekit.bundle.manifest import MANIFEST_FILE
+    from edgekit.build.pipeline import build, bundle_name
+
+    root = out_root or bundle_cache_root() / "test-bundles" / code_key()
+    name = bundle_name("tiny", "wNa8o8", False)
+    bundle = root / name / f"{name}.litertlm"
+    if not (bundle.is_file() and (root / name / MANIFEST_FILE).is_file()):
+        bundle = build("tiny", scheme="wNa8o8", text_only=False, output=root, cache_dir=bundle_cache_root(),
+                       quality=False).bundle
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_multimodal_bundle() -> Path:
+    return build_tiny_multimodal_bundle()

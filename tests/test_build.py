@@ -269,15 +269,14 @@ def test_estimate_refuses_before_doing_anything(tmp_path, capsys, cache_env):
     assert not (cache_env / "checkpoints" / "e2b-seed0-w1-float32").exists()  # refused before making weights
 
 
-def test_encoders_need_torchvision(tmp_path, capsys):
-    try:
-        import torchvision  # noqa: F401
-        pytest.skip("torchvision installed: the multimodal export can run")
-    except ImportError:
-        pass
-    code = main(["build", "tiny", "--output", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 7 and "torchvision" in err and "--text-only" in err
+@pytest.mark.slow
+def test_build_without_text_only_has_encoders(tiny_multimodal_bundle, capsys):
+    """No --text-only: vision and audio sections (edgekit/build/encoders.py), and inspect's check passes."""
+    code = main(["inspect", str(tiny_multimodal_bundle.parent)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "vision: yes  audio: yes" in out
+    assert "tf_lite_vision_encoder" in out and "tf_lite_audio_encoder_hw" in out
 
 
 # ------------------------------------------------------------------ end to end

@@ -196,6 +196,8 @@ def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: st
             "bytes": produced.stat().st_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if (out_dir / "encoders.json").is_file():  # the --with-encoders child's record (encoders.py)
+            rec["encoders"] = json.loads((out_dir / "encoders.json").read_text())
         final = work / "model.litertlm"
         os.replace(produced, final)
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -227,11 +229,19 @@ def _child(argv: list[str] | None = None) -> int:
         externalize_embedder=True,
         split_cache=False,
         bundle_litert_lm=True,
-        export_vision_encoder=bool(a.with_encoders),
-        export_audio_encoder=bool(a.with_encoders),
+        export_vision_encoder=False,
+        export_audio_encoder=False,
     )
-    task = "image_text_to_text" if a.with_encoders else "text_generation"
-    hf_export.export(model=a.model, output_dir=a.output_dir, task=task, **kwargs)
+    hf_export.export(model=a.model, output_dir=a.output_dir, task="text_generation", **kwargs)
+    if a.with_encoders:  # litert-torch's multimodal task needs torchvision: see edgekit/build/encoders.py
+        from edgekit.build import encoders
+
+        out = Path(a.output_dir)
+        files, rec = encoders.export_encoders(a.model, out / "encoders")
+        text_bundle = out / "text.litertlm"
+        os.replace(out / "model.litertlm", text_bundle)
+        encoders.add_sections(text_bundle, files, out / "model.litertlm", out / "unpacked")
+        atomic_write_json(out / "encoders.json", rec)
     return 0
 
 

@@ -257,6 +257,7 @@ def build(
     requantize: bool = False,
 ) -> BuildResult:
     """Build one bundle; returns its path, the manifest path and the manifest."""
+    from edgekit.build import encoders as enc
     from edgekit.build import export as ex
     from edgekit.build import quantize as qz
     from edgekit.bundle import inspect as insp
@@ -273,15 +274,6 @@ def build(
         raise UsageError(f"--prefill {prefill} must be >= 1 and below --cache-length {cache_length}")
     if width_div < 1:
         raise UsageError(f"--width-div must be a positive integer, got {width_div}")
-    if not text_only:
-        try:
-            import torchvision  # noqa: F401
-        except ImportError as exc:
-            raise BuildError(
-                "a bundle with vision/audio encoders needs litert-torch's multimodal export, which imports "
-                "torchvision (transformers' AutoImageProcessor); torchvision is not installed",
-                hint="build with --text-only, or install torchvision matching torch 2.13.0",
-            ) from exc
     cache = Path(cache_dir) if cache_dir else ex.cache_root()
     out_root = Path(output)
     # --- QAT hook (edgekit/build/qat.py): a quant_method 'gemma' checkpoint is validated before any
@@ -348,9 +340,16 @@ def build(
     try:
         with atomic_dir(out_dir) as tmp:
             toml = st.run("unpack", "litert-lm-builder unpack", qz.unpack, float_bundle, work / "unpacked")
-            secs = qz.section_files(toml)
+            all_secs = qz.section_files(toml)
+            # vision/audio sections (edgekit/build/encoders.py): weight-only, quantized on their own
+            secs = {k: v for k, v in all_secs.items() if not enc.is_encoder_section(k)}
             calib_rec: dict[str, Any] | None = None
             replaced: dict[str, Path] = {}
+            encoders_rec: dict[str, Any] | None = None
+            if len(secs) != len(all_secs):
+                enc_replaced, enc_q = enc.quantize_encoders(all_secs, sch, work, st.run)
+                replaced.update(enc_replaced)
+                encoders_rec = {"export": exp.record.get("encoders"), "quantization": enc_q}
             if sch.is_float:
                 if sch.float_dtype == "float16":
                     recipe = qz.fp16_recipe()
@@ -418,6 +417,7 @@ def build(
                 "export": {"cached": exp.cached, "key": key, "seconds": exp.record.get("seconds"),
                            "peak_rss_bytes": exp.record.get("peak_rss_bytes")},
                 "calibration": calib_rec,
+                "encoders": encoders_rec,
                 "estimate": est.to_dict(),
                 "stages_s": st.times,
                 "seconds": None,

@@ -73,7 +73,13 @@ def plan_section(tflite_path: str | os.PathLike, section: str, bits_for: BitsFor
 
     model = fu.read_model(str(tflite_path))
     plans: list[OpPlan] = []
+    from edgekit.bundle.tensor_names import ENCODER_SECTIONS, shared_linear_paths
+
     for si, sg in enumerate(model.subgraphs):
+        shared: frozenset[str] = frozenset()
+        if section in ENCODER_SECTIONS:  # vision/audio (edgekit/build/encoders.py): joined module paths
+            shared = shared_linear_paths(_name(sg.tensors[op.inputs[1]]) for op in sg.operators
+                                         if _opcode(model, op) == FULLY_CONNECTED)
         consumers: dict[int, list[int]] = {}
         for op in sg.operators:
             for i in op.inputs if op.inputs is not None else []:
@@ -87,7 +93,7 @@ def plan_section(tflite_path: str | os.PathLike, section: str, bits_for: BitsFor
                 wname = _name(sg.tensors[op.inputs[1]])
                 out = int(op.outputs[0])
                 is_gate = GELU in consumers.get(out, []) if "gate_proj" in wname else None
-                module = module_name_for(wname, scope, is_gate, section)
+                module = module_name_for(wname, scope, is_gate, section, shared)
                 kind = "fc"
             else:
                 wname = _name(sg.tensors[op.inputs[1]])

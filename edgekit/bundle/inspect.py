@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgekit.bundle.tensor_names import layer_of, module_name_for, short_name
+from edgekit.bundle.tensor_names import ENCODER_SECTIONS, layer_of, module_name_for, shared_linear_paths, short_name
 from edgekit.runtime.litertlm_file import NotALiteRTLMFile, read_header
 
 REPORT_SCHEMA = 1
@@ -162,6 +162,13 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
                 consumers[int(i)].append((code, outs_))
             if code == DEQUANTIZE and op.InputsLength() and op.OutputsLength():
                 dequantized_from[int(op.Outputs(0))] = int(op.Inputs(0))
+        shared: frozenset[str] = frozenset()
+        if section in ENCODER_SECTIONS:  # vision/audio: which module paths several weights name
+            shared = shared_linear_paths(
+                _tensor_name(sg.Tensors(dequantized_from.get(int(op.Inputs(1)), int(op.Inputs(1)))))
+                for op in (sg.Operators(i) for i in range(sg.OperatorsLength()))
+                if _opcode(model, op) == FULLY_CONNECTED
+            )
         for oi in range(sg.OperatorsLength()):
             op = sg.Operators(oi)
             code = _opcode(model, op)
@@ -184,7 +191,7 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
             is_gate = None
             if kind == "fc" and "gate_proj" in wname:
                 is_gate = _feeds(consumers, outs[0], GELU)
-            module = module_name_for(wname, _scope(sg, op), is_gate, section) or wname
+            module = module_name_for(wname, _scope(sg, op), is_gate, section, shared) or wname
             wdt, wbits = _dtype(w_t)
             wq = _quant(w_t)
             entry: dict[str, Any] = {
@@ -192,7 +199,7 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
                 "signature": sig,
                 "op": "FULLY_CONNECTED" if kind == "fc" else "EMBEDDING_LOOKUP",
                 "module": module,
-                "layer": layer_of(module),
+                "layer": None if section in ENCODER_SECTIONS else layer_of(module),
                 "weight_dtype": wdt,
                 "bits": wbits,
                 "shape": _shape(w_t),
@@ -277,6 +284,7 @@ def inspect_bundle(path: str | os.PathLike, *, with_sha256: bool = True) -> dict
         "dtype_summary": dtype_summary(tflite),
         "layers": layer_summary(weights),
     }
+    report["encoder_weights"] = encoder_summary(report)  # vision/audio FC bits by module group
     if with_sha256:
         from edgekit.fsutil import sha256_file
 
@@ -373,7 +381,8 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] 
         if msg and (msg, "") not in seen:
             seen.add((msg, ""))
             v.append(msg)
-        if static and w["op"] == "FULLY_CONNECTED" and kind == "int":
+        # vision/audio sections are weight-only (edgekit/build/encoders.py: no image/audio calibration set)
+        if static and w["op"] == "FULLY_CONNECTED" and kind == "int" and w["section"] not in ENCODER_SECTIONS:
             if w.get("activations") != "static_int8":
                 m2 = f"activations of {_describe(w)} ({w['signature']}) are {w.get('activations')}, not static int8"
                 if (m2, "") not in seen:
@@ -475,10 +484,18 @@ def format_text(report: dict[str, Any], violations: list[str] | None = None) -> 
         lines.append(f"  layer {int(k):>3}: {fmt(d['attention']):>5} | {fmt(d['mlp']):>5} | {fmt(d['other']):>5} | {','.join(d['activations'])}")
     other = {}
     for w in report["weights"]:
-        if w["layer"] is None and w["op"] == "FULLY_CONNECTED":
+        if w["layer"] is None and w["op"] == "FULLY_CONNECTED" and w["section"] not in ENCODER_SECTIONS:
             other.setdefault(w["module"], w)
     for m, w in other.items():
         lines.append(f"  {m}: {_bits_str(w)}, activations {w.get('activations')}")
+    enc = encoder_summary(report)
+    if enc:
+        lines.append("encoders (FULLY_CONNECTED weights by module group: bits x count, activations):")
+        for sec, groups in enc.items():
+            lines.append(f"  {sec}:")
+            for g, d in groups.items():
+                bits = ", ".join(f"{b} x{n}" for b, n in d["bits"].items())
+                lines.append(f"    {g:<36} {bits}  activations {','.join(d['activations'])}")
     if violations is not None:
         if violations:
             lines.append(f"check: {len(violations)} violation(s)")
@@ -486,6 +503,28 @@ def format_text(report: dict[str, Any], violations: list[str] | None = None) -> 
         else:
             lines.append("check: ok (matches scheme, preset and manifest)")
     return "\n".join(lines)
+
+
+_ENC_LAYER = re.compile(r"\.layers\.\d+\.")
+
+
+def encoder_summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Vision/audio sections: {section: {module group: {"bits": {"8-bit": n}, "activations": [...]}}}.
+
+    The group is the module name with its layer index folded
+    (``model.audio_tower.layers.*.lconv1d.linear_start.linear``), read back from the file.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for w in report["weights"]:
+        if w["section"] not in ENCODER_SECTIONS or w["op"] != "FULLY_CONNECTED":
+            continue
+        g = _ENC_LAYER.sub(".layers.*.", w["module"] + ".").rstrip(".")
+        d = out.setdefault(w["section"], {}).setdefault(g, {"bits": {}, "activations": []})
+        b = _bits_str(w)
+        d["bits"][b] = d["bits"].get(b, 0) + 1
+        if w.get("activations") not in d["activations"]:
+            d["activations"].append(w.get("activations"))
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
 def check_bundle(bundle: str | os.PathLike, *, scheme: Any = None, manifest_path: str | os.PathLike | None = None):

@@ -1,0 +1,193 @@
+"""Vision and audio encoder sections for a multimodal bundle.
+
+litert-torch 0.10.0's own multimodal path (``export_hf`` with
+``export_vision_encoder``) cannot run here: ``export_lib.load_model`` (line ~452)
+calls ``transformers.AutoImageProcessor.from_pretrained``; transformers 5.17's lazy
+top-level module marks ``models/auto/image_processing_auto.py`` as needing
+torchvision (``utils/import_utils.py`` ``BASE_FILE_REQUIREMENTS``: an
+``image_processing_*`` file whose text mentions ``TorchvisionBackend``), so that
+attribute raises ImportError without torchvision, and the only torchvision wheel
+for torch 2.13 does not load against the local CPU torch. The upstream Gemma 4
+sample inputs also assume E2B sizes (audio adapter width 1536, 128 mel bins).
+
+So the encoders are converted here with litert-torch's lower-level pieces, the
+same ones its multimodal task calls: ``export_lib.load_model`` (task
+``image_text_to_text`` with the encoder flags off, so no image processor is
+loaded), the upstream exportable modules of
+``model_ext/gemma4/{vision,audio}_exportable.py``, and
+``litert_torch._convert.interface.Converter``. The image processor the vision
+sample needs is transformers' PIL backend (``Gemma4ImageProcessorPil``), which
+needs no torchvision. Sample shapes are derived from the checkpoint's config.
+
+The end-of-image / end-of-audio sections embed the tokenizer's ``eoi_token`` /
+``eoa_token``; a tokenizer without them (the tiny preset's) gets no such section,
+and :func:`export_encoders` says so in its record.
+
+Runs inside the export child (``python -m edgekit.build.export --with-encoders``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.bundle.tensor_names import ENCODER_SECTIONS  # section -> HF module prefix
+
+VISION_SECTIONS = tuple(s for s in ENCODER_SECTIONS if "vision" in s)
+AUDIO_SECTIONS = tuple(s for s in ENCODER_SECTIONS if "audio" in s)
+VISION_SOFT_TOKENS = 140  # litert-torch's default (gemma4_vision_max_soft_tokens)
+AUDIO_FRAMES = 816  # litert-torch's Gemma 4 audio signature: 816 mel frames -> 204 tokens
+
+
+def is_encoder_section(section: str) -> bool:
+    return section in ENCODER_SECTIONS
+
+
+# ------------------------------------------------------------------ conversion
+def _convert(module, samples: dict, path: Path) -> Path:
+    from litert_torch._convert import interface as converter_utils
+
+    conv = converter_utils.Converter()
+    for sig, (inputs, _dims) in samples.items():
+        conv.add_signature(sig, module.eval(), sample_kwargs=inputs)
+    conv.convert(strict_export=False).export(str(path))
+    return path
+
+
+def export_encoders(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
+                    log: Callable[[str], None] = print) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Convert the checkpoint's vision and audio towers to float32 ``.tflite`` files.
+
+    Returns ``({section name: path}, record)``; the record names the signatures,
+    the sample shapes and the sections that were skipped, with why.
+    """
+    import torch
+    from litert_torch.generative.export_hf.core import export_lib
+    from litert_torch.generative.export_hf.core import exportable_module_config as emc
+    from litert_torch.generative.export_hf.model_ext import exportables as mx
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = emc.ExportableModuleConfig(
+        model=str(model_dir), output_dir=str(work), work_dir=str(work), task="image_text_to_text",
+        export_vision_encoder=False, export_audio_encoder=False, quantization_recipe=None,
+    )
+    src = export_lib.load_model(str(model_dir), cfg, task="image_text_to_text")
+    model, mc, tok = src.model, src.model_config, src.tokenizer
+    model.set_attn_implementation("eager")
+    vc, ac = mc.vision_config, mc.audio_config
+    out: dict[str, Path] = {}
+    rec: dict[str, Any] = {"route": "litert_torch Converter on the upstream Gemma 4 exportable modules",
+                           "sections": {}, "skipped": {}}
+    special = getattr(tok, "special_tokens_map", {}) or {}
+
+    def run(section: str, module, samples: dict) -> None:
+        t0 = time.monotonic()
+        path = _convert(module, samples, work / f"{section}.tflite")
+        out[section] = path
+        rec["sections"][section] = {
+            "signatures": {sig: {k: list(v.shape) for k, v in inp.items()} for sig, (inp, _) in samples.items()},
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+        log(f"[encoders] {section}: {path.stat().st_size} bytes in {time.monotonic() - t0:.1f}s")
+
+    # vision: encoder (patches -> soft tokens), adapter (soft tokens -> text embedding space)
+    enc_cls, ad_cls, eoi_cls = mx.get_vision_exportables(mc)
+    processor = Gemma4ImageProcessorPil(patch_size=vc.patch_size, pooling_kernel_size=vc.pooling_kernel_size)
+    enc = enc_cls(model, cfg)
+    run("tf_lite_vision_encoder", enc,
+        enc.get_sample_inputs(mc, image_processor=processor, gemma4_vision_max_soft_tokens=VISION_SOFT_TOKENS))
+    n = VISION_SOFT_TOKENS
+    run("tf_lite_vision_adapter", ad_cls(model, cfg, tok),
+        {f"vision_adapter_{n}": ({"soft_tokens": torch.zeros((1, n, vc.hidden_size))}, {})})
+    if "eoi_token" in special:
+        m = eoi_cls(model, cfg, tok)
+        run("tf_lite_end_of_vision", m, m.get_sample_inputs(mc))
+    else:
+        rec["skipped"]["tf_lite_end_of_vision"] = "the tokenizer has no eoi_token"
+
+    # audio: conformer encoder over mel frames, adapter into the text embedding space
+    aenc_cls, aad_cls, eoa_cls = mx.get_audio_exportables(mc)
+    # transformers sizes the subsampler's projection for mel bins == subsampling_conv_channels[0]
+    # (128 for E2B/E4B: litert-torch's own sample), 816 frames -> 204 tokens after 4x subsampling.
+    mels = int(ac.subsampling_conv_channels[0])
+    frames, tokens = AUDIO_FRAMES, AUDIO_FRAMES // 4
+    run("tf_lite_audio_encoder_hw", aenc_cls(model, cfg),
+        {f"audio_{tokens}": ({"src_inputs": torch.zeros((1, frames, mels)),
+                              "mask": torch.ones((1, 1, frames), dtype=torch.bool)}, {})})
+    width = int(getattr(ac, "output_proj_dims", None) or ac.hidden_size)
+    run("tf_lite_audio_adapter", aad_cls(model, cfg, tok),
+        {f"audio_adapter_{tokens}": ({"features": torch.zeros((1, tokens, width)),
+                                      "mask": torch.ones((1, tokens), dtype=torch.bool)}, {})})
+    if "eoa_token" in special:
+        m = eoa_cls(model, cfg, tok)
+        run("tf_lite_end_of_audio", m, m.get_sample_inputs(mc))
+    else:
+        rec["skipped"]["tf_lite_end_of_audio"] = "the tokenizer has no eoa_token"
+    return out, rec
+
+
+def add_sections(bundle: str | os.PathLike, sections: dict[str, Path], out_path: str | os.PathLike,
+                 work_dir: str | os.PathLike) -> None:
+    """Rebuild ``bundle`` with extra TFLite sections (litert-lm-builder unpack + build)."""
+    from edgekit.build import quantize as qz
+
+    toml = qz.unpack(bundle, work_dir)
+    text = toml.read_text()
+    for name, path in sections.items():
+        mt = name[len("tf_lite_"):]
+        text += f'\n[[section]]\nmodel_type = "{mt}"\nsection_type = "TFLiteModel"\ndata_path = "{Path(path).resolve()}"\n'
+    toml.write_text(text)
+    qz.repack(toml, out_path, {})
+
+
+# ------------------------------------------------------------------ quantization
+def plan_section(tflite_path: str | os.PathLike, section: str, bits_for) -> list:
+    """Every FULLY_CONNECTED of an encoder section with its HF module and bits (quantize.OpPlan).
+
+    Module names come from ``edgekit.bundle.tensor_names.encoder_module_name``.
+    """
+    from edgekit.build import quantize as qz
+
+    return [p for p in qz.plan_section(tflite_path, section, bits_for) if p.kind == "fc"]
+
+
+_ACT_NOTE = ("float activations (dynamic-range): static int8 calibration of the encoders needs image/audio "
+             "calibration data the package does not ship")
+
+
+def quantize_encoders(secs: dict[str, Path], scheme, work: Path, run) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Quantize the encoder sections' weights channel-wise to the scheme's bits.
+
+    Returns ``({section: quantized path}, record)``; ``run(stage, label, fn, *args)``
+    is the pipeline's stage runner. Float schemes get float16 weights.
+    """
+    from edgekit.build import quantize as qz
+
+    replaced: dict[str, Path] = {}
+    rec: dict[str, Any] = {}
+    for sec, path in secs.items():
+        if not is_encoder_section(sec):
+            continue
+        dst = work / f"{sec}.tflite"
+        if scheme.is_float:
+            if scheme.float_dtype == "float16":
+                run("quantize", f"{sec}: float16 weights", qz.quantize_weights, path, dst, qz.fp16_recipe())
+                replaced[sec] = dst
+            rec[sec] = {"weights": scheme.float_dtype, "activations": "float"}
+            continue
+        plans = plan_section(path, sec, scheme.bits_for)
+        bits: dict[str, int] = {}
+        for p in plans:
+            key = "float" if p.bits is None else f"int{p.bits}"
+            bits[key] = bits.get(key, 0) + 1
+        recipe = qz.dynamic_recipe(plans)
+        if recipe:
+            run("quantize", f"{sec}: channel-wise weights", qz.quantize_weights, path, dst, recipe)
+            replaced[sec] = dst
+        rec[sec] = {"fully_connected": bits, "activations": _ACT_NOTE if recipe else "float"}
+    return replaced, rec
+
