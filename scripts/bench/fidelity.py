@@ -26,11 +26,12 @@ edgekit/runtime/runner.py), and how this script makes them alike:
     No tokenization or session creation is inside the timed turns.
   * edgekit: one engine per runner process (`edgekit bench`), a session per run, a prompt
     of exactly P tokens (a one-token word repeated after BOS), D decode steps; prefill
-    tok/s = P / wall time of `run_prefill` (it includes tokenizing the prompt and the
-    Python call), decode tok/s = D / sum of the per-token gaps stamped in the engine's
-    stream callback. The same run records the engine's BenchmarkInfo
-    (`engine_prefill_tps`, `engine_decode_tps`): the table shows both, so a difference
-    in timing boundaries is visible apart from a difference in what ran.
+    tok/s = P / the engine's prefill turn (BenchmarkInfo; until this was fixed it was the
+    wall time of `run_prefill`, which also holds tokenizing the prompt: ~1-2% on e2b w4,
+    ~30% on tiny; kept as `prefill_wall_ms`), decode tok/s = D / sum of the per-token
+    gaps stamped in the engine's stream callback. The same run records the engine's
+    BenchmarkInfo (`engine_prefill_tps`, `engine_decode_tps`): the table shows both, so
+    a difference in timing boundaries shows apart from a difference in what ran.
   * Settings matched: P, D, threads, `--max-num-tokens` = the runner's `--max-tokens`,
     `--cache disk` (the runner's Engine default cache_dir: an XNNPACK weight cache next
     to the bundle, `<bundle>_<mtime>_<size>.xnnpack_cache`; `--cache no` repacks the
