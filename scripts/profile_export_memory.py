@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs.update(experimental_lightweight_conversion=True)
     if a.lightweight_all:
         from edgekit.build.export import lightweight_everywhere
-        lightweight_everywhere().__enter__()  # for the rest of this process
+        lw = lightweight_everywhere()  # kept referenced: a collected generator would undo it
+        lw.__enter__()  # for the rest of this process
     err = None
     with tempfile.TemporaryDirectory(prefix="profexp-") as out:
         try:

@@ -1,10 +1,10 @@
 """Build memory: litert-torch lightweight conversion in the export child, and the stage profiler.
 
-The float export runs with ``experimental_lightweight_conversion`` (and the same for
-the per-layer embedder convert that export_hf does not pass it to). These tests
-check that it changes nothing in the exported graphs: same operators, and
-bit-identical outputs of every signature of every section against an export
-without it, on the tiny model.
+``ExportOptions(lightweight_conversion=True)`` (opt-in) runs the float export with
+``experimental_lightweight_conversion`` (and the same for the per-layer embedder
+convert that export_hf does not pass it to). These tests check that it changes
+nothing in the exported graphs: same operators, and bit-identical outputs of every
+signature of every section against the default export, on the tiny model.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ def _load_profiler():
 
 
 # ------------------------------------------------------------------ fast
-def test_lightweight_is_default_and_part_of_the_cache_key():
-    on, off = ex.ExportOptions(), ex.ExportOptions(lightweight_conversion=False)
-    assert on.lightweight_conversion is True
+def test_lightweight_is_opt_in_and_part_of_the_cache_key():
+    on, off = ex.ExportOptions(lightweight_conversion=True), ex.ExportOptions()
+    assert off.lightweight_conversion is False
+    assert "lightweight_conversion" not in off.to_dict()  # exports cached before the option keep their keys
+    assert on.to_dict()["lightweight_conversion"] is True
     ident = {"kind": "random_weights", "seed": 0}
-    assert ex.export_key(ident, on) != ex.export_key(ident, off)  # an old (heavy) export is not reused as if new
+    assert ex.export_key(ident, on) != ex.export_key(ident, off)  # never reused in place of the other
 
 
 def test_lightweight_everywhere_sets_the_default_inside_only_and_an_explicit_argument_wins(monkeypatch):
@@ -118,12 +120,12 @@ def _op_names(tflite: Path) -> list[str]:
 def test_lightweight_export_is_bit_identical_to_the_plain_one(tiny_source, tiny_float_bundle, tmp_path):
     ckpt_dir, _ = tiny_source
     rec = json.loads((tiny_float_bundle.parent / "export.json").read_text())
-    assert rec["options"]["lightweight_conversion"] is True  # the session's export is the default (lightweight) one
-    opts = ex.ExportOptions(**{**rec["options"], "lightweight_conversion": False})
-    plain = ex.export_checkpoint(ckpt_dir, rec["source"], opts, cache_dir=bundle_cache_root())
-    assert plain.bundle != tiny_float_bundle and plain.record["options"]["lightweight_conversion"] is False
-    a = _signature_outputs(tiny_float_bundle, tmp_path / "light")
-    b = _signature_outputs(plain.bundle, tmp_path / "plain")
+    assert "lightweight_conversion" not in rec["options"]  # the session's export is the default (plain) one
+    opts = ex.ExportOptions(**{**rec["options"], "lightweight_conversion": True})
+    light = ex.export_checkpoint(ckpt_dir, rec["source"], opts, cache_dir=bundle_cache_root())
+    assert light.bundle != tiny_float_bundle and light.record["options"]["lightweight_conversion"] is True
+    a = _signature_outputs(light.bundle, tmp_path / "light")
+    b = _signature_outputs(tiny_float_bundle, tmp_path / "plain")
     assert sorted(a) == sorted(b)
     assert {s for s, _ in a} == {"tf_lite_embedder", "tf_lite_per_layer_embedder", "tf_lite_prefill_decode"}
     assert len(a) >= 9  # 2 signatures per section + the op lists
@@ -131,3 +133,12 @@ def test_lightweight_export_is_bit_identical_to_the_plain_one(tiny_source, tiny_
         assert sorted(a[k]) == sorted(b[k]), k
         for name in a[k]:
             assert a[k][name].dtype == b[k][name].dtype and np.array_equal(a[k][name], b[k][name]), (k, name)
+    # the one weight lightweight conversion leaves unnamed on the tiny model (the tied
+    # lm_head) is still mapped, through the op that writes the logits
+    from edgekit.build.quantize import plan_section, section_files, unpack
+    from edgekit.schemes import load_scheme
+
+    secs = section_files(unpack(light.bundle, tmp_path / "plan"))
+    plans = plan_section(secs["tf_lite_prefill_decode"], "tf_lite_prefill_decode", load_scheme("wNa8o8", "tiny").bits_for)
+    lm = [p for p in plans if p.module == "lm_head"]
+    assert len(lm) == 1 and lm[0].weight_name.startswith("arith.constant"), [(p.weight_name, p.module) for p in lm]

@@ -70,13 +70,20 @@ class ExportOptions:
     prefill_length: int = 32
     cache_length: int = 256
     # litert-torch's lightweight conversion: constants stay lazy (resource constants)
-    # through MLIR lowering instead of being copied into dense attributes; same
-    # outputs (bit-identical on the tiny model, tests/test_build_memory.py), lower
-    # peak RSS (measured in scripts/profile_export_memory.py).
-    lightweight_conversion: bool = True
+    # through MLIR lowering instead of being copied into dense attributes. Same
+    # outputs (bit-identical: tiny and e2b w8, tests/test_build_memory.py) and a lower
+    # export peak (e2b w4: 9.94 -> 5.96 GiB; docs/build-memory.md), but it leaves some
+    # FC weights unnamed ("arith.constant<N>": the tied lm_head; at e2b w8 also the 60
+    # MLP weights of layers 15-34 in the decode graph), and plan_section / inspect map
+    # weights to modules by name: off by default until that mapping falls back to the
+    # op scope (whose output tensor name still carries the module path).
+    lightweight_conversion: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.lightweight_conversion:  # exports cached before the option existed keep their keys
+            d.pop("lightweight_conversion")
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
