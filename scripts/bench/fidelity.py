@@ -37,6 +37,12 @@ edgekit/runtime/runner.py), and how this script makes them alike:
     to the bundle, `<bundle>_<mtime>_<size>.xnnpack_cache`; `--cache no` repacks the
     weights at every load), ring buffers off (the CLI forces them on by default; the
     runner leaves the library default).
+Known remaining cause (measured 2026-11-22 on e2b w4 fp16, one runner process under
+android_harness/harness.sh, 2 runs each): the harness's memory sampling at the host
+profile's 50 ms (reads /proc/PID/status and smaps_rollup, whose Pss walks the page tables
+of the whole mapped bundle) slowed decode to 8.5-10.1 tok/s against 16.5-17.1 at 1000 ms;
+litert-lm (no sampler beside it) gave 17.9-18.5. Without the harness the runner's engine
+figures match litert-lm's (fresh engine per run) within that machine's noise.
 Ratios edgekit/litert-lm of the per-round figures, averaged; target within 5%.
 CV of edgekit's decode tok/s over its first round's R (default 5) measured runs:
 target <= 3%. `--direct` runs the runner itself (`--fresh-engine`, one process)
