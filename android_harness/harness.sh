@@ -4,7 +4,8 @@
 # dash and busybox sh (Raspberry Pi OS / Debian). No bashisms, 32-bit safe arithmetic
 # (mksh), no helper left running.
 #
-# usage: sh harness.sh -o OUTDIR -i INTERVAL_MS [-a CPU_MASK] -- CMD [ARGS...]
+# usage: sh harness.sh -o OUTDIR -i INTERVAL_MS [-a CPU_MASK] [-p PSS_MS] -- CMD [ARGS...]
+#   -p: read Pss (smaps_rollup, costly on big mappings) about every PSS_MS ms (default 1000; 0 = every sample)
 #
 # Writes (see docs/contracts.md):
 #   OUTDIR/runner.out, runner.err   stdout / stderr of CMD
@@ -18,12 +19,14 @@
 OUT=""
 INTERVAL=50
 MASK=""
-usage() { echo "usage: sh harness.sh -o OUTDIR -i INTERVAL_MS [-a CPU_MASK] -- CMD [ARGS...]" >&2; exit 125; }
+PSS_MS=1000
+usage() { echo "usage: sh harness.sh -o OUTDIR -i INTERVAL_MS [-a CPU_MASK] [-p PSS_MS] -- CMD [ARGS...]" >&2; exit 125; }
 while [ $# -gt 0 ]; do
   case $1 in
     -o) [ $# -ge 2 ] || usage; OUT=$2; shift 2 ;;
     -i) [ $# -ge 2 ] || usage; INTERVAL=$2; shift 2 ;;
     -a) [ $# -ge 2 ] || usage; MASK=$2; shift 2 ;;
+    -p) [ $# -ge 2 ] || usage; PSS_MS=$2; shift 2 ;;
     --) shift; break ;;
     *) usage ;;
   esac
@@ -31,6 +34,7 @@ done
 [ -n "$OUT" ] && [ $# -ge 1 ] || usage
 case $INTERVAL in ''|*[!0-9]*) echo "harness: -i wants milliseconds, got '$INTERVAL'" >&2; exit 125 ;; esac
 [ "$INTERVAL" -ge 1 ] || INTERVAL=1
+case $PSS_MS in ''|*[!0-9]*) echo "harness: -p wants milliseconds, got '$PSS_MS'" >&2; exit 125 ;; esac
 mkdir -p "$OUT" || { echo "harness: cannot create $OUT" >&2; exit 125; }
 if [ -n "$MASK" ]; then
   command -v taskset >/dev/null 2>&1 || { echo "harness: -a $MASK given but taskset is missing" >&2; exit 125; }
@@ -111,7 +115,10 @@ sample_mem() {
   done < "/proc/$1/status" 2>/dev/null
   [ "$_state" = Z ] && return 1
   [ -n "$_rss" ] || return 1   # gone between the test and the read, or a kernel thread
-  if [ -r "/proc/$1/smaps_rollup" ]; then
+  # smaps_rollup walks every page table of the process under its mmap lock: on a model of
+  # GBs that slows the measured process, so Pss is read only every PSS_EVERY samples
+  # (-p, default about once a second; 0 = every sample). Other rows leave pss_kb empty.
+  if [ "$PSS_N" -eq 0 ] && [ -r "/proc/$1/smaps_rollup" ]; then
     while read _k _v _rest; do
       case $_k in Pss:) _pss=$_v; break ;; esac
     done < "/proc/$1/smaps_rollup" 2>/dev/null
@@ -139,9 +146,11 @@ trap 'cleanup; trap - EXIT; exit 129' HUP
 
 # thermal/cpufreq "during" about once a second
 EVERY=$(( 1000 / INTERVAL )); [ "$EVERY" -ge 1 ] || EVERY=1
-N=0; SAMPLES=0
+N=0; SAMPLES=0; PSS_N=0
+PSS_EVERY=$(( PSS_MS / INTERVAL )); [ "$PSS_EVERY" -ge 1 ] || PSS_EVERY=1
 while kill -0 "$PID" 2>/dev/null; do
   sample_mem "$PID" || break
+  PSS_N=$((PSS_N + 1)); [ "$PSS_N" -ge "$PSS_EVERY" ] && PSS_N=0
   SAMPLES=$((SAMPLES + 1))
   N=$((N + 1))
   if [ "$N" -ge "$EVERY" ]; then N=0; thermal during; fi
@@ -161,6 +170,7 @@ exec 3>&- 4>&- 5>&-
   printf 'interval_ms\t%s\n' "$INTERVAL"
   printf 'exit_status\t%s\n' "$STATUS"
   printf 'samples\t%s\n' "$SAMPLES"
+  printf 'pss_every\t%s\n' "$PSS_EVERY"
   printf 'clock\t%s\n' "$CLOCK"
   printf 'affinity\t%s\n' "$MASK"
 } > "$OUT/harness.tsv.tmp" && mv -f "$OUT/harness.tsv.tmp" "$OUT/harness.tsv"

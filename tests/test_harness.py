@@ -64,8 +64,13 @@ def test_harness_samples_and_propagates_status(shell, tmp_path):
     for m in tr.mem:
         assert m.vmrss_kb is not None and m.rss_file_kb is not None and m.vmswap_kb is not None
         assert m.vmrss_kb <= m.vmhwm_kb
-        # Pss is read a moment after /proc/PID/status, so bound it by the peak, not the same row
-        assert m.pss_kb is not None and 0 < m.pss_kb <= tr.peak("vmhwm_kb") + 1024
+        # Pss is read a moment after /proc/PID/status, so bound it by the peak, not the same row;
+        # it is read every pss_every samples (1000 ms / 40 ms here), other rows leave it empty
+        assert m.pss_kb is None or 0 < m.pss_kb <= tr.peak("vmhwm_kb") + 1024
+    every = int(h["pss_every"])
+    assert every == 1000 // 40
+    with_pss = [i for i, m in enumerate(tr.mem) if m.pss_kb is not None]
+    assert with_pss and with_pss[0] == 0 and all(i % every == 0 for i in with_pss)
     ts = [m.t_ms for m in tr.mem]
     assert ts == sorted(ts) and ts[-1] - ts[0] >= 400
     # nothing invented where the machine has no thermal zones / cpufreq
