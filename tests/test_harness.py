@@ -63,7 +63,7 @@ def test_harness_samples_and_propagates_status(shell, tmp_path):
     assert tr.peak("vmhwm_kb") >= peak_anon
     for m in tr.mem:
         assert m.vmrss_kb is not None and m.rss_file_kb is not None and m.vmswap_kb is not None
-        assert m.vmrss_kb <= m.vmhwm_kb
+        assert m.vmrss_kb <= m.vmhwm_kb + 1024  # the kernel sums per-CPU RSS counters separately for each line
         # Pss is read a moment after /proc/PID/status, so bound it by the peak, not the same row;
         # it is read every pss_every samples (1000 ms / 40 ms here), other rows leave it empty
         assert m.pss_kb is None or 0 < m.pss_kb <= tr.peak("vmhwm_kb") + 1024

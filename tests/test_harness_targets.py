@@ -35,11 +35,14 @@ def e2e_bundle(request):
 
 
 def _check_mem(tr, low_kb=10_000):
-    assert len(tr.mem) >= 3
+    # a tiny bundle runs for well under a second: at the profile's interval that is a few rows
+    assert len(tr.mem) >= 2 and tr.harness["samples"] == len(tr.mem)
     anon = tr.peak("rss_anon_kb")
     assert low_kb < anon < 8 * 1024 * 1024  # more than an empty process, less than 8 GiB
     assert tr.peak("vmhwm_kb") >= max(m.vmrss_kb for m in tr.mem)
-    assert all(m.pss_kb is not None and m.rss_file_kb is not None for m in tr.mem)
+    assert all(m.rss_file_kb is not None for m in tr.mem)
+    # Pss is read on the first row and then about once a second (harness -p)
+    assert any(m.pss_kb is not None for m in tr.mem)
     ts = [m.t_ms for m in tr.mem]
     assert ts == sorted(ts)
 
