@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli.gate import gate_options
 from edgekit.errors import UsageError
 
 
@@ -29,12 +30,7 @@ from edgekit.errors import UsageError
 @click.option("--threads", type=int, help="CPU threads (default: the profile's [cpu] threads).")
 @click.option("--backend", type=click.Choice(["auto", "litert_lm", "interpreter"]),
               help="Python runner backend (default: the profile's).")
-@click.option("--fail-on", "fail_on", multiple=True, metavar="THRESHOLD",
-              help="decode_tps:-5%, peak_anon_mb:+10% or peak_anon_mb<=1000; adds to / replaces the profile's.")
-@click.option("--profile-thresholds/--no-profile-thresholds", default=True, show_default=True,
-              help="Apply the device profile's [gate] thresholds.")
-@click.option("--allow-mismatch", is_flag=True, help="Compare even when key settings differ.")
-@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (also kept as junit.xml in the result).")
+@gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result records and gate as JSON on stdout.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Parent folder of results/<time>-<device>/.")

@@ -46,14 +46,26 @@ def resolve_thresholds(result: BenchResult, fail_on: tuple[str, ...], use_profil
     return merge_thresholds(prof, cli)
 
 
+def gate_options(fn):
+    """The threshold options shared by `gate`, `bench` and `report`."""
+    options = [
+        click.option("--fail-on", "fail_on", multiple=True, metavar="THRESHOLD",
+                     help="decode_tps:-5%, peak_anon_mb:+10% (vs baseline) or peak_anon_mb<=1000 (absolute). "
+                          "Repeatable."),
+        click.option("--profile-thresholds/--no-profile-thresholds", default=True, show_default=True,
+                     help="Also apply the device profile's [gate] fail_on and budget "
+                          "(--fail-on replaces the same metric)."),
+        click.option("--allow-mismatch", is_flag=True, help="Compare even when key settings differ."),
+        click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one testcase per threshold)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.command("gate")
 @click.argument("result", type=click.Path(path_type=Path))
-@click.option("--fail-on", "fail_on", multiple=True, metavar="THRESHOLD",
-              help="decode_tps:-5%, peak_anon_mb:+10% (vs baseline) or peak_anon_mb<=1000 (absolute). Repeatable.")
-@click.option("--profile-thresholds/--no-profile-thresholds", default=True, show_default=True,
-              help="Also apply the device profile's [gate] fail_on and budget (--fail-on replaces the same metric).")
-@click.option("--allow-mismatch", is_flag=True, help="Compare even when key settings differ.")
-@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one testcase per threshold).")
+@gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the gate verdict as JSON on stdout.")
 def command(result: Path, fail_on: tuple[str, ...], profile_thresholds: bool, allow_mismatch: bool,
             junit: Path | None, as_json: bool) -> int:

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.gate import resolve_thresholds
+from edgekit.cli.gate import gate_options, resolve_thresholds
 from edgekit.results.records import load_result
 
 
 @click.command("report")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--fail-on", "fail_on", multiple=True, metavar="THRESHOLD", help="Thresholds for the gate section.")
-@click.option("--profile-thresholds/--no-profile-thresholds", default=True, show_default=True,
-              help="Include the device profile's [gate] thresholds.")
-@click.option("--allow-mismatch", is_flag=True, help="Compare even when key settings differ.")
-@click.option("--junit", type=click.Path(path_type=Path), help="Also write JUnit XML for the gate.")
+@gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result records as JSON on stdout.")
 def command(folder: Path, fail_on: tuple[str, ...], profile_thresholds: bool, allow_mismatch: bool,
             junit: Path | None, as_json: bool) -> int:
