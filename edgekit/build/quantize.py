@@ -140,14 +140,14 @@ def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = True) -> list[d
     return rm.get_quantization_recipe()
 
 
-def dynamic_recipe(plans: Sequence[OpPlan]) -> list[dict]:
-    """Channel-wise N-bit FC weights with float (dynamic-range) activations."""
+def _weight_only_recipe(plans: Sequence[OpPlan], kind: str, op_name: str) -> list[dict]:
+    """Channel-wise N-bit weights of every ``kind`` op (one rule per scope), float activations."""
     from ai_edge_quantizer import qtyping, recipe_manager
 
     rm = recipe_manager.RecipeManager()
     seen: set[str] = set()
     for p in plans:
-        if p.kind != "fc" or p.bits is None or p.scope in seen:
+        if p.kind != kind or p.bits is None or p.scope in seen:
             continue
         seen.add(p.scope)
         cfg = qtyping.OpQuantizationConfig(
@@ -157,26 +157,18 @@ def dynamic_recipe(plans: Sequence[OpPlan]) -> list[dict]:
             compute_precision=qtyping.ComputePrecision.INTEGER,
             explicit_dequantize=False,
         )
-        rm.add_quantization_config(_exact(p.scope), qtyping.TFLOperationName.FULLY_CONNECTED, cfg)
+        rm.add_quantization_config(_exact(p.scope), getattr(qtyping.TFLOperationName, op_name), cfg)
     return rm.get_quantization_recipe()
+
+
+def dynamic_recipe(plans: Sequence[OpPlan]) -> list[dict]:
+    """Channel-wise N-bit FC weights with float (dynamic-range) activations."""
+    return _weight_only_recipe(plans, "fc", "FULLY_CONNECTED")
 
 
 def embedding_recipe(plans: Sequence[OpPlan]) -> list[dict]:
-    from ai_edge_quantizer import qtyping, recipe_manager
-
-    rm = recipe_manager.RecipeManager()
-    for p in plans:
-        if p.kind != "embedding" or p.bits is None:
-            continue
-        cfg = qtyping.OpQuantizationConfig(
-            weight_tensor_config=qtyping.TensorQuantizationConfig(
-                num_bits=p.bits, symmetric=True, granularity=qtyping.QuantGranularity.CHANNELWISE
-            ),
-            compute_precision=qtyping.ComputePrecision.INTEGER,
-            explicit_dequantize=False,
-        )
-        rm.add_quantization_config(_exact(p.scope), qtyping.TFLOperationName.EMBEDDING_LOOKUP, cfg)
-    return rm.get_quantization_recipe()
+    """Channel-wise N-bit embedding tables (EMBEDDING_LOOKUP)."""
+    return _weight_only_recipe(plans, "embedding", "EMBEDDING_LOOKUP")
 
 
 def fp16_recipe() -> list[dict]:
