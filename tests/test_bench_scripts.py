@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,9 +32,43 @@ def test_run_measured_sees_memory_of_a_grandchild(C):
     assert r.returncode == 0
     assert r.mem.samples >= 3
     assert 180 * C.MIB < r.mem.peak_tree_rss < 600 * C.MIB
+    # the child's own rusage holds the grandchild it reaped, with or without sampling
+    assert 180 * C.MIB < r.rusage_maxrss < 600 * C.MIB
     assert r.peak_rss >= r.mem.peak_tree_rss
     small = C.run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"], interval=0.05)
     assert small.peak_rss < r.peak_rss - 150 * C.MIB
+
+
+def test_run_measured_ignores_other_children_of_the_process(C):
+    """A big child of this process that is reaped while a small command runs is not the command's memory.
+
+    getrusage(RUSAGE_CHILDREN) of the measuring process would grow to the big child's peak
+    here (Popen's own clean-up of finished children reaps them at any later Popen); the
+    figure must be the measured command's alone, whatever ran before in the process.
+    """
+    big = subprocess.Popen([sys.executable, "-c", "b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+
+    class Reap:
+        """A watcher that reaps the big child while the measured command runs."""
+
+        def __init__(self, pid, t0):
+            big.wait()
+
+        def stop(self):
+            pass
+
+    r = C.run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"], interval=0.05, watchers=[Reap])
+    assert big.returncode == 0
+    assert r.returncode == 0
+    assert 0 < r.rusage_maxrss < 100 * C.MIB, r.rusage_maxrss
+    assert r.peak_rss < 100 * C.MIB, r.peak_rss
+
+
+def test_run_measured_timeout_kills_the_command(C):
+    t0 = time.monotonic()
+    r = C.run_measured([sys.executable, "-c", "import time; time.sleep(30)"], interval=0.05, timeout=0.5)
+    assert r.returncode == -signal.SIGKILL
+    assert time.monotonic() - t0 < 10
 
 
 def test_run_measured_timestamps_stderr_and_keeps_stdout(C):

@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts in scripts/bench/ (not part of the edgekit package).
 
 * machine / commit / date facts for RESULTS.md,
-* peak memory of a child process *tree* (sampled from /proc, plus getrusage),
+* peak memory of a child process *tree* (sampled from /proc, plus the child's wait4 rusage),
 * ratio tables with targets and PASS/MISS,
 * replacing one script's section of scripts/bench/RESULTS.md atomically.
 
@@ -16,7 +16,8 @@ import math
 import os
 import platform
 import re
-import resource
+import select
+import signal
 import statistics
 import subprocess
 import sys
@@ -211,7 +212,7 @@ class ChildRun:
     stdout: str
     stderr: str
     mem: TreeMemory
-    rusage_maxrss: int  # bytes: getrusage(RUSAGE_CHILDREN) ru_maxrss when it grew during the run
+    rusage_maxrss: int  # bytes: wait4 ru_maxrss of the child (it and the descendants it reaped)
     stderr_lines: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (t_s since start, line)
     t0_epoch: float = 0.0  # time.time() when the child was started
 
@@ -231,11 +232,36 @@ class ChildRun:
         return last
 
 
+def _wait_with_rusage(pid: int, timeout: float | None) -> tuple[int, int]:
+    """Reap ``pid`` with ``os.wait4``; returns (returncode, ru_maxrss in bytes) of that child.
+
+    The rusage of one reaped child covers the child and the descendants it waited for,
+    and nothing else this process ever ran (``RUSAGE_CHILDREN`` of the whole process is
+    the maximum over every child ever reaped, so it depends on what ran before). A pidfd
+    gives the timeout and a kill that cannot hit a reused pid.
+    """
+    fd = None
+    if timeout is not None:
+        fd = os.pidfd_open(pid)
+        try:
+            ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+            if not ready:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        _, status, ru = os.wait4(pid, 0)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return os.waitstatus_to_exitcode(status), ru.ru_maxrss * 1024  # Linux: kilobytes
+
+
 def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None, nice: int = 0, timeout: float | None = None,
                  keep_timeline: bool = True, echo: bool = False, watchers: Sequence[Any] = ()) -> ChildRun:
     """Run ``argv``; measure wall time and the peak RSS of its whole process tree; timestamp stderr lines."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     pre = (lambda: os.nice(nice)) if nice else None
     t0_epoch = time.time()
     t0 = time.monotonic()
@@ -260,22 +286,16 @@ def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.Pa
     ths = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
     for th in ths:
         th.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    # reaped here (not by Popen.wait) so its own rusage comes back with it
+    proc.returncode, child_maxrss = _wait_with_rusage(proc.pid, timeout)
     dt = time.monotonic() - t0
     for th in ths:
         th.join(timeout=10)
     mem = sampler.stop()
     for w in started:
         w.stop()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    # ru_maxrss of RUSAGE_CHILDREN is the max over all reaped descendants: it tells us
-    # something only when it grew during this run
     return ChildRun(list(argv), proc.returncode, dt, "".join(out_chunks), "".join(l for _, l in err_lines), mem,
-                    after if after > before else 0, err_lines, t0_epoch)
+                    child_maxrss, err_lines, t0_epoch)
 
 
 # ------------------------------------------------------------------ statistics
