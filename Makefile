@@ -4,20 +4,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekit-installed
+LOCK := constraints.txt
 SYSTEM_PACKAGES := adb openssh-server chromium mksh busybox posh
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup system-deps clean targets-up targets-down
+.PHONY: demo test setup system-deps clean targets-up targets-down lock
 
 setup: $(STAMP)
 
 # torch first: `torch==2.13.0` resolves to the local CPU wheel here; any other spec pulls GBs of CUDA.
-$(STAMP): pyproject.toml
+# Every install goes through $(LOCK) (every package pinned), so a fresh machine gets the same versions;
+# the stamp depends on it, so a changed pin reinstalls.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) --upgrade pip
+	$(BIN)/pip install --quiet -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
 	touch $@
+
+# Rewrite $(LOCK) from the working venv (after a deliberate version change; re-run the suite).
+lock:
+	{ sed -n '/^#/p' $(LOCK); $(BIN)/pip freeze --all --exclude-editable | grep -v '^#' \
+	  | sed -E 's/^(torch==[^+]*)\+.*/\1/' | sort -f; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 # Debian packages the tests need (real adb server, real sshd, headless chromium;
 # mksh, busybox and posh run android_harness/harness.sh under the shells phones and boards have).
