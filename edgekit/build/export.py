@@ -34,7 +34,12 @@ from typing import Any
 from edgekit.errors import BuildError
 from edgekit.fsutil import atomic_write_json
 
-EXPORT_CODE_VERSION = 1  # bump when the export options below change meaning
+EXPORT_CODE_VERSION = 2  # bump when the export options below change meaning
+# 2: the child runs with PYTHONHASHSEED=0. litert-torch 0.10.0 collects the stop tokens in a
+# set() and writes them in its iteration order (generative/export_hf/core/litert_lm_builder.py),
+# which for strings depends on the hash seed; exports of version 1 were made with a random seed
+# and are not reused, so every cached export has the fixed order.
+EXPORT_HASH_SEED = "0"
 CACHE_ENV = "EDGEKIT_CACHE"
 TOOLCHAIN_PACKAGES = (
     "litert-torch",
@@ -180,6 +185,7 @@ def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: st
         t0 = time.monotonic()
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONHASHSEED"] = EXPORT_HASH_SEED  # the stop-token order in the bundle (see above)
         with open(logf, "wb") as lf:
             proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
             try:
