@@ -3,7 +3,8 @@
 Committed result fixtures live in tests/fixtures/results/. The ``synth-*`` ones
 are synthesized here (deterministic RNG, plausible phone-like numbers) so the
 pure logic can be tested without a device; ``host-*`` ones were captured from a
-real `edgekit bench` on this machine's ``host`` profile. Regenerate the synthetic
+real `edgekit bench` on this machine's ``host`` profile and are kept in the schema
+they were written in (schema 1: read with bases recounted). Regenerate the synthetic
 ones with ``python tests/fixtures_results.py``; regenerate golden outputs with
 ``EDGEKIT_REGEN_GOLDEN=1 pytest tests/test_report_golden.py``.
 """
@@ -159,7 +160,16 @@ def write_synthetic() -> None:
         if name == "synth-pixel8-fp16-vs-wna8o8":
             b = data["bundles"]
             b["candidate"], b["baseline"] = b["baseline"], b["candidate"]
-        (d / "result.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_current(data, d / "result.json")
+
+
+def write_current(data: dict, path: Path) -> None:
+    """Write a (schema 1) result dict as the current schema: bases counted from its samples."""
+    import json
+
+    from edgekit.results.records import BenchResult
+
+    path.write_text(json.dumps(BenchResult.from_dict(data).to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -33,10 +33,13 @@ from typing import Any, Callable, Sequence
 from edgekit import __version__
 from edgekit.bench.traces import RunTrace, parse_trace_dir
 from edgekit.errors import BenchmarkFailed, DeviceError, EdgekitError, NotComparable, UsageError
+from edgekit.results.basis import Basis, bursty, count_basis, mem_basis, token_basis
 from edgekit.results.records import (
     BASELINE,
     CANDIDATE,
     MEASURE,
+    MEM_SOURCES,
+    TOKEN_PERCENTILES,
     WARMUP,
     BenchResult,
     BundleInfo,
@@ -227,28 +230,60 @@ def _median(vals: Sequence[float | None]) -> float | None:
     return float(statistics.median(xs)) if xs else None
 
 
-def metrics_from_trace(trace: RunTrace) -> tuple[dict[str, float | None], list[float]]:
+# mem.tsv columns each sampled memory peak is read from (the MemPoint field names are in MEM_SOURCES)
+_MEM_COLUMNS = {"peak_rss_mb": ("vmhwm_kb", "vmrss_kb"), "peak_anon_mb": ("rss_anon_kb",),
+                "peak_file_mb": ("rss_file_kb",), "peak_pss_mb": ("pss_kb",)}
+
+
+def measure_trace(trace: RunTrace) -> tuple[dict[str, float | None], dict[str, Basis], list[float]]:
+    """Per-run metrics of one trace, each with what it rests on, and the measured token stamps.
+
+    A figure below its basis's minimum is None (see edgekit/results/basis.py): a memory
+    peak needs MIN_MEM_SAMPLES readings of its kind in the run's process (Pss is read only
+    about once a second), a token percentile enough per-token stamps that do not arrive in
+    stream chunks; iteration figures rest on the measured iterations that report them.
+    """
     its = trace.measured
     token_ms = [t for it in its for t in it.token_ms]
-    hwm = trace.peak("vmhwm_kb")
-    rss = trace.peak("vmrss_kb")
-    peak_rss = max(v for v in (hwm, rss) if v is not None) if (hwm is not None or rss is not None) else None
-    peak_rss_mb = _mb(peak_rss)
-    if peak_rss_mb is None:  # native binary's own figure when /proc was not sampled
-        peak_rss_mb = _median([it.peak_mem_mb for it in its])
-    m = {
-        "init_ms": trace.init_ms,
-        "ttft_ms": _median([it.ttft_ms for it in its]),
-        "prefill_tps": _median([it.prefill_tps for it in its]),
-        "decode_tps": _median([it.decode_tps for it in its]),
-        "token_p50_ms": percentile(token_ms, 50),
-        "token_p90_ms": percentile(token_ms, 90),
-        "token_p99_ms": percentile(token_ms, 99),
-        "peak_rss_mb": peak_rss_mb,
-        "peak_anon_mb": _mb(trace.peak("rss_anon_kb")),
-        "peak_file_mb": _mb(trace.peak("rss_file_kb")),
-        "peak_pss_mb": _mb(trace.peak("pss_kb")),
-    }
+    m: dict[str, float | None] = {}
+    basis: dict[str, Basis] = {}
+
+    def iteration_figure(name: str, vals: list[float | None]) -> None:
+        got = [v for v in vals if v is not None]
+        m[name] = _median(got)
+        basis[name] = count_basis(len(got), "iterations", 1)
+
+    m["init_ms"] = trace.init_ms
+    basis["init_ms"] = count_basis(0 if trace.init_ms is None else 1, "init reports", 1)
+    iteration_figure("ttft_ms", [it.ttft_ms for it in its])
+    iteration_figure("prefill_tps", [it.prefill_tps for it in its])
+    iteration_figure("decode_tps", [it.decode_tps for it in its])
+
+    timing = next((it.token_timing for it in its if it.token_timing), None)
+    burst = next((b for b in (bursty(it.token_ms) for it in its) if b), None)
+    for name, q in TOKEN_PERCENTILES.items():
+        basis[name] = token_basis(len(token_ms), q, burst, timing)
+        m[name] = percentile(token_ms, q) if basis[name].valid else None
+
+    for name, cols in _MEM_COLUMNS.items():
+        n = trace.count(*cols)
+        peaks = [trace.peak(c) for c in cols]
+        peaks = [p for p in peaks if p is not None]
+        b = mem_basis(n, MEM_SOURCES[name][1])
+        value = _mb(max(peaks)) if peaks and b.valid else None
+        if name == "peak_rss_mb" and value is None:
+            # a native binary's own peak report stands in when /proc gave too few readings
+            reports = [it.peak_mem_mb for it in its if it.peak_mem_mb is not None]
+            if reports:
+                b, value = Basis(len(reports), "runtime peak reports", 1), _median(reports)
+        m[name] = value
+        basis[name] = b
+    return m, basis, token_ms
+
+
+def metrics_from_trace(trace: RunTrace) -> tuple[dict[str, float | None], list[float]]:
+    """Per-run metrics (None where the trace holds too few readings) and the token stamps."""
+    m, _, token_ms = measure_trace(trace)
     return m, token_ms
 
 
@@ -260,9 +295,12 @@ def thermal_from_trace(trace: RunTrace) -> Thermal | None:
         xs = [s for s in trace.thermal if phase is None or s.phase == phase]
         return max(xs, key=lambda s: s.temp_mc) if xs else None
 
-    start, top, end = hottest("before"), hottest(None), hottest("after")
+    # the hottest reading *during* the run: zones are read about once a second, so a shorter
+    # run has none and its max is absent rather than the before/after reading
+    start, top, end = hottest("before"), hottest("during"), hottest("after")
+    during = sum(1 for s in trace.thermal if s.phase == "during")
     c = lambda s: None if s is None else round(s.temp_mc / 1000.0, 2)  # noqa: E731
-    return Thermal(c(start), c(top), c(end), top.type if top else None)
+    return Thermal(c(start), c(top), c(end), top.type if top else None, during)
 
 
 def cpufreq_from_trace(trace: RunTrace) -> tuple[CpuFreq, ...]:
@@ -279,7 +317,7 @@ def cpufreq_from_trace(trace: RunTrace) -> tuple[CpuFreq, ...]:
 
 
 def run_from_trace(trace: RunTrace, role: str, phase: str, index: int, order: int, trace_dir: str) -> Run:
-    metrics, token_ms = metrics_from_trace(trace)
+    metrics, basis, token_ms = measure_trace(trace)
     mem = tuple(MemPoint(float(s.t_ms), _mb(s.vmrss_kb), _mb(s.rss_anon_kb), _mb(s.rss_file_kb), _mb(s.pss_kb),
                          _mb(s.vmswap_kb)) for s in trace.mem)
     h = trace.harness or {}
@@ -295,7 +333,7 @@ def run_from_trace(trace: RunTrace, role: str, phase: str, index: int, order: in
     return Run(role=role, phase=phase, index=index, order=order, metrics=metrics, token_ms=tuple(token_ms),
                mem=mem, thermal=thermal_from_trace(trace), cpufreq=cpufreq_from_trace(trace),
                status="ok" if ok else "failed", error=error, trace_dir=trace_dir,
-               t_start=epoch("start_epoch_ms"), t_end=epoch("end_epoch_ms"))
+               t_start=epoch("start_epoch_ms"), t_end=epoch("end_epoch_ms"), basis=basis)
 
 
 # --- the session ---------------------------------------------------------------------------
@@ -556,7 +594,7 @@ def _f(v: float | None, unit: str) -> str:
 
 def _run_kwargs(run: Run) -> dict:
     return {k: getattr(run, k) for k in ("role", "phase", "index", "order", "metrics", "token_ms", "mem", "thermal",
-                                          "cpufreq", "status", "error", "trace_dir", "t_start", "t_end")}
+                                          "cpufreq", "status", "error", "trace_dir", "t_start", "t_end", "basis")}
 
 
 @dataclass(frozen=True)

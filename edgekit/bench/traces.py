@@ -40,6 +40,7 @@ class Iteration:
     t_end: float | None = None
     peak_mem_mb: float | None = None  # native: "Peak system ram usage" of this iteration
     peak_private_mb: float | None = None  # native: "Peak private footprint"
+    token_timing: str | None = None  # runner: why token_ms is empty (stamps were per stream chunk)
 
 
 @dataclass
@@ -98,6 +99,11 @@ class RunTrace:
         """Largest value of one mem.tsv column (e.g. ``rss_anon_kb``), None if never sampled."""
         vals = [getattr(m, column) for m in self.mem if getattr(m, column) is not None]
         return max(vals) if vals else None
+
+    def count(self, *columns: str) -> int:
+        """mem.tsv rows holding a reading of any of ``columns``: what a sampled peak rests on
+        (Pss is read only about once a second, so a short run may have one Pss reading or none)."""
+        return sum(1 for m in self.mem if any(getattr(m, c) is not None for c in columns))
 
 
 # --- tsv files ----------------------------------------------------------------------
@@ -230,6 +236,7 @@ def parse_runner_jsonl(text: str, warnings: list[str]) -> tuple[dict, float | No
                     token_ms=[float(x) for x in rec.get("token_ms") or []],
                     t_start=_f(rec.get("t_start")),
                     t_end=_f(rec.get("t_end")),
+                    token_timing=str(rec["token_timing"]) if rec.get("token_timing") else None,
                 )
             )
         elif ev == "error":

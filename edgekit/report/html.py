@@ -9,7 +9,9 @@ import base64
 from html import escape
 
 from edgekit.report.context import ReportContext
+from edgekit.report.markdown import na_lines
 from edgekit.report.plots import all_plots
+from edgekit.report.terminal import grouped_notes
 from edgekit.results.records import METRICS, QUALITY_METRICS, RUN_METRICS
 from edgekit.results.stats import fmt_value
 
@@ -75,6 +77,10 @@ def render_html(ctx: ReportContext, plots: list[tuple[str, str, bytes]] | None =
                          "n/a" if m.p_value is None else f"{m.p_value:.3f}",
                          f"<span class='{cls}'>{escape(m.phrase)}</span>"])
         parts.append(_table(["metric", "candidate", "baseline", "change", "p", "verdict"], rows, raw=True))
+        notes = grouped_notes(cmp)
+        if notes:
+            parts.append("<ul>" + "".join(f"<li class='warn'>{escape(n)}: {escape(t)}</li>" for n, t in notes)
+                         + "</ul>")
     if plots:
         parts.append("<h2>Plots</h2>")
         for pid, caption, png in plots:
@@ -90,6 +96,10 @@ def render_html(ctx: ReportContext, plots: list[tuple[str, str, bytes]] | None =
                          "n/a" if s.cv is None else f"{s.cv * 100:.1f}%",
                          "n/a" if s.ci_low is None else f"{_n(s.ci_low)} .. {_n(s.ci_high)}"])
         parts.append(_table(["metric", "unit", "n", "median", "mean", "stddev", "CV", "95% CI of mean"], rows))
+        na = na_lines(r, role)
+        if na:
+            parts.append("<p>Figures with no valid measurement (n/a, not compared, not gated):</p><ul>"
+                         + "".join(f"<li class='warn'>{escape(x)}</li>" for x in na) + "</ul>")
     qrows = [[name, *[fmt_value(name, r.bundles[role].quality().get(name)) for role in r.roles()]]
              for name in QUALITY_METRICS if any(r.bundles[role].quality().get(name) is not None for role in r.roles())]
     if qrows:

@@ -113,6 +113,11 @@ def _runs(result: BenchResult) -> list[str]:
                    "max temp", "trace"], rows, "rllrlrrrrrl")
 
 
+def na_lines(result: BenchResult, role: str) -> list[str]:
+    """'metric: why' for every run metric some measured run of ``role`` has no value for."""
+    return [f"{name}: {why}" for name in RUN_METRICS if (why := result.na_reason(role, name))]
+
+
 def render_markdown(ctx: ReportContext) -> str:
     r = ctx.result
     lines = [f"# {ctx.title}", ""]
@@ -148,6 +153,10 @@ def render_markdown(ctx: ReportContext) -> str:
         lines += _table(["metric", "unit", "n", "median", "mean", "stddev", "CV", "95% CI of mean"], rows,
                         "llrrrrrr")
         lines.append("")
+        na = na_lines(r, role)
+        if na:
+            lines += ["Figures with no valid measurement (n/a, not compared, not gated):", ""]
+            lines += [f"- {_esc(x)}" for x in na] + [""]
     qrows = []
     for name in QUALITY_METRICS:
         vals = [r.bundles[role].quality().get(name) for role in r.roles()]

@@ -35,8 +35,23 @@ def render_comparison(cmp: Comparison) -> str:
     if cmp.mismatches:
         out.append("key settings differ (allowed): " + "; ".join(str(x) for x in cmp.mismatches))
     out.append(table(["metric", "unit", "candidate", "baseline", "change", "p", "verdict"], rows, {2, 3, 4, 5}))
+    out += [f"  {names}: {note}" for names, note in grouped_notes(cmp)]
     out.append("verdict: " + cmp.summary_line())
     return "\n".join(out)
+
+
+def grouped_notes(cmp: Comparison) -> list[tuple[str, str]]:
+    """(metrics, note) for every note of a metric that was not decided, metrics with the same note
+    joined, so a figure with no valid measurement says why next to its n/a."""
+    order: list[str] = []
+    names: dict[str, list[str]] = {}
+    for m in cmp.metrics:
+        if m.note and m.verdict != "not comparable":
+            if m.note not in names:
+                order.append(m.note)
+                names[m.note] = []
+            names[m.note].append(m.metric)
+    return [(", ".join(names[n]), n) for n in order]
 
 
 def render_gate(gate: GateResult) -> str:

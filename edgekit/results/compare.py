@@ -52,6 +52,7 @@ class Side:
     settings: Settings
     runtime: Mapping[str, Any]
     samples: Mapping[str, tuple[float, ...]]
+    missing: Mapping[str, str] = field(default_factory=dict)  # metric -> why some/all runs have no value
 
     def key(self) -> dict[str, Any]:
         """The settings that must be equal for numbers to be comparable."""
@@ -74,6 +75,7 @@ def side_of(result: BenchResult, role: str = CANDIDATE, label: str | None = None
                                hint="bench with a baseline, or compare two result files")
     bundle = result.bundles[role]
     samples = {name: tuple(result.samples(role, name)) for name in RUN_METRICS}
+    missing = {name: why for name in RUN_METRICS if (why := result.na_reason(role, name))}
     return Side(
         label=label or f"{role} {bundle.label}",
         bundle=bundle,
@@ -81,6 +83,7 @@ def side_of(result: BenchResult, role: str = CANDIDATE, label: str | None = None
         settings=result.settings,
         runtime=result.runtime,
         samples=samples,
+        missing=missing,
     )
 
 
@@ -161,7 +164,7 @@ class Comparison:
         if n_ins == len(self.metrics) and self.metrics:
             return "insufficient data to decide any change"
         if n_ins:
-            return f"no significant change ({n_ins} metrics with insufficient data)"
+            return f"no significant change ({n_ins} metric{'' if n_ins == 1 else 's'} with insufficient data)"
         return "no significant change"
 
     def to_dict(self) -> dict:
@@ -217,7 +220,11 @@ def describe_change(name: str, ratio: float | None) -> str:
     return f"{pct} {m.label}"
 
 
-def compare_metric(name: str, cand: Sequence[float], base: Sequence[float], alpha: float = ALPHA) -> MetricComparison:
+def compare_metric(name: str, cand: Sequence[float], base: Sequence[float], alpha: float = ALPHA,
+                   cand_missing: str | None = None, base_missing: str | None = None) -> MetricComparison:
+    """One metric's verdict. ``cand_missing`` / ``base_missing``: why runs of that side have
+    no value (their figures rest on too few readings); such a side is not compared on the
+    runs that happen to have one unless it keeps MIN_SAMPLES valid runs."""
     m = METRICS[name]
     cs, bs = summarize(cand), summarize(base)
     ratio = None
@@ -225,8 +232,18 @@ def compare_metric(name: str, cand: Sequence[float], base: Sequence[float], alph
         ratio = cs.median / bs.median
     change = None if ratio is None else ratio - 1.0
     desc = describe_change(name, ratio)
+    if cand_missing and cand_missing == base_missing:
+        why = f"candidate and baseline: {cand_missing}"
+    else:
+        why = "; ".join(f"{side}: {text}" for side, text in (("candidate", cand_missing),
+                                                              ("baseline", base_missing)) if text)
     if cs.n < MIN_SAMPLES or bs.n < MIN_SAMPLES:
         note = f"{cs.n} candidate and {bs.n} baseline samples; at least {MIN_SAMPLES} each are needed"
+        if why:
+            note = why if (cs.n == 0 or bs.n == 0) else f"{why}; {note}"
+        if cs.n == 0 or bs.n == 0:  # no change can be stated on a side with no valid figure
+            ratio = change = None
+            desc = describe_change(name, None)
         return MetricComparison(name, cs, bs, ratio, change, None, INSUFFICIENT, f"insufficient data ({desc})", note)
     floor = min_p_value(cs.n, bs.n)
     p = mann_whitney(cand, base)
@@ -234,13 +251,14 @@ def compare_metric(name: str, cand: Sequence[float], base: Sequence[float], alph
         note = (f"with {cs.n} and {bs.n} runs the smallest possible p-value is {floor:.3f} > {alpha}; "
                 "more --reps are needed to detect any change")
         return MetricComparison(name, cs, bs, ratio, change, p, INSUFFICIENT, f"insufficient data ({desc})", note)
+    partial = f"compared on the runs with a value ({why})" if why else None
     if p >= alpha:
         return MetricComparison(name, cs, bs, ratio, change, p, NOT_SIGNIFICANT,
-                                f"not significant ({desc}, p={p:.2f})")
+                                f"not significant ({desc}, p={p:.2f})", partial)
     diff = (cs.median - bs.median) if cs.median != bs.median else (cs.mean - bs.mean)
     improved = diff > 0 if m.higher_is_better else diff < 0
     verdict = BETTER if improved else WORSE
-    return MetricComparison(name, cs, bs, ratio, change, p, verdict, desc)
+    return MetricComparison(name, cs, bs, ratio, change, p, verdict, desc, partial)
 
 
 def compare(candidate: Side, baseline: Side, *, allow_mismatch: bool = False, alpha: float = ALPHA,
@@ -266,7 +284,8 @@ def compare(candidate: Side, baseline: Side, *, allow_mismatch: bool = False, al
                           candidate.key(), baseline.key())
     out = []
     for name in metrics:
-        out.append(compare_metric(name, candidate.samples.get(name, ()), baseline.samples.get(name, ()), alpha))
+        out.append(compare_metric(name, candidate.samples.get(name, ()), baseline.samples.get(name, ()), alpha,
+                                  candidate.missing.get(name), baseline.missing.get(name)))
     return Comparison(candidate.label, baseline.label, tuple(out), mismatches, alpha,
                       candidate.key(), baseline.key())
 

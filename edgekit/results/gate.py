@@ -12,6 +12,12 @@ A relative threshold fails only when the change is statistically significant
 absolute budget fails when the candidate's median over measured runs (for
 quality metrics: the manifest value) breaks it.
 
+A threshold on a figure that has no valid measurement is undecided, never passed:
+no quality record in the manifest, or a run metric that rests on too few readings
+(edgekit/results/basis.py) in more than half of the measured runs (a peak PSS of
+one reading taken before the model loaded is not a number to hold against a budget).
+The check's message and the gate's reason say why.
+
 Exit codes (edgekit/errors.py): 0 pass, 1 a threshold failed, 2 bad threshold
 syntax (UsageError), 3 the bench itself failed, 4 not comparable / insufficient
 data to decide a threshold (and none failed).
@@ -181,14 +187,36 @@ def _check_relative(t: Threshold, comparison: Comparison | None) -> Check:
 
 def _check_absolute(t: Threshold, result: BenchResult) -> Check:
     values = result.samples(CANDIDATE, t.metric)
+    quality = METRICS[t.metric].source == "quality"
+    why = result.na_reason(CANDIDATE, t.metric)
     if not values:
-        what = "the manifest has no quality figure" if METRICS[t.metric].source == "quality" else "no measured runs"
-        return Check(t, UNDECIDED, f"{t.text}: no value for {t.metric} ({what})", verdict=INSUFFICIENT)
+        return Check(t, UNDECIDED, f"{t.text}: no value for {t.metric} ({why or 'not measured'})",
+                     verdict=INSUFFICIENT)
+    runs = len(result.measured(CANDIDATE))
+    if not quality and 2 * len(values) < runs:
+        # the runs that happen to have a value are not a sample of the others (e.g. the longer ones)
+        return Check(t, UNDECIDED, f"{t.text}: {t.metric} has a value in only {len(values)} of {runs} measured "
+                                   f"runs ({why})", verdict=INSUFFICIENT)
     value = summarize(values).median
     ok = _OPS[t.op](value, t.value)
-    kind = "manifest value" if METRICS[t.metric].source == "quality" else f"median of {len(values)} runs"
+    kind = "manifest value" if quality else f"median of {len(values)} runs"
+    if not quality and len(values) < runs:
+        kind += f"; {why}"
     msg = f"{t.metric} = {fmt_value(t.metric, value)} ({kind}) {'meets' if ok else 'breaks'} {t.text}"
     return Check(t, PASS if ok else FAIL, msg, value)
+
+
+def _why_undecided(checks: Sequence[Check]) -> str:
+    """The undecided thresholds with their reasons for the gate's one-line verdict, thresholds
+    undecided for the same reason named together."""
+    groups: dict[str, list[str]] = {}
+    for c in checks:
+        msg = c.message
+        prefix = f"{c.threshold.text}: "
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+        groups.setdefault(msg, []).append(c.threshold.text)
+    return "; ".join(f"{', '.join(texts)} ({msg})" for msg, texts in groups.items())
 
 
 def evaluate(result: BenchResult, thresholds: Sequence[Threshold], comparison: Comparison | None) -> GateResult:
@@ -205,11 +233,13 @@ def evaluate(result: BenchResult, thresholds: Sequence[Threshold], comparison: C
     if fails:
         return GateResult(checks_t, EXIT_FAIL,
                           f"gate failed: {len(fails)} of {_n(len(checks), 'threshold')} crossed: "
-                          + "; ".join(c.threshold.text for c in fails), device)
+                          + "; ".join(c.threshold.text for c in fails)
+                          + (f" (and {len(undecided)} undecided: " + "; ".join(c.threshold.text for c in undecided)
+                             + ")" if undecided else ""), device)
     if undecided:
         return GateResult(checks_t, EXIT_UNDECIDED,
                           f"gate undecided: {len(undecided)} of {_n(len(checks), 'threshold')} could not be checked: "
-                          + "; ".join(c.threshold.text for c in undecided), device)
+                          + _why_undecided(undecided), device)
     if not checks:
         return GateResult(checks_t, EXIT_PASS, "no thresholds given: nothing to gate", device)
     return GateResult(checks_t, EXIT_PASS, f"gate passed: {_n(len(checks), 'threshold')} held", device)

@@ -6,6 +6,12 @@ time) and every :class:`Run`, warmups kept apart from measured runs. The JSON
 form carries ``schema`` = :data:`SCHEMA_VERSION`; a file with another version is
 refused with a clear error instead of being half-read.
 
+Each run metric carries its :class:`~edgekit.results.basis.Basis` (how many readings it
+rests on, and why it is absent when they are too few); a figure below its minimum is
+``None``, never a number. Schema 2 added ``runs[].basis`` and ``thermal.during_samples``;
+a schema 1 file is still read, and its bases are recounted from the memory samples and
+token stamps it stores, so an old result cannot pass a budget on a figure with no data.
+
 Every view (Markdown, HTML, terminal, JUnit) and every computation (stats,
 compare, gate) reads these records; none of them reads traces directly.
 """
@@ -21,8 +27,10 @@ from typing import Any, Iterable, Mapping
 
 from edgekit.errors import ConfigError, UsageError
 from edgekit.fsutil import atomic_write_json
+from edgekit.results.basis import Basis, bursty, mem_basis, quality_basis, summarize_reasons, token_basis
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: before per-metric bases; read with bases recounted from the stored samples
 RESULT_KIND = "edgekit-bench-result"
 
 HIGHER = "higher"
@@ -72,6 +80,18 @@ _METRIC_LIST = (
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRIC_LIST})
 RUN_METRICS: tuple[str, ...] = tuple(m.name for m in _METRIC_LIST if m.source == "run")
 QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _METRIC_LIST if m.source == "quality")
+
+
+# Sampled memory peaks: metric -> (MemPoint field, what one reading is)
+MEM_SOURCES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "peak_rss_mb": ("rss_mb", "RSS readings"),
+    "peak_anon_mb": ("anon_mb", "RssAnon readings"),
+    "peak_file_mb": ("file_mb", "RssFile readings"),
+    "peak_pss_mb": ("pss_mb", "PSS readings"),
+})
+# Token latency percentiles: metric -> q
+TOKEN_PERCENTILES: Mapping[str, float] = MappingProxyType({"token_p50_ms": 50.0, "token_p90_ms": 90.0,
+                                                           "token_p99_ms": 99.0})
 
 
 def metric(name: str) -> Metric:
@@ -134,18 +154,24 @@ class Thermal:
     """Hottest thermal zone before, during (max) and after a run, in degrees C."""
 
     start_c: float | None = None
-    max_c: float | None = None
+    max_c: float | None = None  # hottest reading during the run; None when none was taken during it
     end_c: float | None = None
     zone: str | None = None  # type of the zone that reached max_c
+    # readings taken while the command ran (about once a second: a shorter run has none);
+    # None in results older than schema 2
+    during_samples: int | None = None
 
     def to_dict(self) -> dict:
-        return {"start_c": self.start_c, "max_c": self.max_c, "end_c": self.end_c, "zone": self.zone}
+        return {"start_c": self.start_c, "max_c": self.max_c, "end_c": self.end_c, "zone": self.zone,
+                "during_samples": self.during_samples}
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "Thermal | None":
         if not d:
             return None
-        return cls(_num(d.get("start_c")), _num(d.get("max_c")), _num(d.get("end_c")), d.get("zone"))
+        n = d.get("during_samples")
+        return cls(_num(d.get("start_c")), _num(d.get("max_c")), _num(d.get("end_c")), d.get("zone"),
+                   None if n is None else int(n))
 
 
 @dataclass(frozen=True)
@@ -190,17 +216,21 @@ class Run:
     trace_dir: str | None = None  # relative to the result folder
     t_start: float | None = None  # epoch seconds
     t_end: float | None = None
+    basis: Mapping[str, Basis] = field(default_factory=dict)  # metric -> what its figure rests on
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ConfigError(f"run role must be one of {ROLES}, got {self.role!r}")
         if self.phase not in PHASES:
             raise ConfigError(f"run phase must be one of {PHASES}, got {self.phase!r}")
-        clean = {k: _num(v) for k, v in dict(self.metrics).items()}
-        object.__setattr__(self, "metrics", MappingProxyType(clean))
         object.__setattr__(self, "token_ms", tuple(float(x) for x in self.token_ms))
         object.__setattr__(self, "mem", tuple(self.mem))
         object.__setattr__(self, "cpufreq", tuple(self.cpufreq))
+        basis = {k: (b if isinstance(b, Basis) else Basis.from_dict(b)) for k, b in dict(self.basis).items()}
+        # a figure whose basis falls short is absent, whatever number was handed in
+        clean = {k: (None if k in basis and not basis[k].valid else _num(v)) for k, v in dict(self.metrics).items()}
+        object.__setattr__(self, "metrics", MappingProxyType(clean))
+        object.__setattr__(self, "basis", MappingProxyType(basis))
 
     @property
     def ok(self) -> bool:
@@ -208,6 +238,15 @@ class Run:
 
     def value(self, name: str) -> float | None:
         return self.metrics.get(name)
+
+    def reason(self, name: str) -> str | None:
+        """Why ``name`` has no value in this run (None when it has one)."""
+        if self.metrics.get(name) is not None:
+            return None
+        b = self.basis.get(name)
+        if b is not None and b.reason:
+            return b.reason
+        return "not measured" if self.ok else f"the run failed: {self.error}"
 
     def to_dict(self) -> dict:
         return {
@@ -226,10 +265,13 @@ class Run:
             "trace_dir": self.trace_dir,
             "t_start": self.t_start,
             "t_end": self.t_end,
+            "basis": {k: b.to_dict() for k, b in self.basis.items()},
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Run":
+    def from_dict(cls, d: Mapping, schema: int = SCHEMA_VERSION) -> "Run":
+        if schema < 2 or "basis" not in d:
+            d = {**d, "basis": recount_basis(d)}
         return cls(
             role=d["role"],
             phase=d["phase"],
@@ -245,7 +287,32 @@ class Run:
             trace_dir=d.get("trace_dir"),
             t_start=_num(d.get("t_start")),
             t_end=_num(d.get("t_end")),
+            basis={k: Basis.from_dict(b) for k, b in (d.get("basis") or {}).items()},
         )
+
+
+def recount_basis(d: Mapping) -> dict[str, dict]:
+    """Bases of a run stored without them (schema 1), counted from what the run stores:
+    its memory samples (one row per harness sample, the field empty when not read) and its
+    measured token stamps. Iteration figures (init, TTFT, prefill, decode) have no stored
+    count: their basis says so and keeps the value."""
+    fields = list(d.get("mem_fields") or MemPoint.FIELDS)
+    rows = list(d.get("mem") or ())
+    metrics = d.get("metrics") or {}
+    out: dict[str, dict] = {}
+    for name, (attr, of) in MEM_SOURCES.items():
+        if not rows:
+            if _num(metrics.get(name)) is not None:  # a native binary's own peak report (no /proc samples)
+                out[name] = Basis(None, "runtime peak reports").to_dict()
+            continue
+        i = fields.index(attr) if attr in fields else None
+        n = 0 if i is None else sum(1 for r in rows if len(r) > i and _num(r[i]) is not None)
+        out[name] = mem_basis(n, of).to_dict()
+    stamps = [float(x) for x in d.get("token_ms") or ()]
+    burst = bursty(stamps)
+    for name, q in TOKEN_PERCENTILES.items():
+        out[name] = token_basis(len(stamps), q, burst).to_dict()
+    return out
 
 
 @dataclass(frozen=True)
@@ -282,7 +349,8 @@ class BundleInfo:
         return f"{self.model}{'-text' if self.text_only else ''}"
 
     def quality(self) -> dict[str, float]:
-        """Quality metrics stored by the quality step in ``manifest["quality"]``."""
+        """Quality metrics stored by the quality step in ``manifest["quality"]`` (only figures
+        scored on enough tokens, see :func:`quality_basis`)."""
         q = self.manifest.get("quality") or {}
         out: dict[str, float] = {}
         if isinstance(q, Mapping):
@@ -291,9 +359,24 @@ class BundleInfo:
                 if isinstance(v, Mapping):
                     v = v.get("value")
                 v = _num(v)
-                if v is not None:
+                if v is not None and self.quality_basis(name).valid:
                     out[name] = v
         return out
+
+    def quality_basis(self, name: str) -> Basis:
+        return quality_basis(self.manifest.get("quality"), name)
+
+    def quality_reason(self, name: str) -> str | None:
+        """Why the manifest gives no usable ``name`` (None when it does)."""
+        if name in self.quality():
+            return None
+        q = self.manifest.get("quality")
+        if not isinstance(q, Mapping) or not q:
+            return "the bundle's manifest has no quality record (build its fp16 baseline in the same output folder)"
+        b = self.quality_basis(name)
+        if not b.valid:
+            return b.reason
+        return f"the manifest's quality record has no {name}"
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes, "model": self.model,
@@ -409,6 +492,16 @@ class BenchResult:
             return [] if v is None else [v]
         return [v for v in (r.value(name) for r in self.measured(role)) if v is not None]
 
+    def na_reason(self, role: str, name: str) -> str | None:
+        """Why some or all measured runs of ``role`` have no ``name`` (None when all have one)."""
+        if METRICS.get(name) is not None and METRICS[name].source == "quality":
+            b = self.bundles.get(role)
+            return f"no {role} bundle" if b is None else b.quality_reason(name)
+        runs = self.measured(role)
+        if not runs:
+            return f"no successful measured {role} run"
+        return summarize_reasons([r.reason(name) for r in runs], len(runs))
+
     def with_runs(self, runs: Iterable[Run], **changes: Any) -> "BenchResult":
         return replace(self, runs=tuple(runs), **changes)
 
@@ -437,9 +530,10 @@ class BenchResult:
             raise ConfigError(f"{source} is not an edgekit bench result (no kind={RESULT_KIND!r})",
                               hint="pass the result.json written by `edgekit bench`")
         version = d.get("schema")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise ConfigError(
-                f"{source} has result schema {version!r}; this edgekit ({_version()}) reads schema {SCHEMA_VERSION}",
+                f"{source} has result schema {version!r}; this edgekit ({_version()}) reads schema "
+                + ", ".join(str(v) for v in READABLE_SCHEMAS),
                 hint="use the edgekit version that wrote it, or re-run the bench",
             )
         try:
@@ -450,7 +544,7 @@ class BenchResult:
                 settings=Settings.from_dict(d["settings"]),
                 bundles={role: BundleInfo.from_dict(b) for role, b in (d.get("bundles") or {}).items()},
                 runtime=d.get("runtime") or {},
-                runs=tuple(Run.from_dict(r) for r in d.get("runs") or ()),
+                runs=tuple(Run.from_dict(r, schema=version) for r in d.get("runs") or ()),
                 status=d.get("status", "ok"),
                 error=d.get("error"),
                 failed_run=d.get("failed_run"),
