@@ -7,6 +7,16 @@
 # usage: sh harness.sh -o OUTDIR -i INTERVAL_MS [-a CPU_MASK] [-p PSS_MS] -- CMD [ARGS...]
 #   -p: read Pss (smaps_rollup, costly on big mappings) about every PSS_MS ms (default 1000; 0 = every sample)
 #
+# The sampler forks nothing per sample where the shell allows it: /proc files are read
+# with the `read` builtin, rows are written with `echo` (mksh's printf is not a builtin),
+# the clock is $EPOCHREALTIME (mksh, bash, busybox) or /proc/uptime, and the wait between
+# samples is `read -t` on a private FIFO (mksh, bash, busybox) instead of `sleep`. A shell
+# without `read -t` (dash, posh) re-executes the script under mksh, bash or busybox when
+# one is installed (EDGEKIT_HARNESS_REEXEC=0 keeps the current shell, which then forks one
+# `sleep` per sample). Each forked helper takes CPU time from the measured command on a
+# device whose every core runs its threads. With -a MASK the sampler itself moves to the
+# online CPUs outside MASK when there are any (harness.tsv `sampler_affinity`).
+#
 # Writes (see docs/contracts.md):
 #   OUTDIR/runner.out, runner.err   stdout / stderr of CMD
 #   OUTDIR/mem.tsv       t_ms vmrss_kb vmhwm_kb rss_anon_kb rss_file_kb rss_shmem_kb vmswap_kb pss_kb
@@ -15,6 +25,22 @@
 #   OUTDIR/harness.tsv   key<TAB>value: start_epoch_ms end_epoch_ms pid interval_ms exit_status ...
 # t_ms counts from the harness start. Exit status = CMD's exit status; 125 = harness
 # usage error (nothing was run).
+
+# dash and posh have neither $EPOCHREALTIME nor `read -t`: sampling would fork a clock
+# and a sleep per sample. Re-execute under a shell that has both, when one is installed.
+if [ -n "${EDGEKIT_HARNESS_REEXECED:-}" ]; then
+  unset EDGEKIT_HARNESS_REEXECED
+elif [ "${EDGEKIT_HARNESS_REEXEC:-1}" != 0 ] && [ -z "${EPOCHREALTIME:-}" ]; then
+  for _sh in mksh bash busybox; do
+    command -v "$_sh" >/dev/null 2>&1 || continue
+    EDGEKIT_HARNESS_REEXECED=1; export EDGEKIT_HARNESS_REEXECED
+    [ "$_sh" = busybox ] && exec busybox sh "$0" "$@"
+    exec "$_sh" "$0" "$@"
+  done
+fi
+SHELL_NAME=sh
+[ -n "${KSH_VERSION:-}" ] && SHELL_NAME=mksh
+[ -n "${BASH_VERSION:-}" ] && SHELL_NAME=bash
 
 OUT=""
 INTERVAL=50
@@ -40,40 +66,62 @@ if [ -n "$MASK" ]; then
   command -v taskset >/dev/null 2>&1 || { echo "harness: -a $MASK given but taskset is missing" >&2; exit 125; }
 fi
 
-# --- clock: date +%s%N where it works (coreutils, toybox), else /proc/uptime (10 ms) ---
-strip0() { _v=$1; while :; do case $_v in 0?*) _v=${_v#0} ;; *) break ;; esac; done; echo "$_v"; }
-CLOCK=uptime
+# --- clocks. Epochs (start/end, two reads): date +%s%N where it works (coreutils,
+# toybox), else seconds. Per-sample clock: $EPOCHREALTIME (microseconds, no fork) where
+# the shell has it, else /proc/uptime (10 ms, read by the builtin), never a command.
+DATE_NS=0
 _ns=$(date +%s%N 2>/dev/null)
-case $_ns in ''|*[!0-9]*) ;; *) [ ${#_ns} -ge 16 ] && CLOCK=date_ns ;; esac
-[ "${EDGEKIT_HARNESS_CLOCK:-}" = uptime ] && CLOCK=uptime   # tests exercise the fallback
+case $_ns in ''|*[!0-9]*) ;; *) [ ${#_ns} -ge 16 ] && DATE_NS=1 ;; esac
+CLOCK=uptime
+case ${EPOCHREALTIME:-} in [0-9]*.[0-9]*) CLOCK=epochrealtime ;; esac
+if [ "${EDGEKIT_HARNESS_CLOCK:-}" = uptime ]; then CLOCK=uptime; DATE_NS=0; fi   # tests exercise the fallback
+
+# strip0 VALUE: sets _v to VALUE without leading zeros (no subshell)
+strip0() { _v=$1; while :; do case $_v in 0?*) _v=${_v#0} ;; *) break ;; esac; done; }
 
 # read_clock: sets CS (seconds) and CM (milliseconds within the second)
 read_clock() {
-  if [ $CLOCK = date_ns ]; then
-    _ns=$(date +%s%N)
-    CS=${_ns%?????????}
-    _f=${_ns#"$CS"}
-    CM=$(strip0 "${_f%??????}")
+  if [ $CLOCK = epochrealtime ]; then
+    _up=$EPOCHREALTIME
+    CS=${_up%.*}
+    _f=${_up#*.}000
+    strip0 "${_f%"${_f#???}"}"; CM=$_v
   else
     read _up _rest < /proc/uptime
     CS=${_up%.*}
-    _f=${_up#*.}
-    CM=$(( $(strip0 "${_f%"${_f#??}"}") * 10 ))
+    _f=${_up#*.}00
+    strip0 "${_f%"${_f#??}"}"; CM=$(( _v * 10 ))
   fi
 }
 epoch_ms() {
-  if [ $CLOCK = date_ns ]; then _ns=$(date +%s%N); echo "${_ns%??????}"; else echo "$(date +%s)000"; fi
+  if [ $DATE_NS = 1 ]; then _ns=$(date +%s%N); echo "${_ns%??????}"; else echo "$(date +%s)000"; fi
 }
 read_clock; S0=$CS; M0=$CM
 now() { read_clock; T=$(( (CS - S0) * 1000 + CM - M0 )); }
 
-# --- sleep of INTERVAL ms (fractional sleep where supported) --------------------------
-if sleep 0.001 2>/dev/null; then
-  SLEEP=$(printf '%d.%03d' $((INTERVAL / 1000)) $((INTERVAL % 1000)))
+# --- wait of INTERVAL ms: `read -t` on a FIFO nobody writes (no fork), else sleep ------
+FRAC=$(printf '%d.%03d' $((INTERVAL / 1000)) $((INTERVAL % 1000)))
+SLEEP=$FRAC
+WAIT=sleep
+_fifo="$OUT/.harness-wait.$$"
+rm -f "$_fifo"
+if mkfifo "$_fifo" 2>/dev/null && exec 6<>"$_fifo"; then
+  rm -f "$_fifo"   # the open descriptor keeps the FIFO; nothing is left in OUTDIR
+  # a shell whose read has -t with fractions returns from this at once with the line
+  printf 'x\n' >&6
+  _x=""
+  read -t 0.001 _x <&6 2>/dev/null
+  if [ "$_x" = x ]; then WAIT=read_t; else exec 6>&-; fi
 else
-  SLEEP=$(( (INTERVAL + 999) / 1000 ))
+  rm -f "$_fifo"
 fi
+if [ $WAIT = sleep ] && ! sleep 0.001 2>/dev/null; then SLEEP=$(( (INTERVAL + 999) / 1000 )); fi
+pause() {
+  # mksh reports a read -t interrupted by SIGCHLD (the command ended): not an error here
+  if [ $WAIT = read_t ]; then read -t "$SLEEP" _x <&6 2>/dev/null; else sleep "$SLEEP"; fi
+}
 
+TAB=$(printf '\t')
 exec 3>"$OUT/mem.tsv" 4>"$OUT/thermal.tsv" 5>"$OUT/cpufreq.tsv"
 printf 't_ms\tvmrss_kb\tvmhwm_kb\trss_anon_kb\trss_file_kb\trss_shmem_kb\tvmswap_kb\tpss_kb\n' >&3
 printf 't_ms\tphase\tzone\ttype\ttemp_mc\n' >&4
@@ -87,14 +135,14 @@ thermal() {  # $1 = phase
     read _t < "$_z/temp" 2>/dev/null || continue
     case $_t in ''|*[!0-9-]*) continue ;; esac
     read _ty < "$_z/type" 2>/dev/null
-    printf '%s\t%s\t%s\t%s\t%s\n' "$T" "$1" "${_z##*thermal_zone}" "$_ty" "$_t" >&4
+    echo "$T$TAB$1$TAB${_z##*thermal_zone}$TAB$_ty$TAB$_t" >&4
   done
   for _c in /sys/devices/system/cpu/cpu[0-9]*; do
     [ -r "$_c/cpufreq/scaling_cur_freq" ] || continue
     _f=""
     read _f < "$_c/cpufreq/scaling_cur_freq" 2>/dev/null || continue
     case $_f in ''|*[!0-9]*) continue ;; esac
-    printf '%s\t%s\t%s\t%s\n' "$T" "$1" "${_c##*/cpu}" "$_f" >&5
+    echo "$T$TAB$1$TAB${_c##*/cpu}$TAB$_f" >&5
   done
 }
 
@@ -110,7 +158,7 @@ sample_mem() {
       RssAnon:) _anon=$_v ;;
       RssFile:) _file=$_v ;;
       RssShmem:) _shm=$_v ;;
-      VmSwap:) _swap=$_v ;;
+      VmSwap:) _swap=$_v; break ;;   # the last field wanted: skip the rest of the file
     esac
   done < "/proc/$1/status" 2>/dev/null
   [ "$_state" = Z ] && return 1
@@ -124,7 +172,7 @@ sample_mem() {
     done < "/proc/$1/smaps_rollup" 2>/dev/null
   fi
   now
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$T" "$_rss" "$_hwm" "$_anon" "$_file" "$_shm" "$_swap" "$_pss" >&3
+  echo "$T$TAB$_rss$TAB$_hwm$TAB$_anon$TAB$_file$TAB$_shm$TAB$_swap$TAB$_pss" >&3
   return 0
 }
 
@@ -132,11 +180,36 @@ START_EPOCH=$(epoch_ms)
 thermal before
 
 if [ -n "$MASK" ]; then
-  taskset "$MASK" "$@" </dev/null >"$OUT/runner.out" 2>"$OUT/runner.err" &
+  taskset "$MASK" "$@" </dev/null >"$OUT/runner.out" 2>"$OUT/runner.err" 3>&- 4>&- 5>&- 6>&- &
 else
-  "$@" </dev/null >"$OUT/runner.out" 2>"$OUT/runner.err" &
+  "$@" </dev/null >"$OUT/runner.out" 2>"$OUT/runner.err" 3>&- 4>&- 5>&- 6>&- &
 fi
 PID=$!
+
+# the sampler leaves the command's CPUs to it: move this shell (and the helpers it still
+# starts) to the online CPUs outside MASK, when there are any
+SAMPLER_MASK=""
+if [ -n "$MASK" ]; then
+  ONLINE=0
+  if read _on < /sys/devices/system/cpu/online 2>/dev/null; then
+    _rest=$_on,
+    while [ -n "$_rest" ]; do
+      _r=${_rest%%,*}; _rest=${_rest#*,}
+      [ -n "$_r" ] || continue
+      _a=${_r%-*}; _b=${_r#*-}
+      case $_a$_b in *[!0-9]*) ONLINE=0; break ;; esac
+      while [ "$_a" -le "$_b" ] && [ "$_a" -le 30 ]; do ONLINE=$(( ONLINE | (1 << _a) )); _a=$((_a + 1)); done
+    done
+  fi
+  _m=${MASK#0x}
+  case $_m in ''|*[!0-9a-fA-F]*) _m=0 ;; esac
+  [ ${#_m} -le 7 ] || _m=0   # wider masks than 28 bits stay unhandled (32-bit shell arithmetic)
+  _free=$(( ONLINE & ~0x$_m ))
+  if [ "$_m" != 0 ] && [ "$_free" -gt 0 ]; then
+    _hex=$(printf '%x' "$_free")
+    taskset -p "$_hex" $$ >/dev/null 2>&1 && SAMPLER_MASK=$_hex
+  fi
+fi
 
 # never leave the command running if the harness is stopped
 cleanup() { kill "$PID" 2>/dev/null; sleep 1; kill -9 "$PID" 2>/dev/null; }
@@ -154,7 +227,7 @@ while kill -0 "$PID" 2>/dev/null; do
   SAMPLES=$((SAMPLES + 1))
   N=$((N + 1))
   if [ "$N" -ge "$EVERY" ]; then N=0; thermal during; fi
-  sleep "$SLEEP"
+  pause
 done
 wait "$PID"
 STATUS=$?
@@ -162,6 +235,7 @@ trap - TERM INT HUP
 thermal after
 END_EPOCH=$(epoch_ms)
 exec 3>&- 4>&- 5>&-
+[ $WAIT = read_t ] && exec 6>&-
 
 {
   printf 'start_epoch_ms\t%s\n' "$START_EPOCH"
@@ -173,5 +247,8 @@ exec 3>&- 4>&- 5>&-
   printf 'pss_every\t%s\n' "$PSS_EVERY"
   printf 'clock\t%s\n' "$CLOCK"
   printf 'affinity\t%s\n' "$MASK"
+  printf 'sampler_affinity\t%s\n' "$SAMPLER_MASK"
+  printf 'shell\t%s\n' "$SHELL_NAME"
+  printf 'wait\t%s\n' "$WAIT"
 } > "$OUT/harness.tsv.tmp" && mv -f "$OUT/harness.tsv.tmp" "$OUT/harness.tsv"
 exit "$STATUS"

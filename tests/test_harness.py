@@ -46,6 +46,7 @@ def test_harness_samples_and_propagates_status(shell, tmp_path):
     p = subprocess.run(
         [*_shell(shell), str(HARNESS), "-o", str(out), "-i", "40", "--", sys.executable, "-c", CHILD],
         capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, EDGEKIT_HARNESS_REEXEC="0"),  # this very shell, not one it would move to
     )
     t1 = time.time()
     assert p.returncode == 3, p.stderr
@@ -126,3 +127,77 @@ def test_harness_stopped_kills_command(tmp_path):
     assert proc.wait(timeout=10) == 143
     time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists(), "the command outlived the harness"
+
+
+def _logging_path(tmp_path, names=("date", "sleep", "printf", "cat", "awk", "sed", "mv", "mkfifo", "rm", "taskset")):
+    """A PATH whose first folder has wrappers logging every start of these commands."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "execs.log"
+    for name in names:
+        real = shutil.which(name)
+        if real is None:
+            continue
+        w = bindir / name
+        w.write_text(f"#!/bin/sh\necho {name} >> '{log}'\nexec '{real}' \"$@\"\n")
+        w.chmod(0o755)
+    return f"{bindir}:{os.environ['PATH']}", log
+
+
+@pytest.mark.parametrize("shell", ["mksh", "busybox", "dash"])
+def test_harness_sampling_forks_nothing_per_sample(shell, tmp_path):
+    """The sampler's own processes take CPU from the measured command: none per sample where the shell allows."""
+    path, log = _logging_path(tmp_path)
+    env = dict(os.environ, PATH=path)
+    out = tmp_path / "out"
+    p = subprocess.run([*_shell(shell), str(HARNESS), "-o", str(out), "-i", "20", "--", sys.executable, "-c",
+                        "import time; time.sleep(1.5)"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""  # nothing from the sampler (e.g. an interrupted read) on the harness's stderr
+    tr = parse_trace_dir(out)
+    starts = log.read_text().split() if log.exists() else []
+    samples = len(tr.mem)
+    assert samples >= 30
+    # dash has no `read -t`: it moves to a shell that has it (mksh, bash or busybox, when installed)
+    assert tr.harness["wait"] == "read_t" and tr.harness["clock"] == "epochrealtime"
+    assert tr.harness["shell"] in (("mksh", "bash", "sh") if shell == "dash" else ("mksh" if shell == "mksh" else "sh",))
+    # a fixed number of helper starts (epochs, FIFO, harness.tsv), however many samples
+    assert len(starts) < 30 and "sleep" not in starts[1:], (samples, starts)
+    ts = [m.t_ms for m in tr.mem]
+    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    assert all(g >= 0 for g in gaps) and sorted(gaps)[len(gaps) // 2] >= 15  # the wait really waits ~20 ms
+
+
+def test_harness_without_read_t_still_samples(tmp_path):
+    """dash kept (EDGEKIT_HARNESS_REEXEC=0): /proc/uptime clock and one `sleep` per sample, the documented fallback."""
+    path, log = _logging_path(tmp_path)
+    out = tmp_path / "out"
+    p = subprocess.run(["dash", str(HARNESS), "-o", str(out), "-i", "20", "--", sys.executable, "-c",
+                        "import time; time.sleep(0.8)"], env=dict(os.environ, PATH=path, EDGEKIT_HARNESS_REEXEC="0"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    tr = parse_trace_dir(out)
+    assert tr.harness["shell"] == "sh" and tr.harness["wait"] == "sleep" and tr.harness["clock"] == "uptime"
+    starts = log.read_text().split()
+    assert starts.count("sleep") >= len(tr.mem) - 2 and starts.count("date") <= 3  # no clock command per sample
+
+
+def test_harness_sampler_leaves_the_command_its_cpus(tmp_path):
+    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs taskset and 2 CPUs")
+    cpus = sorted(os.sched_getaffinity(0))
+    if cpus[:2] != [0, 1]:
+        pytest.skip("CPUs 0 and 1 not both available")
+    out = tmp_path / "out"
+    code = "import os, time; time.sleep(0.3); print(sorted(os.sched_getaffinity(os.getppid())), sorted(os.sched_getaffinity(0)))"
+    p = subprocess.run(["mksh", str(HARNESS), "-o", str(out), "-i", "20", "-a", "1", "--", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    tr = parse_trace_dir(out)
+    assert str(tr.harness["affinity"]) == "1"
+    sampler = int(str(tr.harness["sampler_affinity"]), 16)
+    assert sampler and not sampler & 1  # every online CPU but CPU 0
+    parent, child = (out / "runner.out").read_text().strip().split("] [")
+    assert child.strip("[]") == "0"  # the command: its mask
+    # the process that started the command (taskset exec'd into it, so its parent is the harness)
+    assert "0" not in parent.strip("[]").replace(" ", "").split(",")

@@ -39,37 +39,47 @@ def _run(argv, cwd=None, env=None, timeout=300):
     return p.returncode, recs, p.stderr
 
 
-def _check_runs(recs, prefill, decode, warmup, reps):
+def _check_runs(recs, prefill, decode, warmup, reps, token_times=None):
     start = recs[0]
+    if token_times is None:  # per-token latencies: the interpreter always, litert_lm with --token-times
+        token_times = bool(start.get("token_times")) or start.get("backend") == "interpreter"
     assert start["event"] == "start" and start["schema"] == 1 and start["runner"] == "edgekit-runner"
     assert recs[1]["event"] == "init" and recs[1]["init_ms"] > 0
     runs = [r for r in recs if r["event"] == "run"]
     assert [r["phase"] for r in runs] == ["warmup"] * warmup + ["measure"] * reps
     for r in runs:
         assert r["prefill_tokens"] == prefill and r["decode_tokens"] == decode
-        assert len(r["token_ms"]) == decode and all(x > 0 for x in r["token_ms"])
-        assert r["decode_ms"] == pytest.approx(sum(r["token_ms"]))
+        if token_times:
+            assert len(r["token_ms"]) == decode and all(x > 0 for x in r["token_ms"])
+            # what a caller streaming tokens waits: the prefill call's wall time + the first token
+            assert r["ttft_wall_ms"] == pytest.approx(r.get("prefill_wall_ms", r["prefill_ms"]) + r["token_ms"][0])
+            if r.get("decode_timing") != "engine":
+                assert r["decode_ms"] == pytest.approx(sum(r["token_ms"]))
+        else:  # no Python per token: nothing per token is invented
+            assert r["token_ms"] == [] and "ttft_wall_ms" not in r
         assert r["decode_tps"] == pytest.approx(decode / (r["decode_ms"] / 1000))
         assert r["prefill_tps"] == pytest.approx(prefill / (r["prefill_ms"] / 1000))
-        # ttft = what a caller waits: the prefill call's wall time (tokenizing included) + the first token
-        assert r["ttft_ms"] == pytest.approx(r.get("prefill_wall_ms", r["prefill_ms"]) + r["token_ms"][0])
+        # ttft = LiteRT-LM's definition on every backend: first prefill turn + decode turn / its tokens
+        assert r["ttft_ms"] == pytest.approx(r["prefill_ms"] + r["decode_ms"] / decode, rel=1e-3)
         assert r.get("prefill_wall_ms", r["prefill_ms"]) >= r["prefill_ms"] > 0
         assert r["t_start"] <= r["t_end"]
         assert (r["t_end"] - r["t_start"]) * 1000 >= r["prefill_ms"] + r["decode_ms"] - 1
     end = recs[-1]
     assert {k: end[k] for k in ("event", "status")} == {"event": "end", "status": "ok"}
     assert end["t"] >= max(r["t_end"] for r in runs)
+    assert start["ttft_definition"] == runner.TTFT_DEFINITION
     return start, runs
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["litert_lm", "interpreter"])
-def test_runner_backends(tiny_bundle, backend):
+@pytest.mark.parametrize("backend,token_times", [("litert_lm", False), ("litert_lm", True), ("interpreter", False)])
+def test_runner_backends(tiny_bundle, backend, token_times):
     code, recs, err = _run([tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1", "--reps", "2",
-                            "--threads", "1", "--backend", backend])
+                            "--threads", "1", "--backend", backend] + (["--token-times"] if token_times else []))
     assert code == 0, err[-2000:]
-    start, runs = _check_runs(recs, 16, 8, 1, 2)
-    assert start["backend"] == backend
+    # the interpreter times every token anyway (one Python call per token)
+    start, runs = _check_runs(recs, 16, 8, 1, 2, token_times=token_times or backend == "interpreter")
+    assert start["backend"] == backend and start["token_times"] is token_times
     from edgekit.fsutil import sha256_file
 
     assert start["bundle_sha256"] == sha256_file(tiny_bundle)
@@ -81,8 +91,29 @@ def test_runner_backends(tiny_bundle, backend):
             # prefill_ms is the engine's prefill turn: the same tok/s as its BenchmarkInfo
             assert r["prefill_timing"] == "engine"
             assert r["prefill_tps"] == pytest.approx(r["engine_prefill_tps"], rel=1e-6)
-            # decode is timed by the same steps: the callback stamps vs the engine's turn timer
-            assert r["decode_tps"] == pytest.approx(r["engine_decode_tps"], rel=0.25)
+            # decode_ms is the engine's decode turn, inside the wall time of the decode call
+            assert r["decode_timing"] == "engine"
+            assert r["decode_tps"] == pytest.approx(r["engine_decode_tps"], rel=1e-6)
+            assert r["decode_wall_ms"] * 1.05 + 1.0 >= r["decode_ms"]
+            # ttft_ms is the engine's own BenchmarkInfo TTFT
+            assert r["ttft_ms"] == pytest.approx(r["engine_ttft_ms"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_runner_warm_mode_one_record_per_iteration(tiny_bundle):
+    """Warm mode: one engine, warmups then N iterations, each its own session and record, in order."""
+    code, recs, err = _run([tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "2", "--reps", "4",
+                            "--threads", "1", "--backend", "litert_lm", "--mode", "warm"])
+    assert code == 0, err[-2000:]
+    start, runs = _check_runs(recs, 16, 8, 2, 4, token_times=False)
+    assert start["mode"] == "warm" and start["warmup"] == 2 and start["reps"] == 4
+    assert [r["index"] for r in runs] == [0, 1, 0, 1, 2, 3]
+    assert len([r for r in recs if r["event"] == "init"]) == 1  # one engine load for all iterations
+    for a, b in zip(runs, runs[1:]):  # iterations one after another, never overlapping
+        assert a["t_end"] <= b["t_start"]
+    assert len({r["t_start"] for r in runs}) == len(runs)
+    tr_its = [r for r in recs if r["event"] == "run" and r["phase"] == "measure"]
+    assert all(r["engine_decode_tokens"] == 8 for r in tr_its)
 
 
 @pytest.mark.slow
@@ -90,7 +121,7 @@ def test_runner_fresh_engine_reloads_per_run(tiny_bundle):
     code, recs, err = _run([tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1", "--reps", "2",
                             "--threads", "1", "--backend", "litert_lm", "--fresh-engine"])
     assert code == 0, err[-2000:]
-    start, runs = _check_runs(recs, 16, 8, 1, 2)
+    start, runs = _check_runs(recs, 16, 8, 1, 2, token_times=False)
     assert start["fresh_engine"] is True
     assert all(r["init_ms"] > 0 for r in runs)
     assert runs[0]["init_ms"] == recs[1]["init_ms"]  # the first run uses the engine loaded at start
@@ -127,7 +158,7 @@ def test_runner_standalone_copy_under_harness(tiny_bundle, tmp_path):
     out = tmp_path / "trace"
     p = subprocess.run(["dash", str(HARNESS), "-o", str(out), "-i", "20", "--", sys.executable, "-m",
                         "edgekit.runtime.runner", tiny_bundle, "--prefill", "16", "--decode", "8", "--warmup", "1",
-                        "--reps", "2", "--backend", "interpreter"], env=env, cwd=str(tmp_path), capture_output=True,
+                        "--reps", "2", "--backend", "interpreter", "--mode", "warm"], env=env, cwd=str(tmp_path), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, (out / "runner.err").read_text()[-2000:]
     tr = parse_trace_dir(out)

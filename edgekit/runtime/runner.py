@@ -48,6 +48,8 @@ RUNNER_NAME = "edgekit-runner"
 # into exactly one token per repetition is used (" the" in Gemma's and the tiny
 # tokenizer; a single byte in byte-level tokenizers without merges).
 PROMPT_WORDS = (" the", " a", " and", " of", "the", "a", "x", "0", " ")
+# What ttft_ms means for every backend: LiteRT-LM's BenchmarkInfo::GetTimeToFirstToken.
+TTFT_DEFINITION = "first prefill turn + decode turn / decode tokens (LiteRT-LM BenchmarkInfo), engine init excluded"
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 
@@ -117,10 +119,11 @@ class Emitter:
 class LiteRtLmBackend:
     name = "litert_lm"
 
-    def __init__(self, bundle: str, threads: int | None, max_tokens: int | None):
+    def __init__(self, bundle: str, threads: int | None, max_tokens: int | None, token_times: bool = False):
         import litert_lm
 
         self._lm = litert_lm
+        self.token_times = token_times
         backend = litert_lm.Backend.CPU(thread_count=threads) if threads else litert_lm.Backend.CPU()
         self.engine = litert_lm.Engine(bundle, backend=backend, max_num_tokens=max_tokens, enable_benchmark=True)
         self._prompt: str | None = None
@@ -143,75 +146,110 @@ class LiteRtLmBackend:
             self._prompt, self._prompt_tokens = text, n
         return self._prompt
 
-    def run_once(self, prefill: int, decode: int) -> dict[str, Any]:
+    def _decode_sync(self, session) -> tuple[float, float]:
+        """One decode call without Python in the loop (what `litert-lm benchmark` times)."""
+        d0 = time.perf_counter()
+        try:
+            session.run_decode()
+        except RuntimeError as exc:  # reaching max_output_tokens is how this decode ends
+            if "max number of tokens" not in str(exc).lower():
+                raise
+        return d0, time.perf_counter()
+
+    def _decode_streamed(self, session, decode: int) -> tuple[float, list[float]]:
+        """Decode through the stream callback, stamping each chunk: (start, stamps)."""
         from litert_lm._ffi import STREAM_CALLBACK_TYPE
 
+        lib = session._lib
+        stamps: list[float] = []
+        errors: list[str] = []
+        done = threading.Event()
+
+        def on_chunk(_user, chunk_ptr):  # runs on the engine's thread, once per decode step
+            now = time.perf_counter()
+            try:
+                err = lib.litert_lm_stream_chunk_get_error(chunk_ptr)
+                final = lib.litert_lm_stream_chunk_is_final(chunk_ptr)
+                if err:
+                    msg = err.decode("utf-8", "replace")
+                    if "max number of tokens" not in msg.lower() and "cancel" not in msg.lower():
+                        errors.append(msg)
+                elif not final:
+                    stamps.append(now)
+                if final or err:
+                    done.set()
+            except Exception as exc:  # never let an exception cross the C boundary
+                errors.append(repr(exc))
+                done.set()
+
+        callback = STREAM_CALLBACK_TYPE(on_chunk)
+        session._current_callback = callback  # keep it alive while the engine may call it
+        d0 = time.perf_counter()
+        rc = lib.litert_lm_session_run_decode_async(session._ptr, callback, None)
+        if rc != 0:
+            raise RunnerError("litert_lm_session_run_decode_async failed")
+        if not done.wait(timeout=max(60.0, decode * 10.0)):
+            session.cancel_process()
+            raise RunnerError("decode did not finish (timed out)")
+        if errors:
+            raise RunnerError(f"decode failed: {errors[0]}")
+        return d0, stamps
+
+    def run_once(self, prefill: int, decode: int) -> dict[str, Any]:
         text = self.prompt(prefill)
         session = self.engine.create_session(apply_prompt_template=False, max_output_tokens=decode)
+        gaps: list[float] = []
         try:
             t_start = time.time()
             p0 = time.perf_counter()
             session.run_prefill([text])
             p1 = time.perf_counter()
-            lib = session._lib
-            stamps: list[float] = []
-            errors: list[str] = []
-            done = threading.Event()
-
-            def on_chunk(_user, chunk_ptr):  # runs on the engine's thread, once per decode step
-                now = time.perf_counter()
-                try:
-                    err = lib.litert_lm_stream_chunk_get_error(chunk_ptr)
-                    final = lib.litert_lm_stream_chunk_is_final(chunk_ptr)
-                    if err:
-                        msg = err.decode("utf-8", "replace")
-                        if "max number of tokens" not in msg.lower() and "cancel" not in msg.lower():
-                            errors.append(msg)
-                    elif not final:
-                        stamps.append(now)
-                    if final or err:
-                        done.set()
-                except Exception as exc:  # never let an exception cross the C boundary
-                    errors.append(repr(exc))
-                    done.set()
-
-            callback = STREAM_CALLBACK_TYPE(on_chunk)
-            session._current_callback = callback  # keep it alive while the engine may call it
-            d0 = time.perf_counter()
-            rc = lib.litert_lm_session_run_decode_async(session._ptr, callback, None)
-            if rc != 0:
-                raise RunnerError("litert_lm_session_run_decode_async failed")
-            if not done.wait(timeout=max(60.0, decode * 10.0)):
-                session.cancel_process()
-                raise RunnerError("decode did not finish (timed out)")
-            if errors:
-                raise RunnerError(f"decode failed: {errors[0]}")
+            if self.token_times:
+                d0, stamps = self._decode_streamed(session, decode)
+                prev = d0
+                for s in stamps:
+                    gaps.append((s - prev) * 1000.0)
+                    prev = s
+                decode_wall_ms = sum(gaps)
+            else:
+                d0, d1 = self._decode_sync(session)
+                decode_wall_ms = (d1 - d0) * 1000.0
             t_end = time.time()
             info = session.get_benchmark_info()
         finally:
             session.close()
-        gaps = []
-        prev = d0
-        for s in stamps:
-            gaps.append((s - prev) * 1000.0)
-            prev = s
-        n_dec = info.last_decode_token_count or len(gaps)
+        n_dec = info.last_decode_token_count or len(gaps) or None
         wall_ms = (p1 - p0) * 1000.0
         n_pre = info.last_prefill_token_count or prefill
-        # prefill_ms: the engine's own prefill turn (n / its tok/s), the same boundaries as
-        # `litert-lm benchmark` and litert_lm_main; the wall time of the call also holds
-        # tokenizing the prompt and the C/Python call (~1-2% on e2b w4, ~30% on tiny) and
-        # is kept as prefill_wall_ms; ttft_ms is what a caller waits: wall + first token.
+        # prefill_ms / decode_ms: the engine's own prefill and decode turns (n / its tok/s),
+        # the same boundaries as `litert-lm benchmark` and litert_lm_main. The wall time of
+        # the prefill call also holds tokenizing the prompt and the C/Python call (~1-2% on
+        # e2b w4, ~30% on tiny): prefill_wall_ms. ttft_ms is LiteRT-LM's definition
+        # (BenchmarkInfo::GetTimeToFirstToken: the first prefill turn + the decode turn / its
+        # tokens, no engine init); ttft_wall_ms (streamed runs only) is what a caller waits:
+        # prefill wall + the first decode gap.
         eng_ms = n_pre / info.last_prefill_tokens_per_second * 1000.0 \
             if info.last_prefill_token_count and info.last_prefill_tokens_per_second else None
         prefill_ms = eng_ms if eng_ms is not None and 0 < eng_ms <= wall_ms else wall_ms
+        eng_dec_ms = info.last_decode_token_count / info.last_decode_tokens_per_second * 1000.0 \
+            if info.last_decode_token_count and info.last_decode_tokens_per_second else None
+        # the engine's decode turn may end a little after the last stamp: allow 5% over the wall
+        decode_ms = eng_dec_ms if eng_dec_ms is not None and 0 < eng_dec_ms <= decode_wall_ms * 1.05 + 1.0 \
+            else decode_wall_ms
+        if n_dec is None:
+            n_dec = decode
+        ttft = info.time_to_first_token_in_second * 1000.0 if info.time_to_first_token_in_second else None
+        if ttft is None or ttft <= 0:
+            ttft = prefill_ms + (decode_ms / n_dec if n_dec else 0.0)
         out = {
-            "ttft_ms": wall_ms + (gaps[0] if gaps else 0.0),
+            "ttft_ms": ttft,
             "prefill_ms": prefill_ms,
             "prefill_wall_ms": wall_ms,
             "prefill_timing": "engine" if prefill_ms is eng_ms else "wall",
             "prefill_tokens": n_pre,
-            "decode_ms": sum(gaps),
+            "decode_ms": decode_ms,
+            "decode_wall_ms": decode_wall_ms,
+            "decode_timing": "engine" if decode_ms is eng_dec_ms else ("stream" if self.token_times else "wall"),
             "decode_tokens": n_dec,
             "token_ms": gaps,
             "t_start": t_start,
@@ -225,7 +263,9 @@ class LiteRtLmBackend:
             "engine_decode_tokens": info.last_decode_token_count,
             "engine_decode_tps": info.last_decode_tokens_per_second,
         }
-        if n_dec != len(gaps):
+        if gaps:
+            out["ttft_wall_ms"] = wall_ms + gaps[0]
+        if self.token_times and n_dec != len(gaps):
             # The engine streams text, not tokens: a token that ends inside a UTF-8
             # sequence is held back and sent with the next one, so one chunk can carry
             # several tokens. Then the gaps are per chunk, not per token: keep them
@@ -242,7 +282,7 @@ class LiteRtLmBackend:
 class InterpreterBackend:
     name = "interpreter"
 
-    def __init__(self, bundle: str, threads: int | None, max_tokens: int | None):
+    def __init__(self, bundle: str, threads: int | None, max_tokens: int | None, token_times: bool = False):
         try:
             from edgekit.runtime.signatures import BundleModel
         except ImportError as exc:  # a copy without signatures.py
@@ -275,11 +315,14 @@ class InterpreterBackend:
             prev = now
         t_end = time.time()
         prefill_ms = (p1 - p0) * 1000.0
+        decode_ms = sum(token_ms)
         return {
-            "ttft_ms": prefill_ms + (token_ms[0] if token_ms else 0.0),
+            # the same definition as on litert_lm (LiteRT-LM's BenchmarkInfo): prefill + mean decode step
+            "ttft_ms": prefill_ms + (decode_ms / len(token_ms) if token_ms else 0.0),
+            "ttft_wall_ms": prefill_ms + (token_ms[0] if token_ms else 0.0),
             "prefill_ms": prefill_ms,
             "prefill_tokens": prefill,
-            "decode_ms": sum(token_ms),
+            "decode_ms": decode_ms,
             "decode_tokens": len(token_ms),
             "token_ms": token_ms,
             "t_start": t_start,
@@ -290,14 +333,15 @@ class InterpreterBackend:
         pass
 
 
-def open_backend(kind: str, bundle: str, threads: int | None, max_tokens: int | None) -> tuple[Any, str | None]:
+def open_backend(kind: str, bundle: str, threads: int | None, max_tokens: int | None,
+                 token_times: bool = False) -> tuple[Any, str | None]:
     """-> (backend, why litert_lm was not used under auto)."""
     if kind == "litert_lm":
-        return LiteRtLmBackend(bundle, threads, max_tokens), None
+        return LiteRtLmBackend(bundle, threads, max_tokens, token_times), None
     if kind == "interpreter":
         return InterpreterBackend(bundle, threads, max_tokens), None
     try:
-        return LiteRtLmBackend(bundle, threads, max_tokens), None
+        return LiteRtLmBackend(bundle, threads, max_tokens, token_times), None
     except Exception as exc:  # the engine cannot load this bundle here
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         try:
@@ -329,6 +373,9 @@ def run(args: argparse.Namespace, emit: Callable[[dict], None], close: bool = Tr
         "threads": args.threads,
         "max_tokens": args.max_tokens,
         "fresh_engine": bool(args.fresh_engine),
+        "mode": args.mode,
+        "token_times": bool(args.token_times),
+        "ttft_definition": TTFT_DEFINITION,
         "runtime": {"litert_lm_api": _version("litert-lm-api"), "ai_edge_litert": _version("ai-edge-litert")},
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
                  "node": platform.node()},
@@ -346,7 +393,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict], None], close: bool = Tr
         start["bundle_sha256"], start["bundle_sha256_source"] = sha256_file(bundle), "hashed"
     t0 = time.perf_counter()
     try:
-        backend, fallback = open_backend(args.backend, bundle, args.threads, args.max_tokens)
+        backend, fallback = open_backend(args.backend, bundle, args.threads, args.max_tokens, args.token_times)
     except Exception as exc:
         emit(start)
         emit({"event": "error", "message": f"cannot load the bundle with backend {args.backend}: "
@@ -367,7 +414,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict], None], close: bool = Tr
                     # measures the first generation after a load (see --fresh-engine).
                     backend.close()
                     t1 = time.perf_counter()
-                    backend, _ = open_backend(start["backend"], bundle, args.threads, args.max_tokens)
+                    backend, _ = open_backend(start["backend"], bundle, args.threads, args.max_tokens, args.token_times)
                     run_init_ms = (time.perf_counter() - t1) * 1000.0
                 r = backend.run_once(args.prefill, args.decode)
                 rec = {
@@ -387,7 +434,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict], None], close: bool = Tr
                 }
                 if args.fresh_engine:
                     rec["init_ms"] = init_ms if run_init_ms is None else run_init_ms
-                for key in ("prefill_wall_ms", "prefill_timing", "engine_ttft_ms", "engine_prefill_tokens", "engine_prefill_tps", "engine_decode_tokens",
+                for key in ("prefill_wall_ms", "prefill_timing", "decode_wall_ms", "decode_timing", "ttft_wall_ms",
+                            "engine_ttft_ms", "engine_prefill_tokens", "engine_prefill_tps", "engine_decode_tokens",
                             "engine_decode_tps", "chunk_ms", "token_timing"):
                     if key in r:
                         rec[key] = r[key]
@@ -421,6 +469,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fresh-engine", action="store_true",
                    help="load the bundle again before every run (what `litert-lm benchmark` does: each run is the "
                         "first generation after a load); default: one load, warmups then measured runs")
+    p.add_argument("--token-times", action="store_true",
+                   help="litert_lm: decode through the stream callback and record each token's latency (token_ms, "
+                        "ttft_wall_ms). The callback runs Python on the engine's thread once per token: decode on the "
+                        "tiny bundles measured 7-13%% slower than the plain decode call the runtime's benchmark times, "
+                        "so speed figures are taken without it by default")
+    p.add_argument("--mode", choices=("cold", "warm"), default=None,
+                   help="recorded in the start record: how the caller schedules processes (cold: one run per process; "
+                        "warm: warmups then iterations on one engine)")
     a = p.parse_args(argv)
     for name in ("prefill", "decode", "reps"):
         if getattr(a, name) < 1:
