@@ -12,6 +12,19 @@ build of the same source, when one exists), ``manifest``.
 Everything lands in a temporary folder that is renamed into place only at the
 end (:func:`edgekit.fsutil.atomic_dir`), so a failed or interrupted build leaves
 nothing that looks complete.
+
+The whole build runs inside a :class:`edgekit.build.toolchain_log.ToolchainLog`:
+what the toolchain prints (Python and native, fds 1 and 2) goes to
+``toolchain.log`` in the build's work folder under the cache; ``progress`` is
+called with the terminal restored. The work folder is removed after a success;
+when a stage fails, only the log is kept and the error names it.
+
+Reproducible: the same inputs, options and toolchain give a byte-identical bundle.
+The header's uuid and creation time are derived from the inputs
+(:func:`edgekit.bundle.lock.fixed_header`), the export child runs with a fixed hash
+seed, and ``manifest["lock"]`` records inputs, options, toolchain, CPU and the
+sha256 of the bundle, its header and every section; :func:`verify_lock` rebuilds
+and compares.
 """
 
 from __future__ import annotations
@@ -126,16 +139,25 @@ def _self_peak_rss() -> int:
 
 
 class _Stages:
-    def __init__(self, progress: Progress | None):
+    def __init__(self, progress: Progress | None, log=None):
         self.progress = progress
         self.times: dict[str, float] = {}
+        self.log = log  # ToolchainLog: stage boundaries are noted in it, a failed stage is recorded
 
     def run(self, stage: str, message: str, fn, *args, **kwargs):
         if self.progress:
             self.progress(stage, message, None)
+        if self.log is not None:
+            self.log.note(f"[{stage}] {message}")
         t0 = time.monotonic()
         try:
-            out = fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException as exc:
+                if self.log is not None:  # the log is kept and named when a stage fails
+                    self.log.failed_stage = stage
+                    self.log.note(f"[{stage}] failed: {type(exc).__name__}: {str(exc)[:500]}")
+                raise
         except EdgekitError:
             raise
         except OSError as exc:
@@ -256,18 +278,195 @@ def build(
     progress: Progress | None = None,
     requantize: bool = False,
 ) -> BuildResult:
-    """Build one bundle; returns its path, the manifest path and the manifest."""
+    """Build one bundle; returns its path, the manifest path and the manifest.
+
+    The toolchain's output (Python and native) goes to ``toolchain.log`` in the build's
+    work folder (``<cache>/.<model>.work-*``); ``progress`` runs with the terminal
+    restored. After a success the log moves to ``<cache>/logs/<name>.log`` (named in
+    ``manifest["build"]["toolchain_log"]``) and the work folder is removed; when a stage
+    fails, the log alone is kept in the work folder and the error message names it.
+    """
+    from edgekit.build import export as ex
+    from edgekit.build.toolchain_log import LOG_FILE, ToolchainLog
+
+    cache = Path(cache_dir) if cache_dir else ex.cache_root()
+    work = _make_work(cache, model)
+    log = ToolchainLog(work / LOG_FILE)
+    keep_log = False
+    try:
+        with log:
+            res = _build(
+                model, checkpoint=checkpoint, random_weights=random_weights, width_div=width_div, seed=seed,
+                scheme=scheme, text_only=text_only, calibration=calibration, output=output, force=force,
+                prefill=prefill, cache_length=cache_length, cache_dir=cache, decode_steps=decode_steps,
+                calibration_samples=calibration_samples, verify_engine=verify_engine, quality=quality,
+                progress=log.outside(progress), requantize=requantize, log=log, work_dir=work,
+            )
+        final = getattr(log, "final_path", None)
+        if final is not None and log.path.is_file():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(log.path, final)
+        return res
+    except EdgekitError as exc:
+        if log.failed_stage is not None and log.path.is_file():
+            keep_log = True
+            exc.message = f"{exc.message} (toolchain log: {log.path})"
+        raise
+    finally:
+        if keep_log:
+            _clear_work(work, keep=log.path)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class LockCheck:
+    rows: list[dict[str, Any]]  # {what, name, status: MATCH|DIFF, detail} (edgekit.bundle.lock.compare)
+    rebuilt: Path | None  # the rebuilt bundle, kept when something differs
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "MATCH" for r in self.rows)
+
+
+def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                progress: Progress | None = None, **build_kwargs: Any) -> LockCheck:
+    """Rebuild with ``build_kwargs`` into a temporary folder and compare with ``manifest``'s lock.
+
+    A lock made with another toolchain (Python, platform, any package version) is
+    refused before building (NotComparable, with every difference). Another CPU model
+    is only noted: float builds do not depend on it, calibrated ones may. The rebuilt
+    bundle is removed when everything matches and kept (named in ``notes``) otherwise.
+    """
+    from edgekit.build import export as ex
+    from edgekit.bundle import lock as lk
+    from edgekit.bundle import manifest as mf
+    from edgekit.errors import ConfigError, NotComparable
+
+    path = Path(manifest)
+    if path.is_dir() or path.suffix == ".litertlm":
+        found = mf.manifest_for_bundle(path)
+        if found is None:
+            raise ConfigError(f"{path}: no manifest.json beside it", hint="pass the manifest.json of a built bundle")
+        path = found
+    locked = mf.read_manifest(path).get("lock")
+    if not isinstance(locked, dict) or locked.get("schema") != lk.LOCK_SCHEMA:
+        raise ConfigError(f"{path}: the manifest holds no lock (schema {lk.LOCK_SCHEMA})",
+                          hint="rebuild the bundle with this edgekit to get one")
+    diffs = lk.toolchain_differences(locked.get("toolchain") or {}, lk.toolchain())
+    if diffs:
+        raise NotComparable(
+            f"the lock in {path} was made with another toolchain ({len(diffs)} difference(s)): " + "; ".join(diffs),
+            hint="rebuild on the locked toolchain (the versions above), or build anew without --verify-lock",
+        )
+    notes: list[str] = []
+    here = lk.host()
+    if (locked.get("host") or {}).get("cpu_model") != here["cpu_model"]:
+        notes.append(f"CPU differs: {(locked.get('host') or {}).get('cpu_model')} (lock) vs {here['cpu_model']} "
+                     "(here); calibrated schemes may differ on another CPU")
+    le = ((locked.get("toolchain") or {}).get("edgekit") or {}).get("source_sha256")
+    if le and le != lk.edgekit_source_sha256():
+        notes.append("edgekit's source differs from the build that made the lock (same version, edited files)")
+    cache = Path(cache_dir) if cache_dir else ex.cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".verify-lock-", dir=cache))
+    keep = False
+    try:
+        build_kwargs.update(output=tmp, quality=False)
+        res = build(cache_dir=cache, progress=progress, **build_kwargs)
+        rows = lk.compare(locked, res.manifest["lock"])
+        check = LockCheck(rows, None, notes)
+        if not check.ok:
+            keep = True
+            check.rebuilt = res.bundle
+            notes.append(f"rebuilt bundle kept in {res.bundle.parent}")
+        return check
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_work(cache: Path, model: str) -> Path:
+    """The build's work folder in the cache (toolchain log, unpacked and quantized sections)."""
+    import re
+
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", str(model))[:40]
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{tag}.work-", dir=cache))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(f"disk full: cannot create a work folder in {cache}") from exc
+        raise OutputNotWritable(f"cache folder {cache} is not writable: {exc.strerror}",
+                                hint="set EDGEKIT_CACHE to a writable folder") from exc
+
+
+def _clear_work(work: Path, keep: Path | None = None) -> None:
+    """Remove everything in the work folder but ``keep`` (the log of a failed build)."""
+    if not work.is_dir():
+        return
+    for p in work.iterdir():
+        if keep is not None and p == keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _planned_stages(sch, qat_build, quality: bool, verify_engine: bool) -> list[str]:
+    """The stage names a build goes through, in order (for a progress bar)."""
+    stages = ["source", "estimate", "export", "unpack"]
+    if sch.static_activations and not (qat_build is not None and qat_build.exact):
+        stages.append("calibrate")
+    stages += ["quantize", "repack", "verify", "inspect"]
+    if qat_build is not None:
+        stages.append("qat")
+    if quality and (sch.static_activations or sch.float_dtype == "float16"):
+        stages.append("quality")
+    return stages + ["manifest"]
+
+
+def _build(
+    model: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    width_div: int = 1,
+    seed: int = 0,
+    scheme: Any = "wNa8o8",
+    text_only: bool = False,
+    calibration: str | os.PathLike | None = None,
+    output: str | os.PathLike = "dist",
+    force: bool = False,
+    prefill: int = 32,
+    cache_length: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    decode_steps: int = 8,
+    calibration_samples: int = 64,
+    verify_engine: bool = True,
+    quality: bool = True,
+    progress: Progress | None = None,
+    requantize: bool = False,
+    log=None,
+    work_dir: Path,
+) -> BuildResult:
     from edgekit.build import encoders as enc
     from edgekit.build import export as ex
     from edgekit.build import quantize as qz
     from edgekit.bundle import inspect as insp
+    from edgekit.bundle import lock as lk
     from edgekit.bundle import manifest as mf
     from edgekit.fsutil import atomic_dir
     from edgekit.models.presets import get_preset
     from edgekit.schemes import load_scheme
 
     t_start = time.monotonic()
-    st = _Stages(progress)
+    st = _Stages(progress, log)
     preset = get_preset(model)
     sch = load_scheme(scheme, preset)
     if prefill < 1 or cache_length < 2 or prefill >= cache_length:
@@ -292,6 +491,11 @@ def build(
     name = bundle_name(preset.name, sch.name, text_only)
     out_dir = out_root / name
     _check_writable(out_root)
+    date_epoch = lk.source_date_epoch()  # a bad SOURCE_DATE_EPOCH fails now
+    if log is not None:  # where the toolchain's log goes after a success (build() moves it)
+        log.final_path = cache / "logs" / f"{name}.log"
+    if progress is not None and hasattr(progress, "plan"):
+        progress.plan(_planned_stages(sch, qat_build, quality, verify_engine))
     calib_texts: list[str] = []
     calib_info: dict[str, Any] = {}
     if sch.static_activations:  # a bad --calibration file fails now, not after the export
@@ -299,6 +503,7 @@ def build(
 
     ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
+    source_dir = ckpt_dir  # the lock hashes the checkpoint given, not the QAT float derived from it
     if qat_build is not None:  # QAT hook: export the exact dequantized float, not the packed checkpoint
         ckpt_dir = qat_build.float_dir
     wd = info.width_div if info is not None else width_div
@@ -336,7 +541,7 @@ def build(
                  ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)
     float_bundle = exp.bundle
 
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.work-", dir=cache))
+    work = work_dir
     try:
         with atomic_dir(out_dir) as tmp:
             toml = st.run("unpack", "litert-lm-builder unpack", qz.unpack, float_bundle, work / "unpacked")
@@ -398,7 +603,35 @@ def build(
             meta = {"edgekit.scheme": sch.name, "edgekit.preset": preset.name, "edgekit.width_div": int(wd)}
             if softcap:
                 meta[SOFTCAP_KEY] = float(softcap)
-            st.run("repack", "litert-lm-builder", qz.repack, toml, bundle, replaced, meta)
+            # the lock's identity: header uuid and date derived from inputs + options + toolchain
+            lock_inputs = {
+                "checkpoint": lk.checkpoint_inputs(source_dir, info.weights_sha256),
+                "scheme": lk.scheme_input(scheme, sch.to_dict()),
+                "calibration": lk.calibration_input(calibration, calib_info.get("sha256"), calib_rec is not None),
+            }
+            lock_options = {
+                "model": preset.name,
+                "random_weights": bool(info.is_random),
+                "seed": seed if info.is_random else None,
+                "width_div": int(wd),
+                "scheme": sch.name,
+                "text_only": bool(text_only),
+                "prefill_length": int(prefill),
+                "cache_length": int(cache_length),
+                "decode_steps": int(decode_steps),
+                "calibration_samples": int(calibration_samples),
+                "requantize": bool(requantize),
+                "qat": qat_build is not None,
+                "export": {**dataclasses.asdict(opts), "code_version": ex.EXPORT_CODE_VERSION,
+                           "hash_seed": ex.EXPORT_HASH_SEED, "task": "text_generation", "quantization_recipe": "none",
+                           "externalize_embedder": True, "split_cache": False},
+                "system_metadata": {k: meta[k] for k in sorted(meta)},
+                "source_date_epoch": date_epoch,
+            }
+            lock_tools = lk.toolchain()
+            ident = lk.identity(lock_inputs, lock_options, lock_tools)
+            with lk.fixed_header(ident["uuid"], ident["creation_timestamp"]):
+                st.run("repack", "litert-lm-builder", qz.repack, toml, bundle, replaced, meta)
 
             from edgekit.build import verify
 
@@ -418,6 +651,7 @@ def build(
                            "peak_rss_bytes": exp.record.get("peak_rss_bytes")},
                 "calibration": calib_rec,
                 "encoders": encoders_rec,
+                "toolchain_log": str(log.final_path) if log is not None else None,
                 "estimate": est.to_dict(),
                 "stages_s": st.times,
                 "seconds": None,
@@ -436,6 +670,8 @@ def build(
                 report=report,
                 runtime=runtime,
             )
+            manifest["lock"] = lk.make_lock(inputs=lock_inputs, options=lock_options, tools=lock_tools,
+                                            host_rec=lk.host(), ident=ident, bundle=bundle)
             violations = insp.check(report, sch, preset, manifest)
             if qat_build is not None:  # QAT hook: exactness read back, agreement with transformers
                 violations = qat_build.expected_violations(violations)
@@ -462,7 +698,7 @@ def build(
                 os.chmod(p_, 0o644)
             os.chmod(tmp, 0o755)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _clear_work(work, keep=log.path if log is not None else None)
     if quality and sch.is_float and sch.float_dtype == "float16":
         # The baseline was built after its candidate: give the candidate its quality record now.
         _backfill_quality(st, out_root / bundle_name(preset.name, preset.default_scheme, text_only),

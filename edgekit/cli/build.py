@@ -1,19 +1,17 @@
-"""`edgekit build MODEL`: build a .litertlm bundle + manifest.json; prints the bundle path on stdout."""
+"""`edgekit build MODEL`: build a .litertlm bundle + manifest.json; prints the bundle path on stdout.
+
+stdout carries only the result (the bundle path; with --verify-lock one MATCH/DIFF
+line per input group, option, header, section and the bundle). stderr carries
+edgekit's stages (a bar with percent, rate and ETA on a terminal, plain lines
+otherwise). The toolchain's own output goes to the build's log file (named in the
+error when a stage fails).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 import click
-
-
-def _progress(stage: str, message: str, seconds: float | None) -> None:
-    if seconds is None:
-        click.echo(f"[{stage}] {message} ...", err=True)
-    else:
-        click.echo(f"[{stage}] {message}: done in {seconds:.2f} s", err=True)
 
 
 @click.command("build")
@@ -37,40 +35,69 @@ def _progress(stage: str, message: str, seconds: float | None) -> None:
 @click.option("--requantize", is_flag=True,
               help="QAT checkpoint: naive min-max re-quantization + calibration instead of its exact integers "
                    "and SRQ scales (for comparison).")
+@click.option("--verify-lock", "verify_lock", type=click.Path(path_type=Path), default=None, metavar="MANIFEST",
+              help="Rebuild into a temporary folder and compare with MANIFEST's lock: MATCH/DIFF per section on "
+                   "stdout; exit 0 all match, 10 something differs, 4 the lock's toolchain differs (refused).")
 def command(model, checkpoint, random_weights, width_div, seed, scheme, text_only, calibration, output, force,
-            prefill, cache_length, no_quality, requantize) -> int:
+            prefill, cache_length, no_quality, requantize, verify_lock) -> int:
     """Build MODEL (e2b, e4b, tiny) into dist/<model>-<scheme>[-text]/ (bundle + manifest.json).
 
-    Progress goes to stderr (stage and seconds); the bundle path is printed on stdout.
+    Progress goes to stderr; the bundle path is printed on stdout. The toolchain's
+    output goes to a log file in the build's work folder (kept when a stage fails).
     """
     from edgekit.build.pipeline import build
+    from edgekit.build.toolchain_log import StageProgress
     from edgekit.models.presets import get_preset
 
     preset = get_preset(model)
-    # Toolchain libraries print to stdout; keep stdout for the result.
-    with contextlib.redirect_stdout(sys.stderr):
-        res = build(
-            preset.name,
-            checkpoint=checkpoint,
-            random_weights=random_weights,
-            width_div=width_div,
-            seed=seed,
-            scheme=scheme or preset.default_scheme,
-            text_only=text_only,
-            calibration=calibration,
-            output=output,
-            force=force,
-            prefill=prefill,
-            cache_length=cache_length,
-            quality=not no_quality,
-            progress=_progress,
-            requantize=requantize,
-        )
+    kwargs = dict(
+        checkpoint=checkpoint,
+        random_weights=random_weights,
+        width_div=width_div,
+        seed=seed,
+        scheme=scheme or preset.default_scheme,
+        text_only=text_only,
+        calibration=calibration,
+        force=force,
+        prefill=prefill,
+        cache_length=cache_length,
+        requantize=requantize,
+    )
+    progress = StageProgress()
+    ok = False
+    try:
+        if verify_lock is not None:
+            return _verify(preset.name, verify_lock, progress, kwargs)
+        res = build(preset.name, output=output, quality=not no_quality, progress=progress, **kwargs)
+        ok = True
+    finally:
+        progress.close(ok)
     b = res.manifest["build"]
     click.echo(
         f"built {res.bundle.name}: {res.manifest['bundle']['bytes']:,} bytes in {b['seconds']:.1f} s, "
-        f"peak RSS {b['peak_rss_bytes'] / 2**20:.0f} MiB",
+        f"peak RSS {b['peak_rss_bytes'] / 2**20:.0f} MiB; toolchain log: {b.get('toolchain_log') or 'n/a'}",
         err=True,
     )
     click.echo(str(res.bundle))
+    return 0
+
+
+def _verify(model: str, manifest: Path, progress, kwargs: dict) -> int:
+    from edgekit.build.pipeline import verify_lock
+    from edgekit.bundle.lock import format_rows
+    from edgekit.errors import InspectionFailed
+
+    check = verify_lock(manifest, progress=progress, model=model, **kwargs)
+    progress.close(True)
+    for line in format_rows(check.rows):
+        click.echo(line)
+    for note in check.notes:
+        click.echo(f"note: {note}", err=True)
+    if not check.ok:
+        bad = [r for r in check.rows if r["status"] == "DIFF"]
+        raise InspectionFailed(
+            f"the rebuild differs from the lock in {manifest}: {len(bad)} DIFF ("
+            + ", ".join(f"{r['what']} {r['name']}" for r in bad[:6]) + (", ..." if len(bad) > 6 else "") + ")",
+            hint="same inputs, options and toolchain give the same bytes: see the DIFF lines on stdout",
+        )
     return 0
