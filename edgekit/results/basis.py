@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 MIN_MEM_SAMPLES = 3
 MIN_TOKEN_STAMPS = 8
 MIN_QUALITY_TOKENS = 100
-# a gap shorter than this share of the run's median gap is a token delivered together with
-# the previous one (no decode step is ten times faster than the typical one of the same run)
+# a gap shorter than this share of the run's mean gap is a token delivered together with
+# the previous one (no decode step is ten times faster than the average one of the same run)
 CHUNK_GAP_FRACTION = 0.1
 # stamps are flagged bursty when at least this share of the gaps (after the first) are chunked
 BURSTY_SHARE = 0.10
@@ -92,26 +92,27 @@ def min_stamps(q: float) -> int:
 
 
 def chunked_gaps(gaps: Sequence[float]) -> int:
-    """How many gaps after the first are far shorter than the run's median gap (tokens that
-    arrived in one stream chunk with the previous one)."""
+    """How many gaps after the first are far shorter than the run's mean gap (tokens that
+    arrived in one stream chunk with the previous one). The mean, not the median: when
+    tokens come in pairs, half the gaps are near zero and the median is one of them."""
     later = [g for g in gaps[1:] if g is not None]
-    if len(later) < 2:
+    if len(later) < 2 or not gaps:
         return 0
-    med = statistics.median(later)
-    return sum(1 for g in later if g < CHUNK_GAP_FRACTION * med)
+    mean = sum(gaps) / len(gaps)
+    return sum(1 for g in later if g < CHUNK_GAP_FRACTION * mean)
 
 
 def bursty(gaps: Sequence[float]) -> str | None:
     """Why the stamps time stream chunks rather than tokens, or None.
 
-    Two shapes: many gaps far below the run's median gap (tokens delivered in small
+    Two shapes: many gaps far below the run's mean gap (tokens delivered in small
     chunks), or a first gap holding most of the decode time (tokens held back and
     delivered in one burst: the later gaps are callback overhead, not decode steps).
     """
     k = chunked_gaps(gaps)
     n = max(0, len(gaps) - 1)
     if n and k / n >= BURSTY_SHARE:
-        return ("token stamps arrive in bursts (gaps far under the run's median gap): "
+        return ("token stamps arrive in bursts (gaps far under the run's mean gap): "
                 "they time stream callbacks, not tokens")
     total = sum(gaps)
     if len(gaps) >= MIN_TOKEN_STAMPS and total > 0 and gaps[0] > HELD_BACK_SHARE * total:
