@@ -90,12 +90,16 @@ def test_failed_build_leaves_nothing_and_keeps_previous_output(tiny_bundles, tmp
         return made[-1]
 
     monkeypatch.setattr(pipeline.tempfile, "mkdtemp", mkdtemp)
-    with pytest.raises(BuildError, match="repack failed in the toolchain"):
+    with pytest.raises(BuildError, match="repack failed in the toolchain") as ei:
         pipeline.build("tiny", scheme="fp16", text_only=True, output=out, verify_engine=False, quality=False)
     assert sorted(p.name for p in out.iterdir()) == ["tiny-fp16-text"]  # no partial folder left
     assert sha256_file(good / tiny_bundles["fp16"].name) == before
-    # and the build's work folder in the cache is gone
-    assert made and not any(Path(p).exists() for p in made)
+    # and the build's work folder in the cache holds only the toolchain's log, named in the error
+    assert made
+    kept = [Path(p) for p in made if Path(p).exists()]
+    assert [sorted(x.name for x in k.iterdir()) for k in kept] == [["toolchain.log"]]
+    assert f"toolchain log: {kept[0] / 'toolchain.log'}" in str(ei.value)
+    shutil.rmtree(kept[0])
 
 
 # ------------------------------------------------------------------ bad input
