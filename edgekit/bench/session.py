@@ -17,6 +17,7 @@ failed and why, and :class:`~edgekit.errors.BenchmarkFailed` (exit 3) is raised.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -59,6 +60,11 @@ TRACE_FILES = ("runner.out", "runner.err", "mem.tsv", "thermal.tsv", "cpufreq.ts
 RUNTIME_MODULES = ("__init__.py", "runner.py", "signatures.py", "litertlm_file.py")
 
 Progress = Callable[[str], None]
+# cold: every run is its own runner process (engine load, init_ms and per-process memory peaks
+# measured every run); warm: one runner process per bundle running its warmups then its
+# measured iterations on one engine, a new session per iteration (what litert_lm_main's
+# --num_iterations does): steady-state speed, no load in the figures.
+MODES = ("cold", "warm")
 
 
 def stderr_progress(msg: str) -> None:
@@ -78,6 +84,7 @@ class BenchPlan:
     decode: int = 64
     threads: int | None = None  # None: the profile's [cpu] threads
     backend: str | None = None  # None: the profile's [runner] backend
+    mode: str = "cold"  # cold: one process per run; warm: one process per bundle, iterations on one engine
     allow_mismatch: bool = False
     output: Path = Path("results")
     accept_new_host_key: bool = False
@@ -94,6 +101,8 @@ class BenchPlan:
             raise UsageError(f"--cooldown must be >= 0 s, got {self.cooldown_s}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 # --- bundles ---------------------------------------------------------------------------
@@ -347,6 +356,41 @@ def schedule(warmup: int, reps: int, with_baseline: bool) -> list[tuple[str, str
     return plan
 
 
+def warm_schedule(with_baseline: bool) -> list[tuple[str, str, int]]:
+    """Warm mode: one process per bundle, the candidate's first; each runs all its iterations."""
+    roles = (CANDIDATE, BASELINE) if with_baseline else (CANDIDATE,)
+    return [(r, "warm", 0) for r in roles]
+
+
+def iteration_runs(trace: RunTrace, role: str, first_order: int, trace_dir: str) -> list[Run]:
+    """Warm mode: one run record per iteration (warmups included) of one runner process.
+
+    Speed figures are the iteration's own. Memory figures rest on the samples taken inside
+    the iteration's window (runner t_start..t_end against the harness's start epoch), without
+    VmHWM, which is the process's lifetime peak (engine load included), not the iteration's:
+    an iteration shorter than the sampling interval has none. ``init_ms`` (one engine load
+    per process) goes to the process's first record only. A failed process is one failed run.
+    """
+    if not trace.ok or not trace.iterations:
+        return [run_from_trace(trace, role, MEASURE, 0, first_order, trace_dir)]
+    h = trace.harness or {}
+    t0 = h.get("start_epoch_ms")
+    out = []
+    for k, it in enumerate(trace.iterations):
+        mem = []
+        if isinstance(t0, (int, float)) and it.t_start is not None and it.t_end is not None:
+            lo, hi = it.t_start * 1000.0 - t0, it.t_end * 1000.0 - t0
+            mem = [dataclasses.replace(m, vmhwm_kb=None) for m in trace.mem if lo <= m.t_ms <= hi]
+        sub = dataclasses.replace(trace, iterations=[dataclasses.replace(it, phase=MEASURE)], mem=mem,
+                                  init_ms=trace.init_ms if k == 0 else None)
+        run = run_from_trace(sub, role, it.phase if it.phase in (WARMUP, MEASURE) else MEASURE, it.index,
+                             first_order + k, trace_dir)
+        if it.t_start is not None and it.t_end is not None:
+            run = dataclasses.replace(run, t_start=it.t_start, t_end=it.t_end)
+        out.append(run)
+    return out
+
+
 def utc_stamp(now: _dt.datetime | None = None) -> tuple[str, str]:
     now = now or _dt.datetime.now(_dt.timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y%m%dT%H%M%SZ")
@@ -390,20 +434,22 @@ class Session:
                      backend: str | None) -> tuple[list[str], str]:
         r = self.profile.runner
         p = self.plan
+        # cold: one run per process; warm: this process runs the warmups and every iteration
+        warmup, reps = (p.warmup, p.reps) if p.mode == "warm" else (0, 1)
         if r.kind == "python":
             python = r.python or (sys.executable if self.profile.transport == "local" else "python3")
             if self.profile.transport != "local" and python.startswith("~"):
                 python = self.transport.expand(python)
             argv = ["env", f"PYTHONPATH={self.pyroot}", python, "-m", "edgekit.runtime.runner", remote_bundle,
-                    "--prefill", str(p.prefill), "--decode", str(p.decode), "--warmup", "0", "--reps", "1",
-                    "--backend", backend or "auto", "--sha256", sha256]
+                    "--prefill", str(p.prefill), "--decode", str(p.decode), "--warmup", str(warmup),
+                    "--reps", str(reps), "--backend", backend or "auto", "--sha256", sha256, "--mode", p.mode]
             if threads:
                 argv += ["--threads", str(threads)]
             return argv, "python"
         binary = self.remote_binary
         argv = [binary, *r.args, f"--model_path={remote_bundle}", "--benchmark",
                 f"--benchmark_prefill_tokens={p.prefill}", f"--benchmark_decode_tokens={p.decode}",
-                "--async=false", "--report_peak_memory_footprint", "--num_iterations=1"]
+                "--async=false", "--report_peak_memory_footprint", f"--num_iterations={warmup + reps}"]
         if threads:
             argv.append(f"--num_cpu_threads={threads}")
         return argv, "native"
@@ -465,7 +511,7 @@ class Session:
         affinity = prof.cpu.affinity or ""
         settings = Settings(prefill=p.prefill, decode=p.decode, threads=threads, backend=backend, warmup=p.warmup,
                             reps=p.reps, cooldown_s=p.cooldown_s, interval_ms=interval, affinity=affinity or None,
-                            runner=prof.runner.kind)
+                            runner=prof.runner.kind, mode=p.mode)
         created, stamp = utc_stamp()
         runs: list[Run] = []
         runtime: dict = {}
@@ -487,7 +533,7 @@ class Session:
         try:
             self.progress(f"bench on {prof.name} ({prof.transport}): {len(bundles)} bundle(s), "
                           f"warmup {p.warmup}, reps {p.reps}, prefill {p.prefill}, decode {p.decode}, "
-                          f"threads {threads or 'default'}")
+                          f"threads {threads or 'default'}, mode {p.mode}")
             bg = None
             if self.background is not None:
                 # work the caller needs later (e.g. the report views' imports), overlapped with the
@@ -503,40 +549,59 @@ class Session:
             if bg is not None:
                 bg.join()
             session_dir = posixpath.join(self.work, "traces", f"{stamp}-{os.getpid()}")
-            plan = schedule(p.warmup, p.reps, BASELINE in bundles)
-            for order, (role, phase, idx) in enumerate(plan):
-                if order and p.cooldown_s:
+            warm = p.mode == "warm"
+            plan = warm_schedule(BASELINE in bundles) if warm else schedule(p.warmup, p.reps, BASELINE in bundles)
+            order = 0  # position of the next run record (warm: one per iteration)
+            for step, (role, phase, idx) in enumerate(plan):
+                if step and p.cooldown_s:
                     time.sleep(p.cooldown_s)
-                name = f"{order:02d}-{role}-{phase}-{idx}"
+                name = f"{step:02d}-{role}-warm" if warm else f"{order:02d}-{role}-{phase}-{idx}"
                 rdir = posixpath.join(session_dir, name)
                 runner_argv, _ = self._runner_argv(remote[role], bundles[role].sha256, threads, backend)
                 argv = ["sh", self.remote_harness, "-o", rdir, "-i", str(interval)]
                 if affinity:
                     argv += ["-a", affinity]
                 argv += ["--", *runner_argv]
-                self.progress(f"[{order + 1}/{len(plan)}] {role} {phase} #{idx}: {bundles[role].label}")
+                if warm:
+                    self.progress(f"[{step + 1}/{len(plan)}] {role}: {p.warmup} warmup + {p.reps} iterations in one "
+                                  f"process: {bundles[role].label}")
+                else:
+                    self.progress(f"[{order + 1}/{len(plan)}] {role} {phase} #{idx}: {bundles[role].label}")
                 t0 = time.monotonic()
                 res = self.transport.shell(argv, check=False, timeout=prof.timeouts.command_s)
                 local = partial / "traces" / name
                 self._pull_trace(rdir, local)
-                trace = parse_trace_dir(local)
-                run = run_from_trace(trace, role, phase, idx, order, f"traces/{name}")
-                if run.ok and not runtime and trace.start:
+                trace = parse_trace_dir(local, native_warmup=p.warmup if warm else 0)
+                if warm:
+                    got = iteration_runs(trace, role, order, f"traces/{name}")
+                else:
+                    got = [run_from_trace(trace, role, phase, idx, order, f"traces/{name}")]
+                if trace.ok and not runtime and trace.start:
                     runtime = {k: trace.start.get(k) for k in ("runner", "backend", "runtime", "host",
                                                                "edgekit_version") if trace.start.get(k) is not None}
-                if not run.ok and res.exit_code not in (0, None) and res.stderr and not trace.iterations:
-                    run = Run(**{**_run_kwargs(run), "error": f"{run.error}; {res.stderr.strip().splitlines()[-1]}"})
-                runs.append(run)
-                m = run.metrics
-                if run.ok:
-                    self.progress(
-                        f"    decode {_f(m.get('decode_tps'), 'tok/s')}, prefill {_f(m.get('prefill_tps'), 'tok/s')}, "
-                        f"TTFT {_f(m.get('ttft_ms'), 'ms')}, peak anon {_f(m.get('peak_anon_mb'), 'MB')}, "
-                        f"peak file {_f(m.get('peak_file_mb'), 'MB')} ({time.monotonic() - t0:.1f} s)")
-                else:
-                    status, failed_run = "failed", order
-                    error = f"run {order} ({role} {phase} #{idx}, {bundles[role].label}) failed: {run.error}"
-                    self.progress(f"    FAILED: {run.error} (traces kept in {final / 'traces' / name})")
+                failed = None
+                for run in got:
+                    if not run.ok and res.exit_code not in (0, None) and res.stderr and not trace.iterations:
+                        run = dataclasses.replace(run, error=f"{run.error}; {res.stderr.strip().splitlines()[-1]}")
+                    runs.append(run)
+                    m = run.metrics
+                    if run.ok:
+                        label = f"    {run.phase} #{run.index}: " if warm else "    "
+                        self.progress(
+                            f"{label}decode {_f(m.get('decode_tps'), 'tok/s')}, prefill "
+                            f"{_f(m.get('prefill_tps'), 'tok/s')}, TTFT {_f(m.get('ttft_ms'), 'ms')}, peak anon "
+                            f"{_f(m.get('peak_anon_mb'), 'MB')}, peak file {_f(m.get('peak_file_mb'), 'MB')}"
+                            + ("" if warm else f" ({time.monotonic() - t0:.1f} s)"))
+                    elif failed is None:
+                        failed = run
+                    order += 1
+                if warm and failed is None:
+                    self.progress(f"    ({time.monotonic() - t0:.1f} s)")
+                if failed is not None:
+                    status, failed_run = "failed", failed.order
+                    what = f"{role} warm process" if warm else f"{role} {phase} #{idx}"
+                    error = f"run {failed.order} ({what}, {bundles[role].label}) failed: {failed.error}"
+                    self.progress(f"    FAILED: {failed.error} (traces kept in {final / 'traces' / name})")
                     break
             # every trace is pulled (a failed run's too): leave no trace folders behind on the device
             self.transport.shell(["rm", "-rf", session_dir], check=False, timeout=60)

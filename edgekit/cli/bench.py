@@ -30,6 +30,11 @@ from edgekit.errors import UsageError
 @click.option("--threads", type=int, help="CPU threads (default: the profile's [cpu] threads).")
 @click.option("--backend", type=click.Choice(["auto", "litert_lm", "interpreter"]),
               help="Python runner backend (default: the profile's).")
+@click.option("--mode", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
+              help="cold: one process per run (engine load every run: init time and per-run memory peaks); warm: one "
+                   "process per bundle, --warmup then --reps iterations on one engine, like litert_lm_main "
+                   "--num_iterations (steady-state speed; init and memory peaks are not per run). Results of "
+                   "different modes are never compared.")
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result records and gate as JSON on stdout.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
@@ -37,7 +42,7 @@ from edgekit.errors import UsageError
 @click.option("--accept-new-host-key", is_flag=True, help="ssh: record an unknown host key instead of refusing it.")
 def command(device: str, bundle: Path | None, model: str | None, text_only: bool, baseline: Path | None,
             no_baseline: bool, dist: Path, warmup: int, reps: int, cooldown: float, prefill: int, decode: int,
-            threads: int | None, backend: str | None, fail_on: tuple[str, ...], profile_thresholds: bool,
+            threads: int | None, backend: str | None, mode: str, fail_on: tuple[str, ...], profile_thresholds: bool,
             allow_mismatch: bool, junit: Path | None, as_json: bool, output: Path, accept_new_host_key: bool) -> int:
     """Benchmark a bundle against its FP16 baseline on DEVICE, write results/<time>-<device>/, gate.
 
@@ -81,7 +86,7 @@ def command(device: str, bundle: Path | None, model: str | None, text_only: bool
         click.echo(f"note: with {reps} runs per bundle no change can be significant at p<{ALPHA}; relative "
                    "thresholds will be undecided (exit 4). Use --reps 4 or more.", err=True)
     plan = BenchPlan(candidate=candidate, baseline=baseline, warmup=warmup, reps=reps, cooldown_s=cooldown,
-                     prefill=prefill, decode=decode, threads=threads, backend=backend,
+                     prefill=prefill, decode=decode, threads=threads, backend=backend, mode=mode,
                      allow_mismatch=allow_mismatch, output=output, accept_new_host_key=accept_new_host_key)
     holder: dict = {}
 

@@ -64,6 +64,7 @@ class Side:
             "decode tokens": self.settings.decode,
             "threads": self.settings.threads,
             "backend": rt.get("backend") or self.settings.backend,
+            "mode": getattr(self.settings, "mode", "cold"),
             "runtime versions": dict(versions or {}),
             "bundle model": self.bundle.model_key,
         }

@@ -403,12 +403,16 @@ class Settings:
     interval_ms: int | None = None
     affinity: str | None = None
     runner: str | None = None  # python | native
+    # cold: one process per run (init and per-process peaks measured every run); warm: one
+    # process per bundle, warmups then iterations on one engine (edgekit/bench/session.py).
+    # Results of different modes are not comparable (a key setting).
+    mode: str = "cold"
 
     def to_dict(self) -> dict:
         return {"prefill": self.prefill, "decode": self.decode, "threads": self.threads,
                 "backend": self.backend, "warmup": self.warmup, "reps": self.reps,
                 "cooldown_s": self.cooldown_s, "interval_ms": self.interval_ms,
-                "affinity": self.affinity, "runner": self.runner}
+                "affinity": self.affinity, "runner": self.runner, "mode": self.mode}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Settings":
@@ -417,7 +421,8 @@ class Settings:
                    backend=d.get("backend"), warmup=int(d.get("warmup", 0)), reps=int(d.get("reps", 0)),
                    cooldown_s=float(d.get("cooldown_s") or 0.0),
                    interval_ms=None if d.get("interval_ms") is None else int(d["interval_ms"]),
-                   affinity=d.get("affinity"), runner=d.get("runner"))
+                   affinity=d.get("affinity"), runner=d.get("runner"),
+                   mode=str(d.get("mode") or "cold"))  # results from before modes existed were cold
 
 
 @dataclass(frozen=True)
