@@ -140,18 +140,26 @@ def export_checkpoint(
     *,
     cache_dir: str | os.PathLike | None = None,
     force: bool = False,
+    child: str = "edgekit.build.export",
+    child_args: tuple[str, ...] = (),
+    key_extra: dict[str, Any] | None = None,
 ) -> ExportResult:
-    """Export (or reuse the cached export of) a checkpoint to a float32 ``.litertlm``."""
+    """Export (or reuse the cached export of) a checkpoint to a float32 ``.litertlm``.
+
+    ``child`` is the module run as the export child (``edgekit.build.standin`` converts
+    the stand-in graph), with ``child_args`` appended; ``key_extra`` joins the cache key.
+    """
     root = Path(cache_dir) if cache_dir else cache_root()
-    key = export_key(source_identity, options)
+    key = export_key({**source_identity, **({"child": child, **key_extra} if key_extra else {})}, options)
     (root / "exports").mkdir(parents=True, exist_ok=True)
     # One export per key at a time (parallel builds / test sessions share the cache).
     with open(root / "exports" / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _export_locked(checkpoint_dir, source_identity, options, root, key, force)
+        return _export_locked(checkpoint_dir, source_identity, options, root, key, force, child, child_args)
 
 
-def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: str, force: bool) -> ExportResult:
+def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: str, force: bool,
+                   child: str = "edgekit.build.export", child_args: tuple[str, ...] = ()) -> ExportResult:
     entry = root / "exports" / key
     bundle = entry / "model.litertlm"
     record_path = entry / "export.json"
@@ -168,7 +176,7 @@ def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: st
         cmd = [
             sys.executable,
             "-m",
-            "edgekit.build.export",
+            child,
             "--model",
             str(Path(checkpoint_dir).resolve()),
             "--output-dir",
@@ -182,6 +190,7 @@ def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: st
             cmd.append("--with-encoders")
         if options.lightweight_conversion:
             cmd.append("--lightweight")
+        cmd.extend(child_args)
         t0 = time.monotonic()
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

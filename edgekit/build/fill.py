@@ -1,0 +1,280 @@
+"""Write a checkpoint's real weights into a converted stand-in section (see :mod:`edgekit.build.standin`).
+
+A stand-in section has the real graph with shared weights (one buffer read by
+every FULLY_CONNECTED op of the same role, shape and bit width) and vocabulary
+tables of ``STANDIN_VOCAB`` rows. Filling it gives every FULLY_CONNECTED and
+EMBEDDING_LOOKUP op its own weight tensor holding the checkpoint's weight in the
+dtype the (quantized) stand-in chose for it:
+
+- FLOAT32 / FLOAT16: the weight cast;
+- INT8 / INT4 / INT2 channel-wise: quantized with ai-edge-quantizer's own
+  numerics (``naive_min_max_quantize.get_tensor_quant_params``, the function its
+  weight quantization calls), row block by row block, packed with its
+  ``pack_data``; the scales are the checkpoint's own, never the stand-in's.
+
+and gives every vocabulary-sized dimension its real size. The weights are read
+from the safetensors files through memory maps, a block of rows at a time, so
+no float table is ever whole in memory. The result is serialized with
+ai-edge-quantizer's writer (external buffers past 2 GB).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edgekit.bundle.tensor_names import module_name_for
+
+FULLY_CONNECTED = 9
+EMBEDDING_LOOKUP = 7
+GELU = 150
+# TFLite TensorType codes
+FLOAT32, FLOAT16, INT32, INT8, INT4, INT2 = 0, 1, 2, 9, 17, 20
+_QBITS = {INT8: 8, INT4: 4, INT2: 2}
+ROW_BLOCK_BYTES = 64 << 20  # float32 bytes of checkpoint rows converted at once
+INLINE_LIMIT = 1_900_000_000  # larger sections are written with external buffers
+
+
+# ------------------------------------------------------------------- weights
+class CheckpointWeights:
+    """Rows of a checkpoint's float tensors, read through memory maps (F32, BF16, F16)."""
+
+    def __init__(self, ckpt_dir: str | os.PathLike):
+        from edgekit.models.qat import read_safetensors_headers
+
+        self.entries = read_safetensors_headers(Path(ckpt_dir))
+        self._maps: dict[str, np.memmap] = {}
+
+    def key(self, module: str) -> str:
+        if module == "lm_head" and "lm_head.weight" not in self.entries:
+            return "model.language_model.embed_tokens.weight"  # tied
+        return f"{module}.weight"
+
+    def shape(self, module: str) -> tuple[int, ...]:
+        return tuple(self.entries[self.key(module)].shape)
+
+    def _array(self, name: str) -> np.ndarray:
+        e = self.entries[name]
+        dt = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}.get(e.dtype)
+        if dt is None:
+            raise ValueError(f"{name}: dtype {e.dtype} is not a float weight")
+        mm = np.memmap(e.file, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,))
+        return mm.view(dt).reshape(e.shape)
+
+    def rows(self, module: str, start: int, stop: int) -> np.ndarray:
+        a = self._array(self.key(module))[start:stop]
+        if a.dtype == np.uint16:  # bfloat16: the high half of a float32
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(a, dtype=np.float32)
+
+    def blocks(self, module: str) -> Iterator[tuple[int, np.ndarray]]:
+        shape = self.shape(module)
+        per_row = int(np.prod(shape[1:])) * 4 or 4
+        step = max(1, ROW_BLOCK_BYTES // per_row)
+        for s in range(0, shape[0], step):
+            yield s, self.rows(module, s, min(shape[0], s + step))
+
+
+# ------------------------------------------------------------------- mapping
+@dataclasses.dataclass(frozen=True)
+class FillOp:
+    subgraph: int
+    op_index: int
+    kind: str  # "fc" | "embedding"
+    module: str
+    weight: int  # tensor index of the op's weight input
+
+
+def _name(t) -> str:
+    n = t.name
+    return n.decode("utf-8") if isinstance(n, bytes) else str(n or "")
+
+
+def _code(model, op) -> int:
+    oc = model.operatorCodes[op.opcodeIndex]
+    return max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
+
+
+def map_ops(model, section: str) -> list[FillOp]:
+    """Every FC / EMBEDDING_LOOKUP op of a stand-in section with its Hugging Face module.
+
+    A stand-in's shared weight is named after the first module of its group, so
+    the module comes from the op's scope (its output tensor's name, which carries
+    the full module path), never from the weight's name.
+    """
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    out: list[FillOp] = []
+    for si, sg in enumerate(model.subgraphs):
+        consumers: dict[int, list[int]] = {}
+        for op in sg.operators:
+            for i in op.inputs if op.inputs is not None else []:
+                consumers.setdefault(int(i), []).append(_code(model, op))
+        for oi, op in enumerate(sg.operators):
+            code = _code(model, op)
+            if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
+                continue
+            w = int(op.inputs[1])
+            scope = fu.get_op_scope(op, sg.tensors)
+            if code == FULLY_CONNECTED:
+                out_names = ";".join(_name(sg.tensors[int(o)]) for o in op.outputs) + ";"
+                is_gate = GELU in consumers.get(int(op.outputs[0]), []) if "gate_proj" in out_names else None
+                module = module_name_for(out_names, scope, is_gate, section)
+                if module is None:
+                    module = module_name_for(_name(sg.tensors[w]), scope, is_gate, section)
+                kind = "fc"
+            else:
+                module = module_name_for(_name(sg.tensors[w]), scope, None, section)
+                kind = "embedding"
+            if module is None:
+                raise ValueError(f"cannot map op {oi} of {section} (scope {scope[:120]!r}) to a model module")
+            out.append(FillOp(si, oi, kind, module, w))
+    return out
+
+
+# ------------------------------------------------------------------- quantize
+def _quantize_rows(block: np.ndarray, bits: int, kind: str):
+    """(int values, per-row scales) of a block of rows, with ai-edge-quantizer's numerics."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import naive_min_max_quantize as nmm
+
+    cfg = qtyping.TensorQuantizationConfig(num_bits=bits, symmetric=True,
+                                           granularity=qtyping.QuantGranularity.CHANNELWISE)
+    op_name = (qtyping.TFLOperationName.FULLY_CONNECTED if kind == "fc"
+               else qtyping.TFLOperationName.EMBEDDING_LOOKUP)
+    info = qtyping.OpInfo(op=None, op_name=op_name, subgraph_op_index=0,
+                          op_quant_config=qtyping.OpQuantizationConfig(weight_tensor_config=cfg))
+    p = nmm.get_tensor_quant_params(info, cfg, tensor_content=block)
+    return np.asarray(p.quantized_data), np.asarray(p.scale, dtype=np.float32).reshape(-1), p
+
+
+def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The filled buffer of one op's weight, and its per-row scales for integer types."""
+    from ai_edge_quantizer.transformations import transformation_utils as tu
+
+    parts: list[np.ndarray] = []
+    scales: list[np.ndarray] = []
+    for _, block in weights.blocks(module):
+        if dtype == FLOAT32:
+            parts.append(np.ascontiguousarray(block, dtype=np.float32).view(np.uint8).reshape(-1))
+        elif dtype == FLOAT16:
+            parts.append(block.astype(np.float16).view(np.uint8).reshape(-1))
+        elif dtype in _QBITS:
+            q, s, _ = _quantize_rows(block, _QBITS[dtype], kind)
+            scales.append(s)
+            q = q.astype(np.int8)
+            parts.append(tu.pack_data(_QBITS[dtype], q).view(np.uint8).reshape(-1) if dtype != INT8
+                         else q.view(np.uint8).reshape(-1))
+            if dtype != INT8 and (q.size * _QBITS[dtype]) % 8:
+                raise ValueError(f"{module}: a row block of {q.size} {_QBITS[dtype]}-bit values does not fill whole bytes")
+        else:
+            raise ValueError(f"{module}: cannot fill a weight of tensor type {dtype}")
+        del block
+    data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return data, (np.concatenate(scales) if scales else None)
+
+
+# ------------------------------------------------------------------- fill
+@dataclasses.dataclass
+class FillReport:
+    ops: int = 0
+    tensors: int = 0
+    weight_bytes: int = 0
+    vocab_tensors: int = 0
+    modules: dict[str, str] = dataclasses.field(default_factory=dict)  # module -> dtype name
+
+
+_DTYPE_NAMES = {FLOAT32: "float32", FLOAT16: "float16", INT8: "int8", INT4: "int4", INT2: "int2"}
+
+
+def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, weights: CheckpointWeights,
+                 standin_vocab: int, vocab: int, progress: Callable[[str], None] | None = None) -> FillReport:
+    """Fill one stand-in ``.tflite`` section with the checkpoint's weights; write ``dst``."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(src))
+    ops = map_ops(model, section)
+    rep = FillReport()
+    old_buffers: set[int] = set()
+    for n, fo in enumerate(ops):
+        sg = model.subgraphs[fo.subgraph]
+        wt = sg.tensors[fo.weight]
+        shape = weights.shape(fo.module)
+        if list(wt.shape)[1:] != list(shape)[1:] or (wt.shape[0] != shape[0] and wt.shape[0] != standin_vocab):
+            raise ValueError(f"{section}: {fo.module} is {list(wt.shape)} in the graph, {list(shape)} in the checkpoint")
+        data, scales = _weight_bytes(weights, fo.module, int(wt.type), fo.kind)
+        new = copy.deepcopy(wt)
+        new.shape = np.array(shape, dtype=np.int32)
+        if new.shapeSignature is not None:
+            new.shapeSignature = np.array(shape, dtype=np.int32)
+        if scales is not None:
+            qp = new.quantization
+            qp.scale = scales.astype(np.float32)
+            qp.zeroPoint = np.zeros(len(scales), dtype=np.int64)
+            qp.quantizedDimension = 0
+            qp.min = qp.max = None
+        buf = type(model.buffers[wt.buffer])()
+        buf.data = data
+        old_buffers.add(int(wt.buffer))
+        model.buffers.append(buf)
+        new.buffer = len(model.buffers) - 1
+        sg.tensors.append(new)
+        ti = len(sg.tensors) - 1
+        inputs = list(sg.operators[fo.op_index].inputs)
+        inputs[1] = ti
+        sg.operators[fo.op_index].inputs = np.array(inputs, dtype=np.int32)
+        rep.ops += 1
+        rep.tensors += 1
+        rep.weight_bytes += int(data.nbytes)
+        rep.modules[fo.module] = _DTYPE_NAMES.get(int(wt.type), str(wt.type))
+        if progress and (n % 16 == 0 or n == len(ops) - 1):
+            progress(f"{section}: {n + 1}/{len(ops)} weights")
+    # the stand-in's shared weights are no longer read by any op: point them at the
+    # empty buffer 0 and drop their bytes
+    for sg in model.subgraphs:
+        used = {int(i) for op in sg.operators for i in (list(op.inputs) + list(op.outputs)) if i >= 0}
+        used |= {int(i) for i in list(sg.inputs) + list(sg.outputs)}
+        for ti, t in enumerate(sg.tensors):
+            if ti not in used and int(t.buffer) in old_buffers:
+                t.buffer = 0
+    still = {int(t.buffer) for sg in model.subgraphs for t in sg.tensors}
+    for b in old_buffers - still:
+        model.buffers[b].data = None
+    # every remaining vocabulary-sized dimension (logits) gets the real vocabulary
+    if vocab != standin_vocab:
+        for sg in model.subgraphs:
+            for t in sg.tensors:
+                if t.shape is not None and standin_vocab in list(t.shape):
+                    if model.buffers[t.buffer].data is not None and t.buffer != 0:
+                        raise ValueError(f"{section}: constant {_name(t)} still has the stand-in vocabulary")
+                    t.shape = np.array([vocab if d == standin_vocab else d for d in t.shape], dtype=np.int32)
+                    if t.shapeSignature is not None:
+                        t.shapeSignature = np.array([vocab if d == standin_vocab else d for d in t.shapeSignature],
+                                                    dtype=np.int32)
+                    rep.vocab_tensors += 1
+    write_model(model, dst)
+    return rep
+
+
+def write_model(model, dst: str | os.PathLike) -> None:
+    """Serialize a ModelT with ai-edge-quantizer's writer; external buffers when past 2 GB."""
+    from ai_edge_quantizer import model_modifier
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu  # noqa: F401 - schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    dst = Path(dst)
+    if dst.exists():
+        dst.unlink()
+    total = sum(len(b.data) for b in model.buffers if b.data is not None)
+    if total < INLINE_LIMIT:
+        data = flatbuffer_utils.convert_object_to_bytearray(model)
+        with open(dst, "wb") as f:
+            f.write(data)
+        return
+    mm = model_modifier.ModelModifier(model)
+    mm._serialize_model(model, model_modifier._PackedBufferData(model), str(dst))  # noqa: SLF001
