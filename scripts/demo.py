@@ -9,6 +9,7 @@ and print where the bundles and the report are.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,13 +39,37 @@ def main() -> None:
     for b in bundles:
         print(f"  {b.relative_to(ROOT)}  ({b.stat().st_size:,} bytes)")
     step("inspect the wNa8o8 bundle against its scheme", "inspect", "dist/tiny-wNa8o8-text")
+    # exit 1 (a threshold failed) and 4 (undecided) are verdicts the demo shows, not failures of the demo
     rc = step("bench wNa8o8 against fp16 on this machine, and gate it",
-              "bench", "--device", "host", "--model", "tiny", "--text-only", "--reps", "5", ok=(0, 1))
-    results = sorted((ROOT / "results").glob("*-host"))
+              "bench", "--device", "host", "--model", "tiny", "--text-only", "--reps", "5", ok=(0, 1, 4))
+    results = sorted(d for d in (ROOT / "results").glob("*-host") if d.is_dir())
     if results:
         print(f"\nreport: {results[-1].relative_to(ROOT)}/report.html")
         print(f"summary: {results[-1].relative_to(ROOT)}/summary.md")
-    print(f"\ngate verdict: {'pass' if rc == 0 else 'FAILED (exit 1)'}")
+    explain_gate(rc, results[-1] if results else None)
+
+
+def explain_gate(rc: int, folder: Path | None) -> None:
+    """Say which thresholds decided the verdict, read back from the stored result."""
+    verdict = {0: "pass", 1: "FAILED (exit 1)", 4: "UNDECIDED (exit 4)"}.get(rc, f"exit {rc}")
+    print(f"\ngate verdict: {verdict}")
+    if folder is None or rc == 0:
+        return
+    out = subprocess.run(EDGEKIT + ["gate", str(folder), "--json"], cwd=ROOT, capture_output=True, text=True)
+    try:
+        checks = json.loads(out.stdout)["checks"]
+    except (ValueError, KeyError):
+        return
+    for c in checks:
+        if c["status"] != "pass":
+            print(f"  {c['status'].upper()}: {c['message']}")
+    quality = [c for c in checks if c["status"] == "fail" and c["threshold"]["metric"] == "top1_agreement"]
+    if quality:
+        print("  The shipped tiny model is a toy Gemma 4 trained on Python docstrings: with static int8\n"
+              "  activations its next-token choices agree with fp16's far less often than a release needs,\n"
+              f"  so the profile's default quality threshold {quality[0]['threshold']['text']} (from ai-edge-quantizer's\n"
+              "  guidance for int8 LLMs) fails it, as it should. `edgekit bench` exited "
+              f"{rc}, which is what a CI job\n  would see; the demonstration itself completed.")
 
 
 if __name__ == "__main__":

@@ -136,3 +136,54 @@ def test_cli_bad_result_file(tmp_path, capsys):
     assert main(["gate", str(p), "--fail-on", "decode_tps:-5%"]) == 5
     err = capsys.readouterr().err
     assert "schema 99" in err and "Traceback" not in err
+
+
+# --- quality in the default gate (issue 12, section 6) ---------------------------------------------
+
+def test_every_shipped_profile_gates_quality():
+    from pathlib import Path
+
+    from edgekit.devices.profiles import read_profile
+
+    files = sorted((Path(__file__).resolve().parents[1] / "device_profiles").glob("*.toml"))
+    assert files
+    for f in files:
+        prof = read_profile(f)
+        ths = parse_thresholds([*prof.gate.fail_on, *prof.gate.budget], source=f"profile {prof.name}")
+        top1 = [t for t in ths if t.metric == "top1_agreement"]
+        assert [(t.kind, t.op, t.value) for t in top1] == [(ABSOLUTE, ">=", 0.95)], f.name
+        assert "0.99" in f.read_text() and "0.95" in f.read_text()  # the comment says where it comes from
+
+
+def test_default_gate_fails_the_tiny_bundle_on_quality(capsys):
+    """The tiny wNa8o8 bundle's manifest says top-1 agreement 0.434: the host profile's gate fails on it."""
+    from fixtures_results import FIXTURES as F
+
+    src = F / "host-tiny-pss-once-a-second"
+    assert R("host-tiny-pss-once-a-second").bundles["candidate"].quality()["top1_agreement"] < 0.5
+    assert main(["gate", str(src)]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "top1_agreement>=0.95" in x and "profile host" in x)
+    assert line.startswith("FAIL") and "top1_agreement = 0.434 (manifest value) breaks" in line
+    assert "gate failed" in out and "top1_agreement>=0.95" in out.splitlines()[-1]
+
+
+def test_no_quality_figure_is_undecided_not_pass(tmp_path, capsys):
+    d = json.loads((FIXTURES / "synth-pixel8-wna8o8-vs-fp16" / "result.json").read_text())
+    d["bundles"]["candidate"]["manifest"].pop("quality")
+    p = tmp_path / "result.json"
+    p.write_text(json.dumps(d))
+    r = load_result(p)
+    g = evaluate(r, parse_thresholds(["top1_agreement>=0.95"], source="profile pixel8"), None)
+    assert g.exit_code == 4 and g.checks[0].status == UNDECIDED
+    assert "no quality record" in g.checks[0].message and "no quality record" in g.reason
+    assert main(["gate", str(p), "--no-profile-thresholds", "--fail-on", "top1_agreement>=0.95"]) == 4
+
+
+def test_quality_scored_on_too_few_tokens_is_undecided(tmp_path):
+    d = json.loads((FIXTURES / "synth-pixel8-wna8o8-vs-fp16" / "result.json").read_text())
+    d["bundles"]["candidate"]["manifest"]["quality"]["tokens"] = 20
+    p = tmp_path / "result.json"
+    p.write_text(json.dumps(d))
+    g = evaluate(load_result(p), parse_thresholds(["top1_agreement>=0.90"]), None)
+    assert g.exit_code == 4 and "20 scored tokens (at least 100 needed)" in g.checks[0].message

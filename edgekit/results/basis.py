@@ -127,9 +127,11 @@ def token_basis(stamps: int, q: float, burst: str | None = None, timing: str | N
         return Basis(stamps, "token stamps", min_stamps(q), f"no per-token stamps ({timing})", "bursty")
     if burst:
         return Basis(stamps, "token stamps", min_stamps(q), burst, "bursty")
-    hint = None
-    if stamps:
-        hint = f"p{q:g} of fewer stamps is the largest gap, not a percentile (more --decode tokens)"
+    if not stamps:
+        return Basis(0, "token stamps", min_stamps(q),
+                     "no per-token stamps recorded (the litert_lm runner stamps tokens only with --token-times: "
+                     "the stream callback slows decode; native binaries print none)")
+    hint = f"p{q:g} of fewer stamps is the largest gap, not a percentile (more --decode tokens)"
     return count_basis(stamps, "token stamps", min_stamps(q), hint)
 
 
