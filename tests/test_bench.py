@@ -113,18 +113,21 @@ def test_report_regenerates_views(host_bench, tmp_path, capsys):
 
 
 def _dist_copy(tmp: Path, src: Path, name: str, manifest: dict | None = None) -> Path:
+    """Copy a built bundle and its manifest into tmp/dist/name; ``manifest`` overrides the
+    identity fields in the shape `edgekit build` writes (model.preset, scheme.name, build.text_only)."""
     d = tmp / "dist" / name
     d.mkdir(parents=True, exist_ok=True)
     dst = d / src.name
     shutil.copyfile(src, dst)
-    m = src.parent / "manifest.json"
-    if manifest is not None:
-        (d / "manifest.json").write_text(json.dumps(manifest))
-    elif m.is_file():
-        data = json.loads(m.read_text())
-        if isinstance(data, dict) and isinstance(data.get("model"), str):
-            data["model"] = name.split("-")[0]  # keep the folder's model name authoritative
-        (d / "manifest.json").write_text(json.dumps(data))
+    data = json.loads((src.parent / "manifest.json").read_text())
+    over = manifest or {}
+    if "model" in over:
+        data["model"]["preset"] = over["model"]
+    if "scheme" in over:
+        data["scheme"]["name"] = over["scheme"]
+    if "text_only" in over:
+        data["build"]["text_only"] = over["text_only"]
+    (d / "manifest.json").write_text(json.dumps(data))
     return dst
 
 
@@ -165,10 +168,15 @@ def test_bad_threshold_exit_2_before_running(bench_bundles, tmp_path, capsys):
 def test_failing_run_keeps_partial_traces_exit_3(bench_bundles, tmp_path, capsys):
     cand = _dist_copy(tmp_path, bench_bundles["wNa8o8"], "tiny-wNa8o8-text",
                       {"model": "tiny", "scheme": "wNa8o8", "text_only": True})
-    bad = tmp_path / "dist" / "tiny-fp16-text"
-    bad.mkdir(parents=True)
-    (bad / "tiny.litertlm").write_bytes(b"LITERTLM" + os.urandom(4096))  # garbage: the runner must fail
-    (bad / "manifest.json").write_text(json.dumps({"model": "tiny", "scheme": "fp16", "text_only": True}))
+    # a bundle whose header and sections pass the local check but whose model is garbage: the runner must fail
+    bad = _dist_copy(tmp_path, bench_bundles["fp16"], "tiny-fp16-text")
+    (bad.parent / "manifest.json").unlink()  # the manifest's sha256 would refuse the changed file before the run
+    from edgekit.runtime.litertlm_file import read_header
+
+    sec = next(s for s in read_header(bad).sections if s.name == "tf_lite_prefill_decode")
+    with open(bad, "r+b") as f:
+        f.seek(sec.begin + 8)  # after the flatbuffer's root offset and TFL3 identifier
+        f.write(os.urandom(min(4096, sec.size - 8)))
     code = main(["bench", "--device", "host", "--model", "tiny", "--text-only", "--dist", str(tmp_path / "dist"),
                  "--reps", "3", *FAST, "--no-profile-thresholds", "--fail-on", "decode_tps:-5%",
                  "--junit", str(tmp_path / "j.xml"), "--output", str(tmp_path / "results")])

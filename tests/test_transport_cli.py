@@ -42,13 +42,13 @@ def test_push_to_host_sent_then_skipped(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # host work_dir is ~/.cache/edgekit/work
     blob = tmp_path / "tiny.litertlm"
     digest = _blob(blob, 1_234_567, seed=3)
-    assert main(["push", str(blob), "--device", "host", "--json"]) == 0
+    assert main(["push", str(blob), "--device", "host", "--no-check", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["sent"] and r["sha256"] == digest and r["bytes"] == 1_234_567
     dest = Path(r["remote"])
     assert dest == tmp_path / "home" / ".cache/edgekit/work/bundles/tiny.litertlm"
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
-    assert main(["push", str(blob), "--device", "host"]) == 0
+    assert main(["push", str(blob), "--device", "host", "--no-check"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("skipped") and digest in out and "bytes: 1234567" in out
 
@@ -58,16 +58,16 @@ def test_push_rehash_ignores_the_sidecar(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
     blob = tmp_path / "r.litertlm"
     digest = _blob(blob, 300_000, seed=5)
-    assert main(["push", str(blob), "--device", "host", "--json"]) == 0
+    assert main(["push", str(blob), "--device", "host", "--no-check", "--json"]) == 0
     dest = Path(json.loads(capsys.readouterr().out)["remote"])
     # corrupt the device copy and forge a sidecar that matches its new stat
     from edgekit.devices.local import LocalTransport
 
     dest.write_bytes(b"\0" * 300_000)
     LocalTransport()._write_sidecar(str(dest), digest)
-    assert main(["push", str(blob), "--device", "host", "--json"]) == 0
+    assert main(["push", str(blob), "--device", "host", "--no-check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sent"] is False  # the sidecar is believed
-    assert main(["push", str(blob), "--device", "host", "--rehash", "--json"]) == 0
+    assert main(["push", str(blob), "--device", "host", "--rehash", "--no-check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sent"] is True
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
 
@@ -123,12 +123,12 @@ def test_push_cli_to_both_standins(both, tmp_path, capsys):
     blob = tmp_path / "bundle.litertlm"
     digest = _blob(blob, 3_000_000, seed=9)
     for target in (ssh_t, adb_t):
-        assert main(["push", str(blob), "--device", target.profile_name, "--json"]) == 0
+        assert main(["push", str(blob), "--device", target.profile_name, "--no-check", "--json"]) == 0
         r = json.loads(capsys.readouterr().out)
         assert r["sent"] and r["sha256"] == digest
         on_device = adb_t.host_path(r["remote"]) if target is adb_t else Path(r["remote"])
         assert hashlib.sha256(on_device.read_bytes()).hexdigest() == digest
-        assert main(["push", str(blob), "--device", target.profile_name, "--json"]) == 0
+        assert main(["push", str(blob), "--device", target.profile_name, "--no-check", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["sent"] is False
 
 
@@ -181,10 +181,10 @@ def test_unknown_host_key_cli_exit_3(ssh_target, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGEKIT_PROFILES", str(tmp_path))
     blob = tmp_path / "b.bin"
     _blob(blob, 1000)
-    assert main(["push", str(blob), "--device", name]) == 3
+    assert main(["push", str(blob), "--device", name, "--no-check"]) == 3
     err = capsys.readouterr().err
     assert "unknown host key" in err and "--accept-new-host-key" in err
-    assert main(["push", str(blob), "--device", name, "--accept-new-host-key"]) == 0
+    assert main(["push", str(blob), "--device", name, "--accept-new-host-key", "--no-check"]) == 0
     assert "127.0.0.1" in empty.read_text()
 
 

@@ -148,17 +148,33 @@ def parse_dist_name(folder_name: str) -> tuple[str | None, str | None, bool | No
     return parts[0], "-".join(parts[1:]), text
 
 
-def bundle_info(path: Path) -> BundleInfo:
+def bundle_info(path: Path, *, check: bool = True) -> BundleInfo:
+    """Checksum, size, model, scheme, text-only flag and manifest of a bundle to bench.
+
+    With ``check`` (the default) the file is first checked as a bundle
+    (:func:`edgekit.devices.bundle_check.check_bundle`: magic, header, sections, and the
+    manifest beside it must agree with the file), so a bench refuses a bad file with exit
+    10 before any device is touched. Model, scheme and text-only come from the manifest
+    ``edgekit build`` writes (``model.preset``, ``scheme.name``, ``build.text_only``; see
+    edgekit/bundle/manifest.py), else from the header's ``edgekit.preset`` /
+    ``edgekit.scheme`` metadata, else from the folder name ``<model>-<scheme>[-text]``:
+    a bundle moved to a folder of another name keeps its identity.
+    """
     if not path.is_file():
         raise UsageError(f"bundle {path} does not exist", hint="build one with `edgekit build MODEL` or pass --bundle PATH")
-    manifest = read_manifest(path)
+    header_meta: dict = {}
+    if check:
+        from edgekit.devices.bundle_check import check_bundle
+
+        checked = check_bundle(path)
+        manifest = checked.manifest or {}
+        header_meta = checked.system_metadata
+    else:
+        manifest = read_manifest(path)
     d_model, d_scheme, d_text = parse_dist_name(path.parent.name)
-    model = _first_str(manifest.get("model"), _dig(manifest, "model", "name"), _dig(manifest, "preset", "name"),
-                       manifest.get("preset"), d_model)
-    scheme = _first_str(manifest.get("scheme"), _dig(manifest, "scheme", "name"), d_scheme)
-    text_only = manifest.get("text_only")
-    if not isinstance(text_only, bool):
-        text_only = _dig(manifest, "build", "text_only")
+    model = _first_str(_dig(manifest, "model", "preset"), header_meta.get("edgekit.preset"), d_model)
+    scheme = _first_str(_dig(manifest, "scheme", "name"), header_meta.get("edgekit.scheme"), d_scheme)
+    text_only = _dig(manifest, "build", "text_only")
     if not isinstance(text_only, bool):
         text_only = d_text
     # The local sha256 cache that push uses too (edgekit.devices.hashing: keyed by path, size,
@@ -204,7 +220,8 @@ def default_baseline(candidate: BundleInfo, dist: Path) -> Path:
     model = candidate.model
     text = bool(candidate.text_only)
     if model is None:
-        raise UsageError(f"cannot tell which model {candidate.path} is (no manifest.json beside it)",
+        raise UsageError(f"cannot tell which model {candidate.path} is (neither its manifest nor its header names "
+                         "one, and its folder is not named <model>-<scheme>[-text])",
                          hint="pass the baseline explicitly with --baseline PATH")
     name = f"{model}-fp16{'-text' if text else ''}"
     for root in (Path(candidate.path).parent.parent, dist):

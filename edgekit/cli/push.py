@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edgekit.devices import load_profile, open_transport
+from edgekit.devices.bundle_check import check_bundle
 from edgekit.devices.transport import default_progress
 from edgekit.errors import UsageError
 
@@ -22,14 +23,20 @@ from edgekit.errors import UsageError
 @click.option("--accept-new-host-key", is_flag=True, help="Accept and record an unknown ssh host key.")
 @click.option("--rehash", "--verify", "rehash", is_flag=True,
               help="Do not trust the device's recorded checksum: hash the device's file in full.")
+@click.option("--no-check", is_flag=True,
+              help="Push any file: skip the local bundle check (LITERTLM header, sections, manifest beside it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(bundle: Path, device: str, remote: str | None, serial: str | None, accept_new_host_key: bool,
-            rehash: bool, as_json: bool) -> int:
-    """Push BUNDLE to the device: written under a temporary name, sha256 verified on the
-    device, then renamed; an identical file already there is not sent again."""
+            rehash: bool, no_check: bool, as_json: bool) -> int:
+    """Push BUNDLE to the device: checked locally first (a file that is not a usable
+    .litertlm bundle, or disagrees with the manifest beside it, exits 10 and nothing is
+    sent), written under a temporary name, sha256 verified on the device, then renamed;
+    an identical file already there is not sent again."""
     if not bundle.is_file():
         raise UsageError(f"{bundle}: no such file", hint="pass the path of a built .litertlm bundle")
     profile = load_profile(device)
+    if not no_check:  # header, sections, manifest: a bad bundle is refused (exit 10) before any connection
+        check_bundle(bundle)
     opts = {}
     if serial:
         opts["serial"] = serial
