@@ -13,13 +13,15 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # torch first: `torch==2.13.0` resolves to the local CPU wheel here; any other spec pulls GBs of CUDA.
-# Every install goes through $(LOCK) (every package pinned), so a fresh machine gets the same versions;
-# the stamp depends on it, so a changed pin reinstalls.
+# $(LOCK) pins every package of the working venv: installed as requirements (-r: also what edgekit does
+# not require, e.g. setuptools, whose distutils shim changes what the stdlib corpus script reads) and
+# as constraints (-c) for edgekit's own dependencies, so a fresh machine gets the same versions.
+# The stamp depends on it, so a changed pin reinstalls.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c $(LOCK) --upgrade pip
 	$(BIN)/pip install --quiet -c $(LOCK) torch==2.13.0
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) -r $(LOCK) -e '.[test]'
 	touch $@
 
 # Rewrite $(LOCK) from the working venv (after a deliberate version change; re-run the suite).
