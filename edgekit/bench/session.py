@@ -280,7 +280,8 @@ def measure_trace(trace: RunTrace) -> tuple[dict[str, float | None], dict[str, B
         basis[name] = count_basis(len(got), "iterations", 1)
 
     m["init_ms"] = trace.init_ms
-    basis["init_ms"] = count_basis(0 if trace.init_ms is None else 1, "init reports", 1)
+    basis["init_ms"] = count_basis(1, "init reports", 1) if trace.init_ms is not None else Basis(
+        0, "init reports", 1, "no engine load in this run (a warm process reports its one load on its first run)")
     iteration_figure("ttft_ms", [it.ttft_ms for it in its])
     iteration_figure("prefill_tps", [it.prefill_tps for it in its])
     iteration_figure("decode_tps", [it.decode_tps for it in its])
