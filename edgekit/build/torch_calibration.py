@@ -321,6 +321,13 @@ def linear_ranges(
 
     model = _meta_text_model(cfg)
     loader = _Loader(index, dtype)
+    # every weight present, float and of the configured shape before anything runs
+    # (a bad checkpoint fails here, not after minutes of forward)
+    for pname, p in model.named_parameters():
+        t = loader.stored(f"{TEXT_PREFIX}.{pname}")
+        if t.shape != tuple(p.shape):
+            raise CheckpointError(f"tensor {t.name} has shape {t.shape}, the config gives {tuple(p.shape)}",
+                                  hint="the checkpoint's config.json does not match its weights")
     # everything outside the decoder layers and the embedding tables is small: keep it loaded
     for name, mod in model.named_children():
         if name in ("layers", "embed_tokens", "embed_tokens_per_layer", "rotary_emb"):
