@@ -1,57 +1,41 @@
 #!/usr/bin/env python3
-"""edgekit's prefill/decode tok/s vs `litert-lm benchmark` on the same bundle and settings, and spread.
+"""edgekit bench's figures vs the runtime's own benchmark (`litert-lm benchmark`), per device and bench mode.
 
-    .venv/bin/python scripts/bench/fidelity.py [--model e2b] [--scheme fp16] [--write]
-    .venv/bin/python scripts/bench/fidelity.py --model tiny               # quick run
+    .venv/bin/python scripts/bench/fidelity.py --model tiny [--devices host,rpi5-standin,pixel8-standin] [--write]
+    .venv/bin/python scripts/bench/fidelity.py --model e2b            # e2b width/4 (built when missing, ~10 min)
 
-The bundle must run in LiteRT-LM's own engine (the CLI uses nothing else): by
-default the fp16 build; `--scheme wNa8o8` tries the static-int8 one (the script says
-when litert-lm cannot run it: that CLI prints an error and still exits 0, so its
-output is parsed, never its exit code trusted).
+For each round (``--rounds``, default 3; the order of the tools alternates between rounds
+so drift hits both alike), on every device:
+  * `edgekit bench --device D --bundle W --baseline F --mode M --warmup 1 --reps R
+    --prefill P --decode D --threads T --backend litert_lm` for M = cold and warm; edgekit's
+    figure = the median of the measured runs (what `edgekit bench` reports);
+  * the runtime's own benchmark on this machine, for both bundles: for cold mode
+    `litert-lm benchmark B -p P -d D --runs R --backend cpu --cpu-thread-count T --cache disk
+    --ringbuffers-local-attention false` (0.18.1: one warmup, then a NEW engine for every
+    run in one process, the mean of the runs: every run is the first generation after a
+    load); for warm mode the same C API calls as litert_lm.Benchmark.run with ONE engine
+    for the warmup and all runs (what litert_lm_main --num_iterations and the CLI's 0.19
+    nightly do), the mean of the runs.
+The stand-ins (scripts/targets) run on this machine too, so the same reference serves them.
 
-Rounds alternate the two tools, ``--rounds`` times:
-  * `edgekit bench --device host --bundle B --no-baseline --backend litert_lm
-    --warmup 1 --reps R` (one runner process per run: every measured run is the first
-    generation of a freshly loaded engine), figures = medians;
-  * `litert-lm benchmark B -p P -d D --runs R --cpu-thread-count T --backend cpu
-    --max-num-tokens N --cache disk --ringbuffers-local-attention false` (one process,
-    one warmup, the mean of R runs: what that tool prints).
+Same definitions on both sides (edgekit/runtime/runner.py, LiteRT-LM's BenchmarkInfo):
+prefill tok/s = P / the engine's prefill turn; decode tok/s = D / the engine's decode turn;
+TTFT = the first prefill turn + the decode turn / D (BenchmarkInfo::GetTimeToFirstToken;
+engine init, tokenizing and Python excluded). KV cache size: both sides leave it to the
+engine's default for P (the CLI computes the same value); ring buffers off on both.
 
-What each tool measures (litert_lm/benchmark.py, litert_lm_cli/commands/benchmark.py,
-edgekit/runtime/runner.py), and how this script makes them alike:
-  * litert-lm: every run (the warmup too) creates engine settings, a NEW engine and a
-    session, generates once with "How are you" padded with token 0 to exactly P tokens
-    and exactly D decode tokens (engine benchmark mode), and prints the engine's own
-    BenchmarkInfo of that turn (prefill tok/s, decode tok/s), averaged over the runs.
-    No tokenization or session creation is inside the timed turns.
-  * edgekit: one engine per runner process (`edgekit bench`), a session per run, a prompt
-    of exactly P tokens (a one-token word repeated after BOS), D decode steps; prefill
-    tok/s = P / the engine's prefill turn (BenchmarkInfo; until this was fixed it was the
-    wall time of `run_prefill`, which also holds tokenizing the prompt: ~1-2% on e2b w4,
-    ~30% on tiny; kept as `prefill_wall_ms`), decode tok/s = D / sum of the per-token
-    gaps stamped in the engine's stream callback. The same run records the engine's
-    BenchmarkInfo (`engine_prefill_tps`, `engine_decode_tps`): the table shows both, so
-    a difference in timing boundaries shows apart from a difference in what ran.
-  * Settings matched: P, D, threads, `--max-num-tokens` = the runner's `--max-tokens`,
-    `--cache disk` (the runner's Engine default cache_dir: an XNNPACK weight cache next
-    to the bundle, `<bundle>_<mtime>_<size>.xnnpack_cache`; `--cache no` repacks the
-    weights at every load), ring buffers off (the CLI forces them on by default; the
-    runner leaves the library default).
-Known remaining cause (measured 2026-11-22 on e2b w4 fp16, one runner process under
-android_harness/harness.sh, 2 runs each): the harness's memory sampling at the host
-profile's 50 ms (reads /proc/PID/status and smaps_rollup, whose Pss walks the page tables
-of the whole mapped bundle) slowed decode to 8.5-10.1 tok/s against 16.5-17.1 at 1000 ms;
-litert-lm (no sampler beside it) gave 17.9-18.5. Without the harness the runner's engine
-figures match litert-lm's (fresh engine per run) within that machine's noise.
-Ratios edgekit/litert-lm of the per-round figures, averaged; target within 5%.
-CV of edgekit's decode tok/s over its first round's R (default 5) measured runs:
-target <= 3%. `--direct` runs the runner itself (`--fresh-engine`, one process)
-instead of `edgekit bench`.
+Targets (issue 12): prefill, decode and TTFT of each bundle within 5% of the runtime's;
+the wNa8o8/fp16 decode ratio within 3% of the runtime's ratio; CV of edgekit's decode
+over R runs <= 3% on host (the largest of the two bundles, median over rounds).
+Every round's load average (/proc/loadavg, 1 min) is recorded beside its figures: the
+machine is shared, and nothing measured here runs under `nice`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import subprocess
 import sys
@@ -59,28 +43,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bundle_vs_fp16 import bench, find_or_build  # noqa: E402
+from bundle_vs_fp16 import find_or_build  # noqa: E402
 
-WITHIN = C.Target("within", 0.05)
+WITHIN5 = C.Target("within", 0.05)
+WITHIN3 = C.Target("within", 0.03)
 CV_TARGET = C.Target("<=", 0.03)
-
-
-def host_threads() -> int:
-    sys.path.insert(0, str(C.REPO))
-    from edgekit.devices import load_profile
-
-    return int(load_profile("host").cpu.threads or 0)
-
-
-# Workaround (runner defect, reported): LiteRtLmBackend.prompt() repeats " the" and refuses a tokenizer in
-# which that is not one token (the random E2B checkpoints' byte-level tokenizer gives 4). Here the runner
-# module is run unchanged except for that one constant, set to a word that is one token for the bundle.
-_RUNNER_SHIM = (
-    "import sys, edgekit.runtime.runner as r; r.PROMPT_WORDS = (sys.argv[1],) + r.PROMPT_WORDS; sys.exit(r.main(sys.argv[2:]))"
-)
+ROLES = {"candidate": "wNa8o8", "baseline": "fp16"}
+KEYS = (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s"), ("ttft_ms", "TTFT ms"))
 
 
 def one_token_word(bundle: Path) -> str:
+    """A word that the bundle's tokenizer makes one token (used by bundle_vs_fp16.py --engine-direct)."""
     sys.path.insert(0, str(C.REPO))
     from tokenizers import Tokenizer
 
@@ -93,47 +66,45 @@ def one_token_word(bundle: Path) -> str:
     raise SystemExit("error: no one-token word found for the prompt")
 
 
-def runner_direct(bundle: Path, prefill: int, decode: int, reps: int, threads: int, max_tokens: int) -> dict:
-    import json as _json
-
-    argv = [str(C.VENV_BIN / "python"), "-m", "edgekit.runtime.runner", str(bundle), "--prefill", str(prefill),
-            "--decode", str(decode), "--warmup", "1", "--reps", str(reps), "--backend", "litert_lm",
-            "--max-tokens", str(max_tokens), "--fresh-engine"] + (["--threads", str(threads)] if threads else [])
-    C.log(f"running: edgekit runner (litert_lm, a new engine per run) warmup 1 reps {reps}")
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=C.REPO)
-    recs = [_json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
-    runs = [x for x in recs if x.get("event") == "run" and x.get("phase") == "measure"]
-    if p.returncode != 0 or not runs:
-        err = next((x.get("message") for x in recs if x.get("event") == "error"), p.stderr.strip()[-300:])
-        raise SystemExit(f"error: runner failed: {err}")
-    start = next(x for x in recs if x.get("event") == "start")
-    return {"runs": runs, "backend": start.get("backend")}
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
-def runner_records(result: dict) -> list[dict]:
-    """The runner's own run records of the measured runs of an `edgekit bench` result (traces/*/runner.out)."""
-    import json as _json
-
-    out = []
-    for r in result["runs"]:
-        if r["phase"] != "measure" or r.get("status", "ok") != "ok":
-            continue
-        tdir = Path(r["trace_dir"])
-        if not tdir.is_absolute():
-            tdir = Path(result.get("_folder", ".")) / tdir
-        recs = [_json.loads(x) for x in (tdir / "runner.out").read_text().splitlines() if x.startswith("{")]
-        out += [x for x in recs if x.get("event") == "run" and x.get("phase") == "measure"]
-    return out
+def targets_env() -> dict:
+    """EDGEKIT_PROFILES with the stand-ins' profiles (scripts/targets up writes them)."""
+    state = C.REPO / ".targets" / "state.json"
+    env = dict(os.environ)
+    if state.is_file():
+        prof = json.loads(state.read_text()).get("profiles_dir")
+        if prof:
+            env["EDGEKIT_PROFILES"] = prof + (os.pathsep + env["EDGEKIT_PROFILES"] if env.get("EDGEKIT_PROFILES") else "")
+    return env
 
 
-def litert_lm_benchmark(bundle: Path, prefill: int, decode: int, runs: int, threads: int,
-                        max_tokens: int) -> dict:
+def edgekit_bench(device: str, bundles: dict, mode: str, reps: int, prefill: int, decode: int, threads: int,
+                  out: Path, env: dict) -> tuple[dict, str]:
+    argv = C.edgekit_argv("bench", "--device", device, "--bundle", str(bundles["wNa8o8"]), "--baseline",
+                          str(bundles["fp16"]), "--mode", mode, "--warmup", "1", "--reps", str(reps), "--prefill",
+                          str(prefill), "--decode", str(decode), "--threads", str(threads), "--backend", "litert_lm",
+                          "--no-profile-thresholds", "--json", "--output", str(out))
+    C.log(f"running: edgekit bench --device {device} --mode {mode} (reps {reps})")
+    p = subprocess.run(argv, cwd=C.REPO, capture_output=True, text=True, env=env)
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"error: edgekit bench --device {device} --mode {mode} exited {p.returncode}: "
+                         f"{p.stderr.strip()[-800:]}")
+    data = json.loads(p.stdout)
+    res = {}
+    for role, scheme in ROLES.items():
+        runs = [r for r in data["result"]["runs"] if r["role"] == role and r["phase"] == "measure"
+                and r.get("status", "ok") == "ok"]
+        res[scheme] = {k: [r["metrics"].get(k) for r in runs if r["metrics"].get(k) is not None] for k, _ in KEYS}
+    return res, data["folder"]
+
+
+def litert_lm_benchmark(bundle: Path, prefill: int, decode: int, runs: int, threads: int) -> dict:
     argv = [str(C.VENV_BIN / "litert-lm"), "benchmark", str(bundle), "-p", str(prefill), "-d", str(decode),
-            "--runs", str(runs), "--backend", "cpu", "--max-num-tokens", str(max_tokens), "--cache", "disk",
-            "--ringbuffers-local-attention", "false"]
-    if threads:
-        argv += ["--cpu-thread-count", str(threads)]
-    C.log("running: " + " ".join(["litert-lm", *argv[1:]]))
+            "--runs", str(runs), "--backend", "cpu", "--cache", "disk", "--ringbuffers-local-attention", "false",
+            "--cpu-thread-count", str(threads)]
     p = subprocess.run(argv, capture_output=True, text=True, cwd=C.REPO)
     text = p.stdout + "\n" + p.stderr
 
@@ -141,113 +112,185 @@ def litert_lm_benchmark(bundle: Path, prefill: int, decode: int, runs: int, thre
         m = re.search(label + r"\s*:\s*([0-9.]+)", text)
         return float(m.group(1)) if m else None
 
+    ttft = grab("Time to first token")
     res = {"prefill_tps": grab("Prefill speed"), "decode_tps": grab("Decode speed"),
-           "ttft_s": grab("Time to first token"), "init_s": grab("Init time"), "exit": p.returncode,
-           "argv": argv}
-    if res["decode_tps"] is None or res["prefill_tps"] is None:
+           "ttft_ms": None if ttft is None else ttft * 1000.0}
+    if res["decode_tps"] is None or res["prefill_tps"] is None:  # that CLI exits 0 on errors: parse, never trust
         last = [ln for ln in text.splitlines() if ln.strip()][-3:]
-        res["error"] = " / ".join(last)[:400]
+        raise SystemExit(f"error: litert-lm benchmark gave no figures for {bundle.name}: {' / '.join(last)[:400]}")
     return res
+
+
+# The warm reference: exactly the C API calls of litert_lm.Benchmark.run (litert-lm-api 0.18.1:
+# engine settings in benchmark mode with the prompt and decode lengths, generate_content,
+# BenchmarkInfo), but ONE engine for the warmup and every run, as litert_lm_main
+# --num_iterations does and as the CLI's 0.19 nightly does. Run in a child process.
+_WARM_REF = r"""
+import ctypes, json, sys
+import litert_lm
+from litert_lm import interfaces
+from litert_lm._ffi import _get_lib, InputDataType
+bundle, prefill, decode, runs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+lib = _get_lib()
+st = lib.litert_lm_engine_settings_create(bundle, "cpu", None, None)
+lib.litert_lm_engine_settings_enable_benchmark(st)
+lib.litert_lm_engine_settings_set_num_threads(st, threads)
+lib.litert_lm_engine_settings_set_max_num_tokens(st, ((prefill + 1023) // 4096 + 1) * 4096)
+lib.litert_lm_engine_settings_set_num_prefill_tokens(st, prefill)
+lib.litert_lm_engine_settings_set_num_decode_tokens(st, decode)
+lib.litert_lm_engine_settings_set_cache_dir(st, "")
+lib.litert_lm_engine_settings_set_use_ringbuffers_local_attention(st, False)
+eng = lib.litert_lm_engine_create(st)
+lib.litert_lm_engine_settings_delete(st)
+assert eng, "engine"
+out = []
+for i in range(runs + 1):
+    ses = lib.litert_lm_engine_create_session(eng, None)
+    # litert_lm.Benchmark's prompt (padded/truncated to exactly `prefill` tokens by the engine's benchmark mode)
+    fields = getattr(interfaces.AbstractBenchmark, "__dataclass_fields__", {})
+    p = (fields["prompt"].default if "prompt" in fields else "How are you").encode()
+    inp = lib.litert_lm_input_data_create(InputDataType.TEXT, p, len(p))
+    arr = (ctypes.c_void_p * 1)(inp)
+    r = lib.litert_lm_session_generate_content(ses, arr, 1)
+    if r:
+        lib.litert_lm_responses_delete(r)
+    lib.litert_lm_input_data_delete(inp)
+    ip = lib.litert_lm_session_get_benchmark_info(ses)
+    info = interfaces.create_benchmark_info(lib, ip)
+    lib.litert_lm_benchmark_info_delete(ip)
+    lib.litert_lm_session_delete(ses)
+    if i:
+        out.append({"prefill_tps": info.last_prefill_tokens_per_second, "decode_tps": info.last_decode_tokens_per_second,
+                    "ttft_ms": info.time_to_first_token_in_second * 1000.0,
+                    "tokens": [info.last_prefill_token_count, info.last_decode_token_count]})
+print(json.dumps(out))
+"""
+
+
+def warm_reference(bundle: Path, prefill: int, decode: int, runs: int, threads: int) -> dict:
+    p = subprocess.run([str(C.VENV_BIN / "python"), "-c", _WARM_REF, str(bundle), str(prefill), str(decode),
+                        str(runs), str(threads)], capture_output=True, text=True, cwd=C.REPO)
+    try:
+        recs = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SystemExit(f"error: warm reference failed on {bundle.name}: {p.stderr.strip()[-400:]}")
+    if any(tuple(r["tokens"]) != (prefill, decode) for r in recs):
+        raise SystemExit(f"error: warm reference ran other token counts: {[r['tokens'] for r in recs]}")
+    return {k: C.mean([r[k] for r in recs]) for k, _ in KEYS}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
+    ap.add_argument("--model", default="tiny", choices=["e2b", "tiny"])
     ap.add_argument("--width-div", type=int, default=None)
-    ap.add_argument("--scheme", default="fp16", help="which build to compare on (fp16 | wNa8o8)")
-    ap.add_argument("--bundle", type=Path, help="any bundle instead of a build")
+    ap.add_argument("--devices", default="host,rpi5-standin,pixel8-standin")
+    ap.add_argument("--modes", default="cold,warm")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--prefill", type=int, default=None)
-    ap.add_argument("--decode", type=int, default=None)
-    ap.add_argument("--max-tokens", type=int, default=256, help="KV cache tokens (the export's cache length)")
-    ap.add_argument("--direct", action="store_true",
-                    help="measure edgekit through its runner directly (with the one-token prompt workaround) "
-                         "instead of `edgekit bench`")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prefill", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     wd = a.width_div or (4 if a.model == "e2b" else 1)
-    prefill = a.prefill or (128 if a.model == "e2b" else 24)
-    decode = a.decode or (64 if a.model == "e2b" else 32)
     notes: list[str] = []
     work = C.REPO / ".cache" / "bench-build"
-    bundle = a.bundle or find_or_build(a.model, a.scheme, wd, work / f"dist-{a.model}-w{wd}",
-                                       work / f"cache-{a.model}-w{wd}", notes)
-    threads = host_threads()
+    dist, cache = work / f"dist-{a.model}-w{wd}", work / f"cache-{a.model}-w{wd}"
+    bundles = {s: find_or_build(a.model, s, wd, dist, cache, notes) for s in ("wNa8o8", "fp16")}
+    devices = [d for d in a.devices.split(",") if d]
+    modes = [m for m in a.modes.split(",") if m]
+    env = targets_env()
     out = C.REPO / "results" / "bench-scripts"
-    ek_rounds, ll_rounds, cvs = [], [], []
-    via = "`edgekit bench --device host --backend litert_lm` (one runner process per run)"
+    header = C.header_lines()  # date, commit, machine, load at the start
+    ek: dict = {d: {m: [] for m in modes} for d in devices}  # device -> mode -> [round result]
+    ref: list[dict] = []  # round -> scheme -> figures
+    round_notes: dict = {d: [] for d in devices}
     for i in range(a.rounds):
-        C.log(f"round {i + 1}/{a.rounds}")
-        if not a.direct:
-            data, folder = bench(bundle, None, a.reps, 1, prefill, decode, out,
-                                 ["--backend", "litert_lm", "--threads", str(threads)] if threads else
-                                 ["--backend", "litert_lm"])
-            res = dict(data["result"], _folder=str(folder))
-            recs = runner_records(res)
-            backend = (data["result"].get("runtime") or {}).get("backend")
-        else:
-            d = runner_direct(bundle, prefill, decode, a.reps, threads, a.max_tokens)
-            recs, backend, folder = d["runs"], d["backend"], None
-            via = f"edgekit's runner directly (one process, `--fresh-engine`, warmup 1, reps {a.reps})"
-        if not recs:
-            raise SystemExit("error: no measured runs")
-        dec = [x["decode_tps"] for x in recs]
-        pre = [x["prefill_tps"] for x in recs]
-        ek_rounds.append({"decode_tps": C.median(dec), "prefill_tps": C.median(pre), "folder": str(folder),
-                          "decode_all": dec, "backend": backend,
-                          "engine_decode_tps": C.median([x.get("engine_decode_tps") for x in recs
-                                                         if x.get("engine_decode_tps")] or [None]),
-                          "engine_prefill_tps": C.median([x.get("engine_prefill_tps") for x in recs
-                                                          if x.get("engine_prefill_tps")] or [None]),
-                          "tokens": sorted({(x.get("engine_prefill_tokens"), x.get("engine_decode_tokens"))
-                                            for x in recs}, key=str)})
-        cvs.append(C.cv(dec))
-        ll = litert_lm_benchmark(bundle, prefill, decode, a.reps, threads, a.max_tokens)
-        ll_rounds.append(ll)
-        if ll.get("error"):
-            C.log(f"litert-lm benchmark gave no figures (exit {ll['exit']}): {ll['error']}")
-        C.log(f"  edgekit decode {ek_rounds[-1]['decode_tps']:.2f} prefill {ek_rounds[-1]['prefill_tps']:.1f}; "
-              f"litert-lm decode {ll['decode_tps']} prefill {ll['prefill_tps']}")
+        C.log(f"round {i + 1}/{a.rounds}, load {loadavg()}")
+        order = ["ref", *devices] if i % 2 == 0 else [*devices, "ref"]
+        for what in order:
+            if what == "ref":
+                la = loadavg()
+                rnd = {}
+                for mode in modes:
+                    fn = litert_lm_benchmark if mode == "cold" else warm_reference
+                    rnd[mode] = {s: fn(b, a.prefill, a.decode, a.reps, a.threads) for s, b in bundles.items()}
+                    rnd[mode]["load"] = f"{la}-{loadavg()}"
+                    C.log(f"  runtime ({mode} reference): " + ", ".join(
+                        f"{s} decode {rnd[mode][s]['decode_tps']:.1f}" for s in bundles))
+                ref.append(rnd)
+                continue
+            for mode in (modes if i % 2 == 0 else modes[::-1]):
+                la = loadavg()
+                res, folder = edgekit_bench(what, bundles, mode, a.reps, a.prefill, a.decode, a.threads, out, env)
+                res["load"] = f"{la}-{loadavg()}"
+                res["folder"] = folder
+                ek[what][mode].append(res)
+                C.log(f"  edgekit {what} {mode}: " + ", ".join(
+                    f"{s} decode {C.median(res[s]['decode_tps']):.1f}" for s in bundles))
 
-    def ratio_of(key: str, ek_key: str | None = None) -> tuple[float | None, float | None, float | None]:
-        ek_key = ek_key or key
-        rs = [C.ratio(e[ek_key], l[key]) for e, l in zip(ek_rounds, ll_rounds)]
-        rs = [r for r in rs if r is not None]
-        ek = C.mean([e[ek_key] for e in ek_rounds if e[ek_key] is not None])
-        lls = [l[key] for l in ll_rounds if l[key] is not None]
-        return ek, (C.mean(lls) if lls else None), (C.mean(rs) if rs else None)
-
-    rows = []
-    for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
-        ek, ll, r = ratio_of(key)
-        rows.append(C.Row(label, ek, ll, r, WITHIN))
-    for key, label in (("prefill_tps", "prefill tok/s, engine BenchmarkInfo in edgekit's runs"),
-                       ("decode_tps", "decode tok/s, engine BenchmarkInfo in edgekit's runs")):
-        ek, ll, r = ratio_of(key, "engine_" + key)
-        rows.append(C.Row(label, ek, ll, r, None))
-    rows.append(C.Row(f"CV of edgekit decode tok/s over {a.reps} runs (round 1)", cvs[0], "", cvs[0], CV_TARGET,
-                      unit=""))
-    head = ("metric", "edgekit", "litert-lm", "edgekit/litert-lm")
-    print(C.table(rows, head))
-    notes.append(f"edgekit figures via {via}")
-    notes.append(f"bundle: {bundle.name} ({bundle.stat().st_size:,} B); scheme {a.scheme}; edgekit runner backend "
-                 f"{ek_rounds[0]['backend']}; threads {threads}")
-    for i, (e, l) in enumerate(zip(ek_rounds, ll_rounds)):
-        notes.append(f"round {i + 1}: edgekit decode {e['decode_tps']:.2f} (runs "
-                     f"{', '.join(f'{x:.2f}' for x in e['decode_all'])}; CV {cvs[i]:.1%}), prefill "
-                     f"{e['prefill_tps']:.1f} (engine BenchmarkInfo of the same runs: prefill "
-                     f"{e['engine_prefill_tps'] or float('nan'):.1f}, decode {e['engine_decode_tps'] or float('nan'):.2f}; "
-                     f"engine token counts (prefill, decode) {e['tokens']}); litert-lm decode {l['decode_tps']}, prefill {l['prefill_tps']}, "
-                     f"exit {l['exit']}" + (f", error: {l['error']}" if l.get("error") else ""))
-    notes.append(f"machine load average at the end: {C.machine_info()['loadavg']}")
-    for n in notes:
-        print("- " + n)
+    sections = {}
+    for dev in devices:
+        rows: list[C.Row] = []
+        dnotes = list(notes)
+        for mode in modes:
+            rounds = ek[dev][mode]
+            mref = [r[mode] for r in ref]
+            ref_mean = {s: {k: C.mean([r[s][k] for r in mref]) for k, _ in KEYS} for s in bundles}
+            med = {s: {k: C.mean([C.median(r[s][k]) for r in rounds if r[s][k]]) for k, _ in KEYS} for s in bundles}
+            for s in ("wNa8o8", "fp16"):
+                for k, label in KEYS:
+                    # per round edgekit / runtime, then the mean of the rounds' ratios
+                    rs = [C.ratio(C.median(e[s][k]) if e[s][k] else None, r[s][k]) for e, r in zip(rounds, mref)]
+                    rs = [x for x in rs if x is not None]
+                    rows.append(C.Row(f"{mode}: {s} {label}", med[s][k], ref_mean[s][k],
+                                      C.mean(rs) if rs else None, WITHIN5))
+            rr = []
+            for e, r in zip(rounds, mref):
+                ek_ratio = C.ratio(C.median(e["wNa8o8"]["decode_tps"]), C.median(e["fp16"]["decode_tps"]))
+                rt_ratio = C.ratio(r["wNa8o8"]["decode_tps"], r["fp16"]["decode_tps"])
+                rr.append((ek_ratio, rt_ratio))
+            ek_r = C.mean([x for x, _ in rr])
+            rt_r = C.mean([y for _, y in rr])
+            rows.append(C.Row(f"{mode}: wNa8o8/fp16 decode ratio", ek_r, rt_r,
+                              C.mean([x / y for x, y in rr if x and y]) if rr else None, WITHIN3))
+            cvs = [max(C.cv(e[s]["decode_tps"]) for s in bundles) for e in rounds]
+            rows.append(C.Row(f"{mode}: CV of edgekit decode over {a.reps} runs (worse bundle, median of rounds)",
+                              C.median(cvs), "", C.median(cvs), CV_TARGET if dev == "host" else None, unit=""))
+            for j, (e, r) in enumerate(zip(rounds, mref)):
+                dnotes.append(
+                    f"{mode} round {j + 1} (load {e['load']}; reference load {r['load']}): " + "; ".join(
+                        f"{s} edgekit decode {', '.join(f'{x:.0f}' for x in e[s]['decode_tps'])} "
+                        f"prefill med {C.median(e[s]['prefill_tps']):.0f} TTFT med {C.median(e[s]['ttft_ms']):.2f} ms"
+                        f" | runtime decode {r[s]['decode_tps']:.0f} prefill {r[s]['prefill_tps']:.0f} "
+                        f"TTFT {r[s]['ttft_ms']:.2f} ms" for s in ("wNa8o8", "fp16")) + f" ({e['folder']})")
+        head = ("metric", "edgekit", "runtime", "edgekit/runtime")
+        print(f"\n### {dev}\n" + C.table(rows, head))
+        dnotes.append(f"bundles: {', '.join(f'{s} {b.name} ({b.stat().st_size:,} B)' for s, b in bundles.items())}")
+        dnotes.append(f"load average (1, 5, 15 min) at the end: {C.machine_info()['loadavg']}")
+        dnotes.append("runtime reference: cold rows vs `litert-lm benchmark` 0.18.1 (a new engine for every run: each "
+                      "run is the first generation after a load, like a cold edgekit run); warm rows vs the same C API "
+                      "calls as litert_lm.Benchmark with ONE engine for all runs (as litert_lm_main --num_iterations "
+                      "and the 0.19 nightly CLI do); both: 1 warmup, the mean of the runs")
+        dnotes.append("edgekit figure: median of the measured runs of one `edgekit bench` (what it reports); ratios: "
+                      "per round, then averaged over the rounds; nothing measured runs under nice")
+        for n in dnotes:
+            print("- " + n)
+        title = f"fidelity: `edgekit bench --device {dev}` vs the runtime's own benchmark ({a.model} w{wd})"
+        settings = [f"prefill {a.prefill}, decode {a.decode}, {a.reps} runs + 1 warmup per tool and bundle, "
+                    f"{a.rounds} rounds (tool order alternating), CPU threads {a.threads}, modes {', '.join(modes)}"]
+        body = C.section(title, rows, head, dnotes, settings=settings)
+        # the machine line is the one measured before the first round
+        body_lines = body.splitlines()
+        hl = C.header_lines()
+        for k, line in enumerate(body_lines):
+            for h_now, h0 in zip(hl, header):
+                if line == h_now and h_now.startswith("- machine"):
+                    body_lines[k] = h0
+        sections[dev] = "\n".join(body_lines) + "\n"
     if a.write:
-        body = C.section(f"fidelity: edgekit vs `litert-lm benchmark` ({a.model} w{wd}, {a.scheme})", rows, head,
-                         notes, settings=[f"prefill {prefill}, decode {decode}, {a.reps} runs x {a.rounds} "
-                                          f"alternating rounds, max tokens {a.max_tokens}, CPU threads {threads}"])
-        C.update_results("fidelity" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+        for dev, body in sections.items():
+            C.update_results(f"fidelity-{a.model}-w{wd}-{dev}", body)
     return 0
 
 

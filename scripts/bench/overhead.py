@@ -3,12 +3,17 @@
 
     .venv/bin/python scripts/bench/overhead.py [--model e2b] [--reps 3] [--write]
     .venv/bin/python scripts/bench/overhead.py --model tiny           # quick run
+    .venv/bin/python scripts/bench/overhead.py --model tiny --device pixel8-standin --mode warm
 
-Runs `edgekit bench --device host --bundle W --baseline F --cooldown 0` (cool-down set
-to 0, so no deliberate sleeps) as a child process and times it from fork to exit.
-"Runtime time" = sum over every run (warmups included, they are part of the wall
-time) of init_ms + prefill_ms + decode_ms from the runner's own JSONL records in
-the result folder's traces. Overhead = wall / runtime - 1.
+Runs `edgekit bench --device D --bundle W --baseline F --mode M --cooldown 0` (cool-down
+set to 0, so no deliberate sleeps) as a child process and times it from fork to exit.
+Stand-in devices (scripts/targets up) are found through their profiles folder. Every
+figure is taken with the load average (/proc/loadavg) beside it; nothing runs under nice.
+"Runtime time" = sum over every runner process of its init_ms and, over every run in
+it (warmups included, they are part of the wall time), prefill_ms + decode_ms, read
+from the traces with edgekit.bench.traces (the runner's JSONL or a native binary's log).
+Overhead = wall / runtime - 1. The finer split below needs the runner's JSONL
+timestamps; for a native binary only the session-level parts are given.
 
 The rest is split, from timestamps the parts already write:
   * session outside the runs: wall - sum of the harness's start..end per run
@@ -73,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode", type=int, default=None)
     ap.add_argument("--backend", choices=["auto", "litert_lm", "interpreter"],
                     help="runner backend passed to edgekit bench (default: the host profile's)")
+    ap.add_argument("--device", default="host")
+    ap.add_argument("--mode", choices=["cold", "warm"], default="cold")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     wd = a.width_div or (4 if a.model == "e2b" else 1)
-    prefill = a.prefill or (128 if a.model == "e2b" else 24)
-    decode = a.decode or (64 if a.model == "e2b" else 32)
+    prefill = a.prefill or 128
+    decode = a.decode or 64
     work = C.REPO / ".cache" / "bench-build"
     notes: list[str] = []
     dist, cache = work / f"dist-{a.model}-w{wd}", work / f"cache-{a.model}-w{wd}"
@@ -85,14 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
 
     out = C.REPO / "results" / "bench-scripts"
-    argv_b = C.edgekit_argv("bench", "--device", "host", "--bundle", str(cand), "--baseline", str(base),
+    argv_b = C.edgekit_argv("bench", "--device", a.device, "--mode", a.mode, "--bundle", str(cand),
+                            "--baseline", str(base),
                             "--warmup", str(a.warmup), "--reps", str(a.reps), "--prefill", str(prefill),
                             "--decode", str(decode), "--cooldown", "0", "--no-profile-thresholds", "--json",
                             "--output", str(out))
     if a.backend:
         argv_b += ["--backend", a.backend]
     C.log("timing: edgekit " + " ".join(argv_b[1:]))
-    run = C.run_measured(argv_b, cwd=C.REPO, interval=0.5, keep_timeline=False, echo=True)
+    from fidelity import targets_env
+
+    load0 = Path("/proc/loadavg").read_text().split()[0]
+    run = C.run_measured(argv_b, cwd=C.REPO, interval=0.5, keep_timeline=False, echo=True, env=targets_env())
+    load1 = Path("/proc/loadavg").read_text().split()[0]
     if run.returncode not in (0, 1):
         raise SystemExit(f"error: edgekit bench exited {run.returncode}: {run.stderr.strip()[-600:]}")
     wall = run.seconds
@@ -102,26 +114,37 @@ def main(argv: list[str] | None = None) -> int:
     tail_in_runner_ms = exit_ms = between_in_runner_ms = 0.0
     nruns = 0
     spans: list[tuple[float, float]] = []  # harness start/end, seconds since the bench process started
+    sys.path.insert(0, str(C.REPO))
+    from edgekit.bench.traces import parse_trace_dir
+
+    dirs: list[str] = []  # one per runner process (warm mode: several run records share one)
     for r in sorted(data["result"]["runs"], key=lambda r: r["order"]):
-        tdir = folder / r["trace_dir"]
-        recs = read_jsonl(tdir / "runner.out")
+        if r["trace_dir"] not in dirs:
+            dirs.append(r["trace_dir"])
+    native = False
+    for d in dirs:
+        tdir = folder / d
+        tr = parse_trace_dir(tdir, native_warmup=a.warmup if a.mode == "warm" else 0)
         h = read_kv(tdir / "harness.tsv")
-        start = next((x for x in recs if x.get("event") == "start"), None)
-        init = next((x for x in recs if x.get("event") == "init"), None)
-        its = [x for x in recs if x.get("event") == "run"]
-        if not (start and init and its and h.get("start_epoch_ms") and h.get("end_epoch_ms")):
+        if not (tr.iterations and tr.init_ms is not None and h.get("start_epoch_ms") and h.get("end_epoch_ms")):
             raise SystemExit(f"error: incomplete trace in {tdir}")
         nruns += 1
-        pd = sum(x["prefill_ms"] + x["decode_ms"] for x in its)
-        runtime_ms += init["init_ms"] + pd
-        init_total += init["init_ms"]
+        pd = sum((x.prefill_ms or 0.0) + (x.decode_ms or 0.0) for x in tr.iterations)
+        runtime_ms += tr.init_ms + pd
+        init_total += tr.init_ms
         h0, h1 = float(h["start_epoch_ms"]), float(h["end_epoch_ms"])
         spans.append((h0 / 1000 - run.t0_epoch, h1 / 1000 - run.t0_epoch))
         harness_ms += h1 - h0
+        if tr.source != "runner":  # a native binary's log has no timestamps to split the process's time by
+            native = True
+            continue
+        recs = read_jsonl(tdir / "runner.out")
+        start = next((x for x in recs if x.get("event") == "start"), None)
+        its = [x for x in recs if x.get("event") == "run"]
         start_ms += start["t"] * 1000 - h0
         first = min(x["t_start"] for x in its) * 1000
         # start.t .. first run start = sha256 + init_ms + session set-up before run 1
-        sha_ms += max(0.0, first - start["t"] * 1000 - init["init_ms"])
+        sha_ms += max(0.0, first - start["t"] * 1000 - tr.init_ms)
         runner_rest_ms += (h1 - h0) - (first - h0) - pd
         end = next((x for x in recs if x.get("event") == "end"), None)
         if end and end.get("t"):  # the runner stamps its end record: split its tail from its exit
@@ -162,19 +185,24 @@ def main(argv: list[str] | None = None) -> int:
         ("  of which from the end record to the harness's end (process exit, harness teardown)", exit_ms / 1000),
         ("runtime itself: init + prefill + decode", runtime_s),
     ]
-    notes.append(f"{nruns} runner processes ({a.warmup} warmup + {a.reps} measured per bundle, 2 bundles), "
-                 f"cool-down 0 s; engine init {init_total / 1000:.1f} s of the runtime's {runtime_s:.1f} s")
+    notes.append(f"device {a.device}, mode {a.mode}: {nruns} runner processes ({a.warmup} warmup + {a.reps} measured "
+                 f"per bundle, 2 bundles), cool-down 0 s; engine init {init_total / 1000:.1f} s of the runtime's "
+                 f"{runtime_s:.1f} s; load average {load0} before, {load1} after (1 min); not niced")
     for label, s in parts:
+        if native and label.startswith(("per-run", "runner", "  of which")):
+            notes.append(f"{label}: n/a (a native binary's log carries no timestamps)")
+            continue
         notes.append(f"{label}: {s:.2f} s ({s / wall:.1%} of wall)")
     notes.append("overhead = wall / runtime - 1; wall from fork to exit of the `edgekit bench` process; "
                  "split from the harness's start/end epochs, the runner's records and the session's stderr lines")
     for n in notes:
         print("- " + n)
     if a.write:
-        body = C.section(f"overhead: `edgekit bench` wall time vs runtime-reported time ({a.model} w{wd})", rows,
+        body = C.section(f"overhead: `edgekit bench --device {a.device} --mode {a.mode}` wall time vs "
+                         f"runtime-reported time ({a.model} w{wd})", rows,
                          head, notes, settings=[f"prefill {prefill}, decode {decode}, warmup {a.warmup}, "
-                                                f"reps {a.reps}, cooldown 0, device host"])
-        C.update_results("overhead" + ("" if a.model == "e2b" else f"-{a.model}"), body)
+                                                f"reps {a.reps}, cooldown 0, device {a.device}, mode {a.mode}"])
+        C.update_results(f"overhead-{a.model}-w{wd}-{a.device}-{a.mode}", body)
     return 0
 
 
