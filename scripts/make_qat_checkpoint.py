@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,14 @@ sys.path.insert(0, str(ROOT))
 from edgekit.models import qat  # noqa: E402
 from edgekit.models.presets import get_preset  # noqa: E402
 
-CORPUS = ROOT / ".cache" / "corpus" / "train.txt"
+# The training text of the QAT fine-tune, shipped so the checkpoint is the same on every machine:
+# the train split of scripts/tiny_corpus.py as generated once (sha256 fa883c0e2af9...). Generating
+# it anew reads the running interpreter's stdlib docstrings, which differ between Python builds and
+# even with the installed setuptools (its distutils shim replaces the stdlib's docstrings; with
+# SETUPTOOLS_USE_DISTUTILS=stdlib the same machine gives another train.txt, f16e755bd590...).
+CORPUS = ROOT / "scripts" / "data" / "tiny_train.txt"
+# held-out text for the loss figures in qat_info.json (they do not change the weights)
+HELDOUT = ROOT / "edgekit" / "data" / "eval.txt"
 
 
 def qat_config_for(preset, width_div: int = 1) -> qat.QatConfig:
@@ -181,8 +187,8 @@ def _token_batches(tokenizer_dir: Path, corpus: Path, seq: int, batch: int, n: i
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    if not corpus.is_file():  # the corpus is made offline from Python's own docstrings
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_corpus.py"), str(corpus.parent)], check=True)
+    if not corpus.is_file():
+        sys.exit(f"error: no training text at {corpus} (make one with scripts/tiny_corpus.py OUT_DIR)")
     text = corpus.read_text(encoding="utf-8", errors="replace")
     ids = np.array(tok.encode(text).ids, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -306,8 +312,8 @@ def make_tiny_qat(out_dir: Path, preset, steps: int, seed: int, corpus: Path, ca
     srq_scales.update(scales)
     # the published checkpoint leaves the head's activations float (scale 0)
     srq_scales["lm_head"] = [0.0, 0.0]
-    heldout = corpus.with_name("heldout.txt")
-    eval_src = heldout if heldout.is_file() else corpus
+    heldout = corpus.with_name("heldout.txt")  # beside a generated corpus; else the shipped held-out slice
+    eval_src = heldout if heldout.is_file() else HELDOUT
     eval_batches = list(_token_batches(tok_dir, eval_src, 64, 8, 4, seed + 9))
 
     def eval_loss(fake_quant: bool) -> float:
