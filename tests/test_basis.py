@@ -184,6 +184,8 @@ def test_reasons_summarized_with_count_ranges():
     s = summarize_reasons(["1 PSS reading (at least 3 needed): x", "2 PSS readings (at least 3 needed): x", None], 3)
     assert s == "n/a in 2 of 3 measured runs: 1-2 PSS readings per run (at least 3 needed): x"
     assert summarize_reasons([None, None], 2) is None
+    assert summarize_reasons(["0 PSS readings (at least 3 needed)", "1 PSS reading (at least 3 needed)"], 2) == \
+        "n/a in 2 of 2 measured runs: 0-1 PSS readings per run (at least 3 needed)"
 
 
 def test_thermal_max_absent_when_no_reading_during_the_run(tmp_path):

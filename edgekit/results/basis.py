@@ -181,7 +181,7 @@ def summarize_reasons(reasons: Sequence[str | None], total: int) -> str | None:
         _, of, minimum, tail = key
         lo, hi = min(groups[key]), max(groups[key])
         n = f"{lo}" if lo == hi else f"{lo}-{hi}"
-        word = of[:-1] if hi == 1 and of.endswith("s") else of
+        word = of[:-1] if lo == hi == 1 and of.endswith("s") else of
         per = " per run" if total > 1 else ""
         parts.append(f"{n} {word}{per} (at least {minimum} needed){tail}")
     head = f"n/a in {len(got)} of {total} measured run{'' if total == 1 else 's'}"
