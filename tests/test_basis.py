@@ -165,6 +165,10 @@ def test_partial_values_do_not_decide_a_budget():
     assert len(r2.samples("candidate", "peak_anon_mb")) == 2
     g = evaluate(r2, parse_thresholds(["peak_anon_mb<=100000"]), None)
     assert g.exit_code == 4 and "only 2 of 5 measured runs" in g.checks[0].message
+    # nor a change against the baseline, even with 3+ values on each side
+    m = compare_metric("peak_anon_mb", [300.0, 301.0, 302.0], [570.0, 571.0, 572.0, 573.0, 574.0],
+                       cand_missing="n/a in 3 of 6 measured runs: x", cand_runs=7, base_runs=5)
+    assert m.verdict == INSUFFICIENT and "3 of 7 candidate" in m.note and "at least half" in m.note
 
 
 def test_token_percentiles_need_stamps_and_no_bursts():

@@ -53,6 +53,7 @@ class Side:
     runtime: Mapping[str, Any]
     samples: Mapping[str, tuple[float, ...]]
     missing: Mapping[str, str] = field(default_factory=dict)  # metric -> why some/all runs have no value
+    runs: int = 0  # measured runs of this side (0: not known)
 
     def key(self) -> dict[str, Any]:
         """The settings that must be equal for numbers to be comparable."""
@@ -85,6 +86,7 @@ def side_of(result: BenchResult, role: str = CANDIDATE, label: str | None = None
         runtime=result.runtime,
         samples=samples,
         missing=missing,
+        runs=len(result.measured(role)),
     )
 
 
@@ -222,10 +224,12 @@ def describe_change(name: str, ratio: float | None) -> str:
 
 
 def compare_metric(name: str, cand: Sequence[float], base: Sequence[float], alpha: float = ALPHA,
-                   cand_missing: str | None = None, base_missing: str | None = None) -> MetricComparison:
+                   cand_missing: str | None = None, base_missing: str | None = None,
+                   cand_runs: int = 0, base_runs: int = 0) -> MetricComparison:
     """One metric's verdict. ``cand_missing`` / ``base_missing``: why runs of that side have
-    no value (their figures rest on too few readings); such a side is not compared on the
-    runs that happen to have one unless it keeps MIN_SAMPLES valid runs."""
+    no value (their figures rest on too few readings); ``cand_runs`` / ``base_runs``: the
+    side's measured runs. A side is compared on the runs that have a value only when they
+    are at least MIN_SAMPLES and at least half its runs (the others may be the short ones)."""
     m = METRICS[name]
     cs, bs = summarize(cand), summarize(base)
     ratio = None
@@ -238,8 +242,12 @@ def compare_metric(name: str, cand: Sequence[float], base: Sequence[float], alph
     else:
         why = "; ".join(f"{side}: {text}" for side, text in (("candidate", cand_missing),
                                                               ("baseline", base_missing)) if text)
-    if cs.n < MIN_SAMPLES or bs.n < MIN_SAMPLES:
-        note = f"{cs.n} candidate and {bs.n} baseline samples; at least {MIN_SAMPLES} each are needed"
+    if cs.n < MIN_SAMPLES or bs.n < MIN_SAMPLES or 2 * cs.n < cand_runs or 2 * bs.n < base_runs:
+        if cs.n < MIN_SAMPLES or bs.n < MIN_SAMPLES:
+            note = f"{cs.n} candidate and {bs.n} baseline samples; at least {MIN_SAMPLES} each are needed"
+        else:
+            note = (f"{cs.n} of {cand_runs} candidate and {bs.n} of {base_runs} baseline runs have a value; "
+                    "at least half of each side's runs are needed")
         if why:
             note = why if (cs.n == 0 or bs.n == 0) else f"{why}; {note}"
         if cs.n == 0 or bs.n == 0:  # no change can be stated on a side with no valid figure
@@ -286,7 +294,8 @@ def compare(candidate: Side, baseline: Side, *, allow_mismatch: bool = False, al
     out = []
     for name in metrics:
         out.append(compare_metric(name, candidate.samples.get(name, ()), baseline.samples.get(name, ()), alpha,
-                                  candidate.missing.get(name), baseline.missing.get(name)))
+                                  candidate.missing.get(name), baseline.missing.get(name),
+                                  candidate.runs, baseline.runs))
     return Comparison(candidate.label, baseline.label, tuple(out), mismatches, alpha,
                       candidate.key(), baseline.key())
 
