@@ -200,3 +200,12 @@ def test_thermal_max_absent_when_no_reading_during_the_run(tmp_path):
     run = run_from_trace(parse_trace_dir(d), "candidate", "measure", 0, 0, "t")
     t = run.thermal
     assert (t.start_c, t.max_c, t.end_c, t.during_samples) == (41.0, None, 43.0, 0)
+
+
+def test_bursty_stamps_are_not_plotted_as_token_latency():
+    from edgekit.report.plots import token_latency_png
+
+    old = load_result(FIXTURES / "host-tiny-fp16-vs-wna8o8")  # every run's stamps arrive in bursts
+    assert all(r.token_ms and r.basis["token_p50_ms"].flag == "bursty" for r in old.runs if r.phase == "measure")
+    assert token_latency_png(old) is None
+    assert token_latency_png(load_result(FIXTURES / "synth-pixel8-wna8o8-vs-fp16")) is not None

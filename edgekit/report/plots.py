@@ -1,6 +1,7 @@
 """Plots of a result, drawn by matplotlib (Agg backend) into PNG bytes.
 
-* per-token decode latency of every measured run (candidate and baseline);
+* per-token decode latency of every measured run (candidate and baseline) whose stamps time
+  tokens (runs whose stamps arrive in stream chunks are left out: they time callbacks);
 * memory over time, anonymous and file-backed drawn apart;
 * candidate vs baseline bars (means) with 95% confidence intervals (Student t).
 """
@@ -34,8 +35,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _per_token(run) -> bool:
+    """Stamps that time tokens: not flagged bursty (stream chunks) in the run's basis."""
+    b = run.basis.get("token_p50_ms")
+    return bool(run.token_ms) and (b is None or b.flag != "bursty")
+
+
 def token_latency_png(result: BenchResult) -> bytes | None:
-    runs = [r for role in result.roles() for r in result.measured(role) if r.token_ms]
+    runs = [r for role in result.roles() for r in result.measured(role) if _per_token(r)]
     if not runs:
         return None
     plt = _plt()
