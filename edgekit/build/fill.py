@@ -33,8 +33,10 @@ from edgekit.bundle.tensor_names import module_name_for
 FULLY_CONNECTED = 9
 EMBEDDING_LOOKUP = 7
 GELU = 150
+QUANTIZE = 114
+DEQUANTIZE = 6
 # TFLite TensorType codes
-FLOAT32, FLOAT16, INT32, INT8, INT4, INT2 = 0, 1, 2, 9, 17, 20
+FLOAT32, FLOAT16, INT32, INT8, INT4, INT2 = 0, 1, 2, 9, 17, 19  # ai_edge_litert schema_py_generated.TensorType
 _QBITS = {INT8: 8, INT4: 4, INT2: 2}
 ROW_BLOCK_BYTES = 64 << 20  # float32 bytes of checkpoint rows converted at once
 INLINE_LIMIT = 1_900_000_000  # larger sections are written with external buffers
@@ -111,10 +113,20 @@ def map_ops(model, section: str) -> list[FillOp]:
 
     out: list[FillOp] = []
     for si, sg in enumerate(model.subgraphs):
-        consumers: dict[int, list[int]] = {}
+        consumers: dict[int, list] = {}
         for op in sg.operators:
             for i in op.inputs if op.inputs is not None else []:
-                consumers.setdefault(int(i), []).append(_code(model, op))
+                consumers.setdefault(int(i), []).append(op)
+
+        def feeds_gelu(t: int, depth: int = 0) -> bool:
+            # through the QUANTIZE / DEQUANTIZE pairs static quantization puts after an FC
+            for c in consumers.get(t, []):
+                code = _code(model, c)
+                if code == GELU or (code in (QUANTIZE, DEQUANTIZE) and depth < 4
+                                    and feeds_gelu(int(c.outputs[0]), depth + 1)):
+                    return True
+            return False
+
         for oi, op in enumerate(sg.operators):
             code = _code(model, op)
             if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
@@ -123,7 +135,7 @@ def map_ops(model, section: str) -> list[FillOp]:
             scope = fu.get_op_scope(op, sg.tensors)
             if code == FULLY_CONNECTED:
                 out_names = ";".join(_name(sg.tensors[int(o)]) for o in op.outputs) + ";"
-                is_gate = GELU in consumers.get(int(op.outputs[0]), []) if "gate_proj" in out_names else None
+                is_gate = feeds_gelu(int(op.outputs[0])) if "gate_proj" in out_names else None
                 module = module_name_for(out_names, scope, is_gate, section)
                 if module is None:
                     module = module_name_for(_name(sg.tensors[w]), scope, is_gate, section)
@@ -201,14 +213,29 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
     ops = map_ops(model, section)
     rep = FillReport()
     old_buffers: set[int] = set()
+    filled: set[tuple[int, int]] = set()
+    shared: dict[tuple[str, int], tuple] = {}
+    readers: dict[tuple[int, int], int] = {}
+    for fo in ops:
+        readers[(fo.subgraph, fo.weight)] = readers.get((fo.subgraph, fo.weight), 0) + 1
     for n, fo in enumerate(ops):
         sg = model.subgraphs[fo.subgraph]
         wt = sg.tensors[fo.weight]
         shape = weights.shape(fo.module)
         if list(wt.shape)[1:] != list(shape)[1:] or (wt.shape[0] != shape[0] and wt.shape[0] != standin_vocab):
             raise ValueError(f"{section}: {fo.module} is {list(wt.shape)} in the graph, {list(shape)} in the checkpoint")
-        data, scales = _weight_bytes(weights, fo.module, int(wt.type), fo.kind)
+        key = (fo.module, int(wt.type))
+        if key in shared:  # the same weight in another signature's subgraph: one buffer
+            data, scales, bi = shared[key]
+        else:
+            data, scales = _weight_bytes(weights, fo.module, int(wt.type), fo.kind)
+            bi = None
         new = copy.deepcopy(wt)
+        if readers[(fo.subgraph, fo.weight)] > 1:
+            # a shared stand-in weight is named after its group's first module: name each
+            # op's own weight after the op's output, which carries the op's module path
+            op = sg.operators[fo.op_index]
+            new.name = (_name(sg.tensors[int(op.outputs[0])]) + ";weight").encode()
         new.shape = np.array(shape, dtype=np.int32)
         if new.shapeSignature is not None:
             new.shapeSignature = np.array(shape, dtype=np.int32)
@@ -218,45 +245,54 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
             qp.zeroPoint = np.zeros(len(scales), dtype=np.int64)
             qp.quantizedDimension = 0
             qp.min = qp.max = None
-        buf = type(model.buffers[wt.buffer])()
-        buf.data = data
         old_buffers.add(int(wt.buffer))
-        model.buffers.append(buf)
-        new.buffer = len(model.buffers) - 1
+        if bi is None:
+            buf = type(model.buffers[wt.buffer])()
+            buf.data = data
+            model.buffers.append(buf)
+            bi = len(model.buffers) - 1
+            shared[key] = (data, scales, bi)
+            rep.weight_bytes += int(data.nbytes)
+        new.buffer = bi
         sg.tensors.append(new)
         ti = len(sg.tensors) - 1
+        filled.add((fo.subgraph, ti))
         inputs = list(sg.operators[fo.op_index].inputs)
         inputs[1] = ti
         sg.operators[fo.op_index].inputs = np.array(inputs, dtype=np.int32)
         rep.ops += 1
         rep.tensors += 1
-        rep.weight_bytes += int(data.nbytes)
         rep.modules[fo.module] = _DTYPE_NAMES.get(int(wt.type), str(wt.type))
         if progress and (n % 16 == 0 or n == len(ops) - 1):
             progress(f"{section}: {n + 1}/{len(ops)} weights")
     # the stand-in's shared weights are no longer read by any op: point them at the
-    # empty buffer 0 and drop their bytes
-    for sg in model.subgraphs:
+    # empty buffer 0, drop their quantization and their bytes
+    dead: set[tuple[int, int]] = set()
+    for si, sg in enumerate(model.subgraphs):
         used = {int(i) for op in sg.operators for i in (list(op.inputs) + list(op.outputs)) if i >= 0}
         used |= {int(i) for i in list(sg.inputs) + list(sg.outputs)}
         for ti, t in enumerate(sg.tensors):
             if ti not in used and int(t.buffer) in old_buffers:
                 t.buffer = 0
+                t.quantization = None
+                t.name = (_name(t) + f";unused{ti}").encode()
+                dead.add((si, ti))
     still = {int(t.buffer) for sg in model.subgraphs for t in sg.tensors}
     for b in old_buffers - still:
         model.buffers[b].data = None
     # every remaining vocabulary-sized dimension (logits) gets the real vocabulary
     if vocab != standin_vocab:
-        for sg in model.subgraphs:
-            for t in sg.tensors:
-                if t.shape is not None and standin_vocab in list(t.shape):
-                    if model.buffers[t.buffer].data is not None and t.buffer != 0:
-                        raise ValueError(f"{section}: constant {_name(t)} still has the stand-in vocabulary")
-                    t.shape = np.array([vocab if d == standin_vocab else d for d in t.shape], dtype=np.int32)
-                    if t.shapeSignature is not None:
-                        t.shapeSignature = np.array([vocab if d == standin_vocab else d for d in t.shapeSignature],
-                                                    dtype=np.int32)
-                    rep.vocab_tensors += 1
+        for si, sg in enumerate(model.subgraphs):
+            for ti, t in enumerate(sg.tensors):
+                if (si, ti) in dead or t.shape is None or standin_vocab not in list(t.shape):
+                    continue
+                if t.buffer and model.buffers[t.buffer].data is not None and (si, ti) not in filled:
+                    raise ValueError(f"{section}: constant {_name(t)} still has the stand-in vocabulary")
+                t.shape = np.array([vocab if d == standin_vocab else d for d in t.shape], dtype=np.int32)
+                if t.shapeSignature is not None:
+                    t.shapeSignature = np.array([vocab if d == standin_vocab else d for d in t.shapeSignature],
+                                                dtype=np.int32)
+                rep.vocab_tensors += 1
     write_model(model, dst)
     return rep
 

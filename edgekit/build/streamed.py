@@ -1,0 +1,174 @@
+"""The streamed build route: quantize a converted stand-in, then fill in the real weights.
+
+For full-size E2B/E4B the classic route (float export of the whole model,
+calibration through the float signatures, ai-edge-quantizer on float sections)
+needs 45+ GiB (docs/build-memory.md). This route never holds a float section:
+
+1. :mod:`edgekit.build.standin` converts the graph with shared decoder weights and
+   a shrunk vocabulary (a few hundred MB at full E2B);
+2. ai-edge-quantizer quantizes that small graph with the scheme's recipe, the
+   static activation ranges given directly (``qsv``) instead of calibrated on it:
+   they come from the real model (:func:`ranges_to_qsv`);
+3. :mod:`edgekit.build.fill` writes the checkpoint's weights, quantized with
+   ai-edge-quantizer's numerics row block by row block, into every op.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekit.build import fill as fl
+
+Ranges = dict[str, dict[str, float]]  # module -> in_min, in_max, out_min, out_max
+
+
+def op_plans(section_path: str | os.PathLike, section: str, bits_for) -> list:
+    """:class:`edgekit.build.quantize.OpPlan` of every FC / lookup op of a stand-in section."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgekit.build.quantize import OpPlan
+
+    model = fu.read_model(str(section_path))
+    out = []
+    for fo in fl.map_ops(model, section):
+        sg = model.subgraphs[fo.subgraph]
+        op = sg.operators[fo.op_index]
+        out.append(OpPlan(fo.subgraph, fo.op_index, fo.kind, fu.get_op_scope(op, sg.tensors),
+                          fl._name(sg.tensors[fo.weight]), fo.module, bits_for(fo.module)))
+    return out
+
+
+def _io_names(model, section: str) -> list[tuple[str, str, str]]:
+    """(module, input tensor name, output tensor name) of every FC op."""
+    out = []
+    for fo in fl.map_ops(model, section):
+        if fo.kind != "fc":
+            continue
+        sg = model.subgraphs[fo.subgraph]
+        op = sg.operators[fo.op_index]
+        out.append((fo.module, fl._name(sg.tensors[int(op.inputs[0])]), fl._name(sg.tensors[int(op.outputs[0])])))
+    return out
+
+
+def ranges_from_qsv(section_path: str | os.PathLike, section: str, qsv: dict[str, Any]) -> Ranges:
+    """Per-module FC input/output ranges of a calibrated graph (any layout of the same model)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(section_path))
+    out: Ranges = {}
+    for module, i, o in _io_names(model, section):
+        if i not in qsv or o not in qsv:
+            continue
+        r = out.setdefault(module, {"in_min": np.inf, "in_max": -np.inf, "out_min": np.inf, "out_max": -np.inf})
+        r["in_min"] = min(r["in_min"], float(np.min(qsv[i]["min"])))
+        r["in_max"] = max(r["in_max"], float(np.max(qsv[i]["max"])))
+        r["out_min"] = min(r["out_min"], float(np.min(qsv[o]["min"])))
+        r["out_max"] = max(r["out_max"], float(np.max(qsv[o]["max"])))
+    return out
+
+
+def ranges_to_qsv(section_path: str | os.PathLike, section: str, ranges: Ranges,
+                  quantized: set[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The stand-in's qsv (tensor name -> min/max) for every FC input and output, from module ranges.
+
+    ``quantized``: the modules the scheme quantizes (others stay float and need no range).
+    A tensor read by several FCs (q/k/v read one normed input) gets the union of their ranges.
+    """
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(section_path))
+    qsv: dict[str, dict[str, np.ndarray]] = {}
+
+    def put(name: str, lo: float, hi: float) -> None:
+        if name in qsv:
+            lo = min(lo, float(qsv[name]["min"]))
+            hi = max(hi, float(qsv[name]["max"]))
+        qsv[name] = {"min": np.array(lo, dtype=np.float32), "max": np.array(hi, dtype=np.float32)}
+
+    missing = []
+    for module, i, o in _io_names(model, section):
+        if quantized is not None and module not in quantized:
+            continue
+        r = ranges.get(module)
+        if r is None:
+            missing.append(module)
+            continue
+        put(i, r["in_min"], r["in_max"])
+        put(o, r["out_min"], r["out_max"])
+    if missing:
+        raise ValueError(f"no activation range for {len(missing)} module(s) of {section}, e.g. {sorted(set(missing))[:3]}")
+    return qsv
+
+
+def quantize_standin_static(src: str | os.PathLike, dst: str | os.PathLike, plans, qsv,
+                            symmetric_act: bool = True) -> None:
+    """ai-edge-quantizer on the stand-in section with the given qsv (no calibration run)."""
+    from ai_edge_quantizer import quantizer
+
+    from edgekit.build import quantize as qz
+
+    with qz.float_graph_io("minmax"):
+        q = quantizer.Quantizer(str(src))
+        q.load_quantization_recipe(qz.static_recipe(plans, symmetric_act))
+        res = q.quantize(qsv)
+    qz._export(res, dst)  # noqa: SLF001 - the same writer as the classic route
+
+
+def quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges | None,
+                      run: Callable | None = None) -> tuple[dict[str, Path], dict[str, list]]:
+    """Quantize every stand-in section per the scheme. Returns (section -> quantized file, plans)."""
+    from edgekit.build import quantize as qz
+
+    run = run or (lambda _stage, _what, fn, *a, **k: fn(*a, **k))
+    out: dict[str, Path] = {}
+    plans = {sec: op_plans(p, sec, scheme.bits_for) for sec, p in secs.items()}
+    for sec, path in secs.items():
+        dst = work / f"{sec}.standin-q.tflite"
+        if scheme.is_float:
+            if scheme.float_dtype == "float16":
+                run("quantize", f"{sec}: float16 weights (stand-in)", qz.quantize_weights, path, dst, qz.fp16_recipe())
+                out[sec] = dst
+            else:
+                out[sec] = path
+            continue
+        if sec == "tf_lite_prefill_decode":
+            if scheme.static_activations:
+                if ranges is None:
+                    raise ValueError("static activations need the model's activation ranges")
+                qsv = ranges_to_qsv(path, sec, ranges, {p.module for p in plans[sec] if p.bits is not None})
+                run("quantize", "prefill/decode: static int8 activations, N-bit weights (stand-in)",
+                    quantize_standin_static, path, dst, plans[sec], qsv)
+            else:
+                run("quantize", "prefill/decode: N-bit weights (stand-in)", qz.quantize_weights, path, dst,
+                    qz.dynamic_recipe(plans[sec]))
+            out[sec] = dst
+            continue
+        rec = qz.embedding_recipe(plans[sec]) + qz.dynamic_recipe(plans[sec])
+        if rec:
+            run("quantize", f"{sec}: channel-wise weights (stand-in)", qz.quantize_weights, path, dst, rec)
+            out[sec] = dst
+        else:
+            out[sec] = path
+    return out, plans
+
+
+def fill_sections(qsecs: dict[str, Path], ckpt_dir: str | os.PathLike, work: Path, vocab: int,
+                  run: Callable | None = None, progress: Callable[[str], None] | None = None
+                  ) -> tuple[dict[str, Path], dict[str, fl.FillReport]]:
+    """Fill every quantized stand-in section with the checkpoint's weights."""
+    from edgekit.build.standin import STANDIN_VOCAB
+
+    run = run or (lambda _stage, _what, fn, *a, **k: fn(*a, **k))
+    weights = fl.CheckpointWeights(ckpt_dir)
+    out: dict[str, Path] = {}
+    reports: dict[str, fl.FillReport] = {}
+    for sec, path in qsecs.items():
+        dst = work / f"{sec}.tflite"
+        reports[sec] = run("fill", f"{sec}: real weights from the checkpoint", fl.fill_section, path, dst, sec,
+                           weights, STANDIN_VOCAB, vocab, progress)
+        out[sec] = dst
+    return out, reports
