@@ -89,7 +89,9 @@ class FillOp:
     op_index: int
     kind: str  # "fc" | "embedding"
     module: str
-    weight: int  # tensor index of the op's weight input
+    weight: int  # tensor index of the op's weight (the constant behind a DEQUANTIZE)
+    reader: int = -1  # the op that reads ``weight`` (the FC/lookup itself, or its DEQUANTIZE)
+    slot: int = 1  # which input of ``reader`` it is
 
 
 def _name(t) -> str:
@@ -114,6 +116,7 @@ def map_ops(model, section: str) -> list[FillOp]:
     out: list[FillOp] = []
     for si, sg in enumerate(model.subgraphs):
         consumers: dict[int, list] = {}
+        producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
         for op in sg.operators:
             for i in op.inputs if op.inputs is not None else []:
                 consumers.setdefault(int(i), []).append(op)
@@ -132,6 +135,10 @@ def map_ops(model, section: str) -> list[FillOp]:
             if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
                 continue
             w = int(op.inputs[1])
+            reader, slot = oi, 1
+            if w in producer and _code(model, sg.operators[producer[w]]) == DEQUANTIZE:
+                reader, slot = producer[w], 0
+                w = int(sg.operators[reader].inputs[0])  # float16 weights: the constant behind it
             scope = fu.get_op_scope(op, sg.tensors)
             if code == FULLY_CONNECTED:
                 out_names = ";".join(_name(sg.tensors[int(o)]) for o in op.outputs) + ";"
@@ -145,8 +152,56 @@ def map_ops(model, section: str) -> list[FillOp]:
                 kind = "embedding"
             if module is None:
                 raise ValueError(f"cannot map op {oi} of {section} (scope {scope[:120]!r}) to a model module")
-            out.append(FillOp(si, oi, kind, module, w))
+            out.append(FillOp(si, oi, kind, module, w, reader, slot))
     return out
+
+
+def split_dequantize(model) -> int:
+    """Give every FC / lookup op its own DEQUANTIZE of its own constant (float16 weights).
+
+    ai-edge-quantizer's float16 casting puts one DEQUANTIZE after each constant; in a
+    stand-in that constant (and so that DEQUANTIZE) is shared by every op of a tie
+    group. Each op gets a copy placed right before it, so each can be filled with
+    its own weight. Returns the number of copies made.
+    """
+    made = 0
+    for sg in model.subgraphs:
+        producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
+        readers: dict[int, int] = {}
+        for op in sg.operators:
+            for i in op.inputs if op.inputs is not None else []:
+                readers[int(i)] = readers.get(int(i), 0) + 1
+        ops_out = []
+        dropped: set[int] = set()
+        for op in sg.operators:
+            code = _code(model, op)
+            if code in (FULLY_CONNECTED, EMBEDDING_LOOKUP) and len(op.inputs) > 1:
+                w = int(op.inputs[1])
+                pi = producer.get(w)
+                if pi is not None and _code(model, sg.operators[pi]) == DEQUANTIZE and readers.get(w, 0) > 1:
+                    d = sg.operators[pi]
+                    c = copy.deepcopy(sg.tensors[int(d.inputs[0])])
+                    c.name = (_name(c) + f";split{len(sg.tensors)}").encode()
+                    sg.tensors.append(c)
+                    o = copy.deepcopy(sg.tensors[w])
+                    o.name = (_name(o) + f";split{len(sg.tensors)}").encode()
+                    sg.tensors.append(o)
+                    d2 = copy.deepcopy(d)
+                    d2.inputs = np.array([len(sg.tensors) - 2], dtype=np.int32)
+                    d2.outputs = np.array([len(sg.tensors) - 1], dtype=np.int32)
+                    ins = list(op.inputs)
+                    ins[1] = len(sg.tensors) - 1
+                    op.inputs = np.array(ins, dtype=np.int32)
+                    ops_out.append(d2)
+                    dropped.add(pi)
+                    made += 1
+            ops_out.append(op)
+        # the shared DEQUANTIZE ops no longer feed anything
+        still = {int(i) for op in ops_out for i in (op.inputs if op.inputs is not None else [])}
+        keep = [op for op in ops_out if not (any(op is sg.operators[pi] for pi in dropped)
+                                             and int(op.outputs[0]) not in still)]
+        sg.operators = keep
+    return made
 
 
 # ------------------------------------------------------------------- quantize
@@ -210,6 +265,7 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     model = fu.read_model(str(src))
+    split_dequantize(model)
     ops = map_ops(model, section)
     rep = FillReport()
     old_buffers: set[int] = set()
@@ -257,9 +313,10 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
         sg.tensors.append(new)
         ti = len(sg.tensors) - 1
         filled.add((fo.subgraph, ti))
-        inputs = list(sg.operators[fo.op_index].inputs)
-        inputs[1] = ti
-        sg.operators[fo.op_index].inputs = np.array(inputs, dtype=np.int32)
+        reader = sg.operators[fo.reader]
+        inputs = list(reader.inputs)
+        inputs[fo.slot] = ti
+        reader.inputs = np.array(inputs, dtype=np.int32)
         rep.ops += 1
         rep.tensors += 1
         rep.modules[fo.module] = _DTYPE_NAMES.get(int(wt.type), str(wt.type))
