@@ -12,7 +12,11 @@ or random seed + width_div), ``scheme`` (the resolved rules, ``Scheme.to_dict()`
 seconds, peak RSS of the export child and of the builder), ``toolchain``
 (package versions), ``bundle`` (file name, bytes, sha256), ``sections``,
 ``dtype_summary``, ``layers`` (bits per decoder layer), ``runtime`` (what loaded
-the bundle after the build and generated tokens), ``quality`` (optional).
+the bundle after the build and generated tokens), ``quality`` (optional), ``lock``
+(:mod:`edgekit.bundle.lock`: sha256 of every input, every build option, every
+installed package version, the CPU model, the sha256 of the bundle, its header and
+each section; ``edgekit build ... --verify-lock MANIFEST`` rebuilds and compares).
+``build.toolchain_log`` names the file that holds what the toolchain printed.
 """
 
 from __future__ import annotations
