@@ -64,7 +64,8 @@ def test_host_bench_writes_complete_folder(host_bench):
         t = folder / run.trace_dir
         assert (t / "runner.out").is_file() and (t / "mem.tsv").is_file() and (t / "harness.tsv").is_file()
         assert run.metrics["decode_tps"] > 0 and run.metrics["ttft_ms"] > 0 and run.metrics["init_ms"] > 0
-        assert len(run.token_ms) == 8
+        # litert_lm decodes without Python per token (no per-token times, nothing invented); the interpreter times each
+        assert len(run.token_ms) == (0 if r.runtime.get("backend") == "litert_lm" else 8)
         assert run.metrics["peak_anon_mb"] > 0 and run.metrics["peak_file_mb"] > 0
         assert run.metrics["peak_rss_mb"] >= run.metrics["peak_anon_mb"]
         assert run.mem, "memory timeline sampled"
@@ -72,7 +73,8 @@ def test_host_bench_writes_complete_folder(host_bench):
     assert cand.sha256 == __import__("edgekit.fsutil", fromlist=["x"]).sha256_file(cand.path)
     assert r.runtime.get("runtime"), "runtime versions from the runner's start record"
     html = (folder / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    # the per-token latency plot only when tokens were timed (none is drawn from nothing)
+    assert html.count("data:image/png;base64,") == (3 if any(x.token_ms for x in r.runs) else 2)
     md = (folder / "summary.md").read_text()
     assert "## Candidate vs baseline" in md and "decode_tps" in md
 
@@ -109,7 +111,8 @@ def test_report_regenerates_views(host_bench, tmp_path, capsys):
                  "--fail-on", "peak_anon_mb<=100000"]) == 0
     # the same records and thresholds give the same Markdown, byte for byte
     assert (d / "summary.md").read_text() == (folder / "summary.md").read_text()
-    assert (d / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert (d / "report.html").read_text().count("data:image/png;base64,") == \
+        (folder / "report.html").read_text().count("data:image/png;base64,") >= 2
 
 
 def _dist_copy(tmp: Path, src: Path, name: str, manifest: dict | None = None) -> Path:

@@ -52,7 +52,8 @@ def test_bench_on_ssh_standin(ssh_target, bench_bundles, tmp_path, monkeypatch):
     assert len(folders) == 1
     _check_folder(folders[0], "ssh")
     r = load_result(folders[0])
-    assert all(len(x.token_ms) == 8 for x in r.runs)  # python runner: per-token latencies
+    # python runner: per-token latencies from the interpreter; litert_lm decodes without Python per token
+    assert all(len(x.token_ms) == (0 if r.runtime.get("backend") == "litert_lm" else 8) for x in r.runs)
     assert code == 0
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("failures") == "0" and suite.get("tests") == "1"
