@@ -2,22 +2,27 @@
 
     python -m edgekit.runtime.runner BUNDLE --prefill P --decode D --warmup W --reps R
         [--threads T] [--backend auto|litert_lm|interpreter] [--max-tokens N] [--out FILE]
+        [--token-times] [--mode cold|warm] [--fresh-engine] [--sha256 HEX]
 
-Each warmup and repetition runs a fresh session: a prefill of exactly P prompt tokens
-(a fixed, deterministic prompt) then D decode steps, timing every decoded token.
+Each warmup and repetition runs a fresh session on the same engine: a prefill of
+exactly P prompt tokens (a fixed, deterministic prompt) then D decode steps; one JSONL
+run record per iteration.
 
 Backends:
 
 * ``litert_lm``: LiteRT-LM's engine (``litert_lm.Engine``). The prompt is fixed text
-  whose token count is checked with the engine's own tokenizer; decoding uses the
-  engine's streaming decode, and each token is timestamped in the engine's own
-  callback as it is produced (the C API calls it once per decode step). Token counts
-  and the engine's TTFT come from its BenchmarkInfo. ``prefill_ms`` is the engine's
-  prefill turn (BenchmarkInfo, as `litert-lm benchmark` reports it; tokenizing the
-  prompt is outside it), ``prefill_wall_ms`` the wall time of the prefill call,
-  ``ttft_ms`` = prefill_wall_ms + the first decode gap; ``decode_ms`` = the sum of
-  the per-token gaps (matches the engine's decode turn to ~0.1%). The engine's own
-  figures are kept too (``engine_prefill_tps``, ``engine_decode_tps``, ...).
+  whose token count is checked with the engine's own tokenizer. Decoding is one
+  ``run_decode`` call, no Python per token (what `litert-lm benchmark` times); with
+  ``--token-times`` it goes through the engine's stream callback instead, each token
+  timestamped as it is produced (that callback runs Python on the engine's thread once
+  per token and slowed decode by 7-13% on the tiny bundles). ``prefill_ms`` and
+  ``decode_ms`` are the engine's own prefill and decode turns (BenchmarkInfo, as
+  `litert-lm benchmark` reports them; tokenizing the prompt is outside them);
+  ``prefill_wall_ms`` / ``decode_wall_ms`` are the wall times of the calls.
+* TTFT on every backend: ``ttft_ms`` = the first prefill turn + the decode turn / its
+  tokens, engine init excluded (LiteRT-LM's BenchmarkInfo::GetTimeToFirstToken);
+  ``ttft_wall_ms`` (when tokens are timed) = the prefill call's wall time + the first
+  decode gap, what a caller streaming tokens waits.
 * ``interpreter``: ``edgekit.runtime.signatures.BundleModel`` (ai-edge-litert's
   interpreter driving the bundle's ``prefill_<N>``/``decode`` signatures) with
   deterministic prompt ids and greedy decoding, one ``decode`` call per token.
