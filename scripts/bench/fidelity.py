@@ -179,6 +179,98 @@ def warm_reference(bundle: Path, prefill: int, decode: int, runs: int, threads: 
     return {k: C.mean([r[k] for r in recs]) for k, _ in KEYS}
 
 
+# Where the old gap came from, each piece timed apart (--sources).
+_CALLBACK_COST = r"""
+import json, sys
+from edgekit.runtime.runner import LiteRtLmBackend
+bundle, prefill, decode, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+plain = LiteRtLmBackend(bundle, 2, None, token_times=False)
+streamed = LiteRtLmBackend.__new__(LiteRtLmBackend)
+streamed.__dict__.update(plain.__dict__)
+streamed.token_times = True  # the same engine, decoded through the stream callback
+for b in (plain, streamed, plain, streamed):
+    b.run_once(prefill, decode)
+out = []
+for i in range(n):
+    pair = {}
+    for name, b in ((("plain", plain), ("streamed", streamed)) if i % 2 == 0 else (("streamed", streamed), ("plain", plain))):
+        r = b.run_once(prefill, decode)
+        pair[name] = {"engine_decode_tps": r["engine_decode_tps"], "engine_ttft_ms": r["engine_ttft_ms"],
+                      "old_ttft_ms": r.get("ttft_wall_ms")}
+    out.append(pair)
+print(json.dumps(out))
+"""
+
+
+def sampler_cost(harness_text: str, shell: list[str], seconds: float = 4.0) -> tuple[float, int]:
+    """CPU time the harness itself spends (% of one core) sampling a `sleep` for ``seconds``, and its samples."""
+    import resource
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Path(tmp) / "harness.sh"
+        h.write_text(harness_text)
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        subprocess.run([*shell, str(h), "-o", str(Path(tmp) / "o"), "-i", "50", "--", "sleep", str(seconds)],
+                       check=True)
+        wall = time.monotonic() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        n = len((Path(tmp) / "o" / "mem.tsv").read_text().splitlines()) - 1
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return cpu / wall, n
+
+
+def sources(a, bundles: dict, wd: int) -> int:
+    rows: list[C.Row] = []
+    notes = [f"load average at the start: {loadavg()}"]
+    old = subprocess.run(["git", "-C", str(C.REPO), "show", f"{OLD_HARNESS_COMMIT}:android_harness/harness.sh"],
+                         capture_output=True, text=True, check=True).stdout
+    new = (C.REPO / "android_harness" / "harness.sh").read_text()
+    for label, text, shell in (("before (harness at " + OLD_HARNESS_COMMIT + "), dash", old, ["dash"]),
+                               ("before, mksh (Android's shell)", old, ["mksh"]),
+                               ("now, sh (dash, re-executed under mksh)", new, ["sh"]),
+                               ("now, mksh", new, ["mksh"])):
+        la = loadavg()
+        frac, n = sampler_cost(text, shell)
+        rows.append(C.Row(f"harness sampler CPU, {label}, % of one core at 50 ms", frac * 100, "", frac * 100,
+                          None, unit=" %"))
+        notes.append(f"sampler {label}: {n} samples in 4 s of `sleep`, load {la}")
+    for scheme, b in bundles.items():
+        la = loadavg()
+        p = subprocess.run([str(C.VENV_BIN / "python"), "-c", _CALLBACK_COST, str(b), str(a.prefill), str(a.decode),
+                            "20"], capture_output=True, text=True, cwd=C.REPO)
+        try:
+            pairs = json.loads(p.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise SystemExit(f"error: callback cost run failed: {p.stderr.strip()[-400:]}")
+        ratio = C.median([x["streamed"]["engine_decode_tps"] / x["plain"]["engine_decode_tps"] for x in pairs])
+        rows.append(C.Row(f"{scheme}: decode through the stream callback / one decode call (engine tok/s, "
+                          f"20 paired runs, one engine)", C.median([x["streamed"]["engine_decode_tps"] for x in pairs]),
+                          C.median([x["plain"]["engine_decode_tps"] for x in pairs]), ratio, None))
+        tt = C.median([x["streamed"]["old_ttft_ms"] / x["streamed"]["engine_ttft_ms"] for x in pairs])
+        rows.append(C.Row(f"{scheme}: old TTFT (prefill call wall + first streamed gap) / LiteRT-LM's TTFT, same runs",
+                          C.median([x["streamed"]["old_ttft_ms"] for x in pairs]),
+                          C.median([x["streamed"]["engine_ttft_ms"] for x in pairs]), tt, None))
+        notes.append(f"{scheme}: callback pairs measured at load {la}-{loadavg()}")
+    head = ("piece", "A", "B", "A/B")
+    print(C.table(rows, head))
+    for n in notes:
+        print("- " + n)
+    if a.write:
+        notes.append("A/B columns: sampler rows give the % of one core; the callback rows give streamed vs plain; "
+                     "the TTFT rows give the old definition vs the runtime's. Nothing measured runs under nice.")
+        body = C.section(f"fidelity: where the old gap came from ({a.model} w{wd}, host)", rows, head, notes,
+                         settings=[f"prefill {a.prefill}, decode {a.decode}, CPU threads 2"])
+        C.update_results(f"fidelity-sources-{a.model}-w{wd}", body)
+    return 0
+
+
+# the harness as it was before its sampler stopped starting processes per sample
+OLD_HARNESS_COMMIT = "a3092cd"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", choices=["e2b", "tiny"])
@@ -190,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sources", action="store_true",
+                    help="time the pieces of the old gap apart (sampler CPU, stream callback, TTFT definition)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     wd = a.width_div or (4 if a.model == "e2b" else 1)
@@ -197,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     work = C.REPO / ".cache" / "bench-build"
     dist, cache = work / f"dist-{a.model}-w{wd}", work / f"cache-{a.model}-w{wd}"
     bundles = {s: find_or_build(a.model, s, wd, dist, cache, notes) for s in ("wNa8o8", "fp16")}
+    if a.sources:
+        return sources(a, bundles, wd)
     devices = [d for d in a.devices.split(",") if d]
     modes = [m for m in a.modes.split(",") if m]
     env = targets_env()
