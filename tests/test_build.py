@@ -312,6 +312,7 @@ def test_cli_build_prints_bundle_path_and_quality_hook(tiny_bundles, tmp_path, c
     assert m3["quality"]["baseline"]["sha256"] == sha256_file(out2 / "tiny-fp16-text" / "tiny-fp16-text.litertlm")
     assert main(["inspect", str(out2 / "tiny-wNa8o8-text")]) == 0  # still matches its bundle
     capsys.readouterr()
-    # the same inputs give the same bundle: deterministic calibration and quantization
-    assert m["bundle"]["sha256"] == sha256_file(tiny_bundles["wNa8o8"]) or m["bundle"]["bytes"] == \
-        tiny_bundles["wNa8o8"].stat().st_size
+    # the same inputs give the same bundle: deterministic calibration and quantization, header from the inputs
+    assert m["bundle"]["sha256"] == sha256_file(tiny_bundles["wNa8o8"])
+    assert m["lock"]["identity"]["uuid"] == json.loads(
+        (tiny_bundles["wNa8o8"].parent / "manifest.json").read_text())["lock"]["identity"]["uuid"]
