@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,9 @@ def _text_config(root: Path):
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: cannot read ({exc})",
                               hint="pass a Hugging Face checkpoint folder with its config.json") from exc
-    qc = raw.get("quantization_config") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object", hint="repair or re-download config.json")
+    qc = raw.get("quantization_config")
     if isinstance(qc, dict) and qc.get("quant_method"):
         raise CheckpointError(
             f"{root}: a pre-quantized checkpoint (quant_method: {qc.get('quant_method')}); activation ranges "
@@ -265,13 +268,13 @@ class _Ranges:
         r = self.data.get(name)
         if r is None:
             self.data[name] = {"in_min": lo_i, "in_max": hi_i, "out_min": lo_o, "out_max": hi_o, "tokens": tokens}
-        else:  # several calls of one module (lm_head blocks): widen the output range only
+        else:  # several calls of one module (the lm_head's vocabulary blocks): widen the ranges
             r["in_min"], r["in_max"] = min(r["in_min"], lo_i), max(r["in_max"], hi_i)
             r["out_min"], r["out_max"] = min(r["out_min"], lo_o), max(r["out_max"], hi_o)
 
 
 def _check_chunks(token_chunks: Sequence[Sequence[int]], vocab: int, vocab_pl: int | None) -> list[list[int]]:
-    if not token_chunks:
+    if len(token_chunks) == 0:
         raise UsageError("no token chunks to calibrate on", hint="pass at least one chunk of token ids")
     chunks = [list(c) for c in token_chunks]
     length = len(chunks[0])
@@ -281,10 +284,10 @@ def _check_chunks(token_chunks: Sequence[Sequence[int]], vocab: int, vocab_pl: i
     limit = min(vocab, vocab_pl) if vocab_pl else vocab
     for c in chunks:
         for t in c:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < limit:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < limit:
                 raise UsageError(f"token id {t!r} is outside the vocabulary (0..{limit - 1})",
                                  hint="tokenize with the checkpoint's own tokenizer")
-    return chunks
+    return [[int(t) for t in c] for c in chunks]
 
 
 def linear_ranges(
@@ -333,8 +336,6 @@ def linear_ranges(
         if name in ("layers", "embed_tokens", "embed_tokens_per_layer", "rotary_emb"):
             continue
         loader.load(mod, f"{TEXT_PREFIX}.{name}", buffers=True)
-    if compute_dtype != "float32":
-        model.rotary_emb.to(dtype)
 
     ranges = _Ranges()
     hooks = []
