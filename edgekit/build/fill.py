@@ -287,11 +287,12 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
             data, scales = _weight_bytes(weights, fo.module, int(wt.type), fo.kind)
             bi = None
         new = copy.deepcopy(wt)
-        if readers[(fo.subgraph, fo.weight)] > 1:
+        if fo.kind == "fc":
             # a shared stand-in weight is named after its group's first module: name each
             # op's own weight after the op's output, which carries the op's module path
+            # ("w;" keeps the name unique and is no module path of its own)
             op = sg.operators[fo.op_index]
-            new.name = (_name(sg.tensors[int(op.outputs[0])]) + ";weight").encode()
+            new.name = ("w;" + _name(sg.tensors[int(op.outputs[0])])).encode()
         new.shape = np.array(shape, dtype=np.int32)
         if new.shapeSignature is not None:
             new.shapeSignature = np.array(shape, dtype=np.int32)

@@ -103,7 +103,7 @@ def _bits_of(scheme, module: str) -> float:
 
 
 def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, export_cached: bool,
-             cache_dir: Path, random_checkpoint_bytes: int = 0) -> Estimate:
+             cache_dir: Path, random_checkpoint_bytes: int = 0, streamed: bool = False) -> Estimate:
     counts = preset.param_counts(width_div)
     params = counts["text"] if text_only else counts["total"]
     p = "model.language_model"
@@ -122,6 +122,16 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
     export_rss = 0 if export_cached else int(EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * params)
     quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
     peak = max(export_rss, quant_rss)
+    if streamed:
+        # stand-in export: about one layer of each kind (4) is converted; fill: the largest
+        # quantized section, its serialized copy and a row block; calibration: one float
+        # layer at a time (edgekit/build/streamed.py)
+        layer = counts["decoder"] / max(1, preset.num_layers)
+        export_rss = int(EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * 4 * layer)
+        fill_rss = int(EXPORT_RSS_BASE // 2 + 3 * max(counts["ple"], counts["decoder"]) * 4 / 8)
+        calib_rss = int(EXPORT_RSS_BASE // 2 + 8 * 4 * layer)
+        peak = max(export_rss, fill_rss, calib_rss)
+        float_bytes = 0
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
     free = None
@@ -277,6 +287,7 @@ def build(
     quality: bool = True,
     progress: Progress | None = None,
     requantize: bool = False,
+    route: str = "auto",
 ) -> BuildResult:
     """Build one bundle; returns its path, the manifest path and the manifest.
 
@@ -300,7 +311,7 @@ def build(
                 scheme=scheme, text_only=text_only, calibration=calibration, output=output, force=force,
                 prefill=prefill, cache_length=cache_length, cache_dir=cache, decode_steps=decode_steps,
                 calibration_samples=calibration_samples, verify_engine=verify_engine, quality=quality,
-                progress=log.outside(progress), requantize=requantize, log=log, work_dir=work,
+                progress=log.outside(progress), requantize=requantize, log=log, work_dir=work, route=route,
             )
         final = getattr(log, "final_path", None)
         if final is not None and log.path.is_file():
@@ -454,6 +465,7 @@ def _build(
     requantize: bool = False,
     log=None,
     work_dir: Path,
+    route: str = "auto",
 ) -> BuildResult:
     from edgekit.build import encoders as enc
     from edgekit.build import export as ex
@@ -507,6 +519,16 @@ def _build(
     if qat_build is not None:  # QAT hook: export the exact dequantized float, not the packed checkpoint
         ckpt_dir = qat_build.float_dir
     wd = info.width_div if info is not None else width_div
+    from edgekit.build import streamed as sm
+
+    # full-width E2B/E4B: convert a stand-in and fill the real weights in (edgekit/build/streamed.py)
+    streamed = sm.use_streamed(route, preset.name, wd)
+    if streamed and qat_build is not None:
+        raise UsageError("the streamed route does not take a quant_method 'gemma' (QAT) checkpoint yet",
+                         hint="build it with --route classic (needs more memory) or from float weights")
+    if streamed and not text_only:
+        raise UsageError("the streamed route builds text-only bundles for now",
+                         hint="add --text-only, or use --route classic")
     opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
     cached = False
     if info is not None:
@@ -514,7 +536,8 @@ def _build(
         key = ex.export_key(source_identity, opts)
         cached = (cache / "exports" / key / "model.litertlm").is_file()
     est = estimate(preset, wd, sch, text_only, out_root, cached, cache,
-                   random_checkpoint_bytes=0 if info is not None else 4 * preset.param_counts(wd)["total"])
+                   random_checkpoint_bytes=0 if info is not None else 4 * preset.param_counts(wd)["total"],
+                   streamed=streamed)
     if progress:
         progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM (available "
                  f"{_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk (free {_gb(est.disk_free_bytes)})", 0.0)
@@ -537,8 +560,12 @@ def _build(
         key = ex.export_key(source_identity, opts)
         cached = (cache / "exports" / key / "model.litertlm").is_file()
 
-    exp = st.run("export", "litert-torch export_hf (float32, child process)" + (" [cached]" if cached else ""),
-                 ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)
+    if streamed:
+        exp = st.run("export", "litert-torch export_hf of the stand-in (shared weights, child process)",
+                     sm.export_standin, ckpt_dir, source_identity, opts, sch, cache)
+    else:
+        exp = st.run("export", "litert-torch export_hf (float32, child process)" + (" [cached]" if cached else ""),
+                     ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)
     float_bundle = exp.bundle
 
     work = work_dir
@@ -555,7 +582,19 @@ def _build(
                 enc_replaced, enc_q = enc.quantize_encoders(all_secs, sch, work, st.run)
                 replaced.update(enc_replaced)
                 encoders_rec = {"export": exp.record.get("encoders"), "quantization": enc_q}
-            if sch.is_float:
+            if streamed:
+                chunks = None
+                if not sch.is_float and sch.static_activations:
+                    texts, calib_rec = calib_texts, dict(calib_info)
+                    ids = _tokenize(float_bundle, texts, limit=1 << 20)
+                    chunks = sm.calibration_chunks(ids, min(128, prefill * 4))
+                filled, streamed_rec = sm.build_sections(
+                    secs, ckpt_dir, sch, work, int(preset.vocab_size), st.run, chunks,
+                    progress=lambda msg: progress("fill", msg, None) if progress else None)
+                replaced.update(filled)
+                if calib_rec is not None:
+                    calib_rec.update(streamed_rec.get("calibration", {}))
+            elif sch.is_float:
                 if sch.float_dtype == "float16":
                     recipe = qz.fp16_recipe()
                     for sec, path in secs.items():
@@ -621,6 +660,7 @@ def _build(
                 "decode_steps": int(decode_steps),
                 "calibration_samples": int(calibration_samples),
                 "requantize": bool(requantize),
+                "route": "streamed" if streamed else "classic",
                 "qat": qat_build is not None,
                 "export": {**dataclasses.asdict(opts), "code_version": ex.EXPORT_CODE_VERSION,
                            "hash_seed": ex.EXPORT_HASH_SEED, "task": "text_generation", "quantization_recipe": "none",

@@ -172,3 +172,84 @@ def fill_sections(qsecs: dict[str, Path], ckpt_dir: str | os.PathLike, work: Pat
                            weights, STANDIN_VOCAB, vocab, progress)
         out[sec] = dst
     return out, reports
+
+
+# ------------------------------------------------------------------ pipeline steps
+STREAMED_PRESETS = ("e2b", "e4b")
+
+
+def use_streamed(route: str, preset_name: str, width_div: int) -> bool:
+    """``route``: "classic", "streamed" or "auto" (streamed for full-width E2B/E4B, which the
+    classic route cannot convert in 24 GiB)."""
+    if route not in ("auto", "classic", "streamed"):
+        from edgekit.errors import UsageError
+
+        raise UsageError(f"--route must be auto, classic or streamed, got {route!r}")
+    if route == "auto":
+        return preset_name in STREAMED_PRESETS and width_div == 1
+    return route == "streamed"
+
+
+def text_linears(ckpt_dir: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Hugging Face name -> weight shape of every decoder-layer Linear, from the safetensors headers."""
+    from edgekit.models.qat import read_safetensors_headers
+
+    out = {}
+    for k, e in read_safetensors_headers(Path(ckpt_dir)).items():
+        if k.startswith("model.language_model.layers.") and k.endswith(".weight") and len(e.shape) == 2:
+            out[k[: -len(".weight")]] = tuple(e.shape)
+    return out
+
+
+def export_standin(ckpt_dir, source_identity: dict, options, scheme, cache_dir: Path):
+    """The stand-in's float export (cached like the classic export, keyed by its tie plan)."""
+    import json
+
+    from edgekit.build import export as ex
+    from edgekit.build import standin
+    from edgekit.fsutil import atomic_write_text
+
+    plan = standin.plan(text_linears(ckpt_dir), scheme.bits_for)
+    plans_dir = Path(cache_dir) / "standin-plans"
+    plans_dir.mkdir(parents=True, exist_ok=True)
+    import hashlib
+
+    blob = json.dumps(plan, sort_keys=True)
+    path = plans_dir / f"{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        atomic_write_text(path, blob)
+    return ex.export_checkpoint(ckpt_dir, source_identity, options, cache_dir=cache_dir,
+                                child="edgekit.build.standin", child_args=("--plan", str(path)),
+                                key_extra={"standin": plan})
+
+
+def calibration_chunks(ids: list[list[int]], length: int, max_chunks: int = 16) -> list[list[int]]:
+    """Equal-length chunks (no padding) of the calibration prompts' tokens, in order."""
+    stream = [t for p in ids for t in p]
+    n = min(max_chunks, len(stream) // length)
+    if n < 1:
+        from edgekit.errors import ConfigError
+
+        raise ConfigError(f"the calibration prompts hold {len(stream)} tokens, fewer than one chunk of {length}",
+                          hint="pass a longer --calibration file")
+    return [stream[i * length:(i + 1) * length] for i in range(n)]
+
+
+def build_sections(secs: dict[str, Path], ckpt_dir, scheme, work: Path, vocab: int, run: Callable,
+                   chunks: list[list[int]] | None, progress: Callable[[str], None] | None = None
+                   ) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Activation ranges (when static) -> quantized stand-in -> filled sections. Returns (files, record)."""
+    ranges = None
+    rec: dict[str, Any] = {"route": "streamed"}
+    if not scheme.is_float and scheme.static_activations:
+        from edgekit.build.torch_calibration import linear_ranges
+
+        ranges = run("calibrate", f"{len(chunks)} chunks of {len(chunks[0])} tokens through the checkpoint's "
+                     "text forward (layer by layer)", linear_ranges, ckpt_dir, chunks, progress=progress)
+        rec["calibration"] = {"chunks": len(chunks), "chunk_tokens": len(chunks[0]), "source": "torch forward",
+                              "range": "min/max", "merged": "prefill and decode signatures share each module's range"}
+    qsecs, _plans = quantize_sections(secs, scheme, work, ranges, run)
+    filled, reports = fill_sections(qsecs, ckpt_dir, work, vocab, run, progress)
+    rec["fill"] = {s: {"ops": r.ops, "weight_bytes": r.weight_bytes, "vocab_tensors": r.vocab_tensors}
+                   for s, r in reports.items()}
+    return filled, rec

@@ -35,11 +35,14 @@ import click
 @click.option("--requantize", is_flag=True,
               help="QAT checkpoint: naive min-max re-quantization + calibration instead of its exact integers "
                    "and SRQ scales (for comparison).")
+@click.option("--route", type=click.Choice(["auto", "classic", "streamed"]), default="auto", show_default=True,
+              help="streamed: convert a stand-in with shared weights and write the checkpoint's weights into it "
+                   "(full-size E2B/E4B within 20 GiB); auto picks it for full-width e2b/e4b.")
 @click.option("--verify-lock", "verify_lock", type=click.Path(path_type=Path), default=None, metavar="MANIFEST",
               help="Rebuild into a temporary folder and compare with MANIFEST's lock: MATCH/DIFF per section on "
                    "stdout; exit 0 all match, 10 something differs, 4 the lock's toolchain differs (refused).")
 def command(model, checkpoint, random_weights, width_div, seed, scheme, text_only, calibration, output, force,
-            prefill, cache_length, no_quality, requantize, verify_lock) -> int:
+            prefill, cache_length, no_quality, requantize, route, verify_lock) -> int:
     """Build MODEL (e2b, e4b, tiny) into dist/<model>-<scheme>[-text]/ (bundle + manifest.json).
 
     Progress goes to stderr; the bundle path is printed on stdout. The toolchain's
@@ -62,6 +65,7 @@ def command(model, checkpoint, random_weights, width_div, seed, scheme, text_onl
         prefill=prefill,
         cache_length=cache_length,
         requantize=requantize,
+        route=route,
     )
     progress = StageProgress()
     ok = False
