@@ -64,6 +64,24 @@ def test_run_measured_ignores_other_children_of_the_process(C):
     assert r.peak_rss < 100 * C.MIB, r.peak_rss
 
 
+def test_run_measured_does_not_charge_the_callers_size(C):
+    """A command started from a big process is not charged that process's size.
+
+    ru_maxrss of a forked child starts at the parent's resident size (kept across exec), so a
+    pytest process that has loaded torch would make a `sleep` look hundreds of MB big; the
+    launcher run_measured starts is small and fresh.
+    """
+    ballast = bytearray(400 * C.MIB)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # resident, not only reserved
+    try:
+        r = C.run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"], interval=0.05)
+    finally:
+        del ballast
+    assert r.returncode == 0
+    assert 0 < r.rusage_maxrss < 100 * C.MIB, r.rusage_maxrss
+    assert r.peak_rss < 100 * C.MIB, r.peak_rss
+
+
 def test_run_measured_timeout_kills_the_command(C):
     t0 = time.monotonic()
     r = C.run_measured([sys.executable, "-c", "import time; time.sleep(30)"], interval=0.05, timeout=0.5)

@@ -1,7 +1,8 @@
 """Shared helpers of the benchmark scripts in scripts/bench/ (not part of the edgekit package).
 
 * machine / commit / date facts for RESULTS.md,
-* peak memory of a child process *tree* (sampled from /proc, plus the child's wait4 rusage),
+* peak memory of a child process *tree* (sampled from /proc, plus the command's wait4 rusage
+  taken by a small launcher process),
 * ratio tables with targets and PASS/MISS,
 * replacing one script's section of scripts/bench/RESULTS.md atomically.
 
@@ -16,8 +17,6 @@ import math
 import os
 import platform
 import re
-import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -158,8 +157,9 @@ class TreeMemory:
 class TreeSampler:
     """Samples RSS of a process and all its descendants every ``interval`` seconds in a thread."""
 
-    def __init__(self, pid: int, interval: float = 0.1, keep_timeline: bool = True):
+    def __init__(self, pid: int, interval: float = 0.1, keep_timeline: bool = True, skip_root: bool = False):
         self.pid = pid
+        self.skip_root = skip_root  # the root is run_measured's launcher, not part of the command
         self.interval = interval
         self.mem = TreeMemory()
         self.keep = keep_timeline
@@ -175,6 +175,8 @@ class TreeSampler:
         total_rss = total_anon = 0
         top = (0, "")
         for p in tree_pids(self.pid):
+            if self.skip_root and p == self.pid:
+                continue
             st = _status_kb(p, ("VmRSS", "RssAnon", "VmHWM"))
             rss = st.get("VmRSS", 0) * 1024
             total_rss += rss
@@ -212,7 +214,7 @@ class ChildRun:
     stdout: str
     stderr: str
     mem: TreeMemory
-    rusage_maxrss: int  # bytes: wait4 ru_maxrss of the child (it and the descendants it reaped)
+    rusage_maxrss: int  # bytes: wait4 ru_maxrss of the command (it and the descendants it reaped)
     stderr_lines: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (t_s since start, line)
     t0_epoch: float = 0.0  # time.time() when the child was started
 
@@ -232,46 +234,79 @@ class ChildRun:
         return last
 
 
-def _wait_with_rusage(pid: int, timeout: float | None) -> tuple[int, int]:
-    """Reap ``pid`` with ``os.wait4``; returns (returncode, ru_maxrss in bytes) of that child.
-
-    The rusage of one reaped child covers the child and the descendants it waited for,
-    and nothing else this process ever ran (``RUSAGE_CHILDREN`` of the whole process is
-    the maximum over every child ever reaped, so it depends on what ran before). A pidfd
-    gives the timeout and a kill that cannot hit a reused pid.
-    """
-    fd = None
-    if timeout is not None:
-        fd = os.pidfd_open(pid)
-        try:
-            ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
-            if not ready:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        except BaseException:
-            os.close(fd)
-            raise
+# A small, freshly started process that runs the command as its child, waits for it with
+# os.wait4 and writes the child's ru_maxrss (kB) to the fd given first. ru_maxrss of a process
+# starts at the resident size of the process it was forked from (the high-water mark of the old
+# memory map is kept across exec): a command started straight from a big parent (a pytest process
+# holding torch, a benchmark script) would be charged the parent's size. From this launcher the
+# floor is the launcher's own few MB. SIGTERM is passed on as SIGKILL (run_measured's timeout) and
+# SIGHUP as is; SIGINT is ignored (a terminal's Ctrl-C reaches the command itself), and the launcher
+# exits as the command did.
+_LAUNCHER = r"""
+import os, signal, sys
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
     try:
-        _, status, ru = os.wait4(pid, 0)
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return os.waitstatus_to_exitcode(status), ru.ru_maxrss * 1024  # Linux: kilobytes
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        os.write(2, f"run_measured: cannot run {argv[0]}: {exc}\n".encode())
+    os._exit(127)
+def relay(signum, frame):
+    os.kill(pid, signal.SIGKILL if signum == signal.SIGTERM else signum)
+signal.signal(signal.SIGTERM, relay)
+signal.signal(signal.SIGHUP, relay)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+_, status, ru = os.wait4(pid, 0)
+os.write(fd, b"%d\n" % ru.ru_maxrss)
+os.close(fd)
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    if -code not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+os._exit(code & 0xFF)
+"""
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None) -> None:
+    """Wait for the launcher; past ``timeout`` it kills the command (SIGTERM is relayed as SIGKILL)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None, nice: int = 0, timeout: float | None = None,
                  keep_timeline: bool = True, echo: bool = False, watchers: Sequence[Any] = ()) -> ChildRun:
-    """Run ``argv``; measure wall time and the peak RSS of its whole process tree; timestamp stderr lines."""
+    """Run ``argv``; measure wall time and the peak RSS of its whole process tree; timestamp stderr lines.
+
+    The command runs under a small launcher process (see ``_LAUNCHER``), so its ru_maxrss is its
+    own and its reaped descendants', whatever this process is or ran before.
+    """
     pre = (lambda: os.nice(nice)) if nice else None
+    rfd, wfd = os.pipe()
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(wfd), *argv]
     t0_epoch = time.time()
     t0 = time.monotonic()
-    proc = subprocess.Popen(list(argv), cwd=cwd, env=env, preexec_fn=pre, text=True, errors="replace",
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sampler = TreeSampler(proc.pid, interval, keep_timeline).start()
+    try:
+        proc = subprocess.Popen(launcher, cwd=cwd, env=env, preexec_fn=pre, text=True, errors="replace",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(wfd,))
+    finally:
+        os.close(wfd)
+    sampler = TreeSampler(proc.pid, interval, keep_timeline, skip_root=True).start()
     sampler._t0 = t0
     started = [w(proc.pid, t0) for w in watchers]  # each returns an object with .stop()
     out_chunks: list[str] = []
     err_lines: list[tuple[float, str]] = []
+    rusage: list[bytes] = []
 
     def read_out() -> None:
         out_chunks.append(proc.stdout.read())
@@ -283,17 +318,24 @@ def run_measured(argv: Sequence[str], *, interval: float = 0.1, cwd: str | os.Pa
                 sys.stderr.write("    | " + line)
                 sys.stderr.flush()
 
-    ths = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
+    def read_rusage() -> None:
+        with os.fdopen(rfd, "rb") as f:
+            rusage.append(f.read())
+
+    ths = [threading.Thread(target=f, daemon=True) for f in (read_out, read_err, read_rusage)]
     for th in ths:
         th.start()
-    # reaped here (not by Popen.wait) so its own rusage comes back with it
-    proc.returncode, child_maxrss = _wait_with_rusage(proc.pid, timeout)
+    _wait(proc, timeout)
     dt = time.monotonic() - t0
     for th in ths:
         th.join(timeout=10)
     mem = sampler.stop()
     for w in started:
         w.stop()
+    try:
+        child_maxrss = int(rusage[0].decode().strip()) * 1024 if rusage else 0  # Linux: kilobytes
+    except ValueError:
+        child_maxrss = 0
     return ChildRun(list(argv), proc.returncode, dt, "".join(out_chunks), "".join(l for _, l in err_lines), mem,
                     child_maxrss, err_lines, t0_epoch)
 
