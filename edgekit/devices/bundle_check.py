@@ -10,11 +10,12 @@ size, sha256 and the sections (name and bytes). A manifest that records none of 
 
 Any failure raises :class:`~edgekit.errors.InspectionFailed` (exit 10, the code
 ``edgekit inspect`` gives for the same file): one line naming the file and the first
-problem found. Used by ``edgekit bench`` (both bundles, before the device is touched),
-``edgekit push`` and the transports' push of a ``.litertlm`` file.
+problem found. Used by ``edgekit bench`` (``bench.session.bundle_info``: both bundles,
+before a transport is opened) and ``edgekit push`` (before it connects). The transports
+themselves push any file (harness, runtime modules, native binaries) and do not check.
 
-It lives with the transports (floor 2) so they and ``edgekit.bench`` can call it
-without importing ``edgekit.bundle`` (floor 4).
+It lives with the transports (floor 2) so ``edgekit.bench`` (floor 3) can call it without
+importing ``edgekit.bundle`` (floor 4).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 from edgekit.errors import InspectionFailed
 from edgekit.runtime.litertlm_file import HEADER_BEGIN, MAGIC, NotALiteRTLMFile, read_header
 
-BUNDLE_SUFFIX = ".litertlm"
 MANIFEST_FILE = "manifest.json"  # the name edgekit.bundle.manifest writes beside every bundle
 TOKENIZER_TYPES = ("HF_Tokenizer_Zlib", "SP_Tokenizer")
 TFLITE_TYPES = ("TFLiteModel",)
@@ -49,11 +49,6 @@ class BundleCheck:
     manifest_path: str | None = None
     manifest: dict[str, Any] | None = None
     sha256: str | None = None  # computed only when the manifest records one to compare
-
-
-def is_bundle_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is meant as a bundle (by its name): what the transports check before a push."""
-    return os.fspath(path).endswith(BUNDLE_SUFFIX)
 
 
 def _fail(path: str | os.PathLike, problem: str) -> InspectionFailed:
