@@ -64,14 +64,16 @@ def _argv_session(kind: str, mode: str, warmup: int = 2, reps: int = 5) -> Sessi
     return s
 
 
-@pytest.mark.parametrize("mode,expect", [("cold", ("0", "1")), ("warm", ("2", "5"))])
-def test_runner_argv_per_mode(mode, expect):
+@pytest.mark.parametrize("mode,expect,native", [("cold", ("1", "1"), 1), ("warm", ("2", "5"), 7)])
+def test_runner_argv_per_mode(mode, expect, native):
     argv, kind = _argv_session("python", mode)._runner_argv("/r/b.litertlm", "ab" * 32, 2, "litert_lm")
     assert kind == "python"
     assert argv[argv.index("--warmup") + 1] == expect[0] and argv[argv.index("--reps") + 1] == expect[1]
     assert argv[argv.index("--mode") + 1] == mode
+    # cold: an untimed generation on an engine that is then closed, the measured run on a new one
+    assert ("--fresh-engine" in argv) == (mode == "cold")
     argv, kind = _argv_session("native", mode)._runner_argv("/r/b.litertlm", "ab" * 32, 2, None)
-    assert kind == "native" and f"--num_iterations={int(expect[0]) + int(expect[1])}" in argv
+    assert kind == "native" and f"--num_iterations={native}" in argv
 
 
 def _warm_trace(tmp_path: Path) -> Path:

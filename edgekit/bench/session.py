@@ -452,8 +452,13 @@ class Session:
                      backend: str | None) -> tuple[list[str], str]:
         r = self.profile.runner
         p = self.plan
-        # cold: one run per process; warm: this process runs the warmups and every iteration
-        warmup, reps = (p.warmup, p.reps) if p.mode == "warm" else (0, 1)
+        # warm: this process runs the warmups and every iteration on one engine. cold: one
+        # measured run per process, the first generation of a freshly loaded engine, as each
+        # run of `litert-lm benchmark` is; like that tool, the process first runs one untimed
+        # generation on an engine it then closes, so the measured run does not also pay the
+        # process's own first-use costs (thread pools, kernel code paged in, allocator growth):
+        # on the tiny bundles the very first generation of a new process measured 10-20% slower.
+        warmup, reps = (p.warmup, p.reps) if p.mode == "warm" else (1, 1)
         if r.kind == "python":
             python = r.python or (sys.executable if self.profile.transport == "local" else "python3")
             if self.profile.transport != "local" and python.startswith("~"):
@@ -463,11 +468,14 @@ class Session:
                     "--reps", str(reps), "--backend", backend or "auto", "--sha256", sha256, "--mode", p.mode]
             if threads:
                 argv += ["--threads", str(threads)]
+            if p.mode == "cold":
+                argv.append("--fresh-engine")
             return argv, "python"
         binary = self.remote_binary
         argv = [binary, *r.args, f"--model_path={remote_bundle}", "--benchmark",
                 f"--benchmark_prefill_tokens={p.prefill}", f"--benchmark_decode_tokens={p.decode}",
-                "--async=false", "--report_peak_memory_footprint", f"--num_iterations={warmup + reps}"]
+                "--async=false", "--report_peak_memory_footprint",
+                f"--num_iterations={warmup + reps if p.mode == 'warm' else 1}"]  # one engine per native process
         if threads:
             argv.append(f"--num_cpu_threads={threads}")
         return argv, "native"
