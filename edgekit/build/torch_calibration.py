@@ -217,6 +217,29 @@ def _to_meta(module) -> None:
             if p is not None and p.device.type != "meta":
                 mod._parameters[name] = torch.nn.Parameter(  # noqa: SLF001
                     torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False)
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Weights and activations below glibc's mmap threshold (which rises to 32 MiB after the
+    first large free) come from the heap; a layer's freed tensors then stay in the RSS and
+    the next layer's sizes do not reuse them exactly, so the RSS crept up layer by layer.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 class _Loader:
