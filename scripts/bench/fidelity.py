@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench/fidelity.py --model tiny [--devices host,rpi5-standin,pixel8-standin] [--write]
     .venv/bin/python scripts/bench/fidelity.py --model e2b            # e2b width/4 (built when missing, ~10 min)
 
-For each round (``--rounds``, default 3; the order of the tools alternates between rounds
-so drift hits both alike), on every device:
+For each round (``--rounds``, default 3), device and mode, edgekit's bench and the
+runtime's benchmark run right next to each other (which goes first alternates), so both
+see the same load:
   * `edgekit bench --device D --bundle W --baseline F --mode M --warmup 1 --reps R
     --prefill P --decode D --threads T --backend litert_lm` for M = cold and warm; edgekit's
     figure = the median of the measured runs (what `edgekit bench` reports);
@@ -299,31 +300,29 @@ def main(argv: list[str] | None = None) -> int:
     out = C.REPO / "results" / "bench-scripts"
     header = C.header_lines()  # date, commit, machine, load at the start
     ek: dict = {d: {m: [] for m in modes} for d in devices}  # device -> mode -> [round result]
-    ref: list[dict] = []  # round -> scheme -> figures
-    round_notes: dict = {d: [] for d in devices}
+    ref: dict = {d: {m: [] for m in modes} for d in devices}  # the reference run right beside each
     for i in range(a.rounds):
         C.log(f"round {i + 1}/{a.rounds}, load {loadavg()}")
-        order = ["ref", *devices] if i % 2 == 0 else [*devices, "ref"]
-        for what in order:
-            if what == "ref":
-                la = loadavg()
-                rnd = {}
-                for mode in modes:
-                    fn = litert_lm_benchmark if mode == "cold" else warm_reference
-                    rnd[mode] = {s: fn(b, a.prefill, a.decode, a.reps, a.threads) for s, b in bundles.items()}
-                    rnd[mode]["load"] = f"{la}-{loadavg()}"
-                    C.log(f"  runtime ({mode} reference): " + ", ".join(
-                        f"{s} decode {rnd[mode][s]['decode_tps']:.1f}" for s in bundles))
-                ref.append(rnd)
-                continue
+        for dev in devices:
             for mode in (modes if i % 2 == 0 else modes[::-1]):
-                la = loadavg()
-                res, folder = edgekit_bench(what, bundles, mode, a.reps, a.prefill, a.decode, a.threads, out, env)
-                res["load"] = f"{la}-{loadavg()}"
-                res["folder"] = folder
-                ek[what][mode].append(res)
-                C.log(f"  edgekit {what} {mode}: " + ", ".join(
-                    f"{s} decode {C.median(res[s]['decode_tps']):.1f}" for s in bundles))
+                # the runtime's benchmark right before or after (alternating) edgekit's, so both see the same load
+                for what in (("ref", "ek") if (i + devices.index(dev)) % 2 == 0 else ("ek", "ref")):
+                    la = loadavg()
+                    if what == "ref":
+                        fn = litert_lm_benchmark if mode == "cold" else warm_reference
+                        rr = {s: fn(b, a.prefill, a.decode, a.reps, a.threads) for s, b in bundles.items()}
+                        rr["load"] = f"{la}-{loadavg()}"
+                        ref[dev][mode].append(rr)
+                        C.log(f"  runtime {mode} reference: " + ", ".join(
+                            f"{s} decode {rr[s]['decode_tps']:.1f}" for s in bundles))
+                    else:
+                        res, folder = edgekit_bench(dev, bundles, mode, a.reps, a.prefill, a.decode, a.threads, out,
+                                                    env)
+                        res["load"] = f"{la}-{loadavg()}"
+                        res["folder"] = folder
+                        ek[dev][mode].append(res)
+                        C.log(f"  edgekit {dev} {mode}: " + ", ".join(
+                            f"{s} decode {C.median(res[s]['decode_tps']):.1f}" for s in bundles))
 
     sections = {}
     for dev in devices:
@@ -331,25 +330,17 @@ def main(argv: list[str] | None = None) -> int:
         dnotes = list(notes)
         for mode in modes:
             rounds = ek[dev][mode]
-            mref = [r[mode] for r in ref]
+            mref = ref[dev][mode]
             ref_mean = {s: {k: C.mean([r[s][k] for r in mref]) for k, _ in KEYS} for s in bundles}
             med = {s: {k: C.mean([C.median(r[s][k]) for r in rounds if r[s][k]]) for k, _ in KEYS} for s in bundles}
             for s in ("wNa8o8", "fp16"):
                 for k, label in KEYS:
-                    # per round edgekit / runtime, then the mean of the rounds' ratios
-                    rs = [C.ratio(C.median(e[s][k]) if e[s][k] else None, r[s][k]) for e, r in zip(rounds, mref)]
-                    rs = [x for x in rs if x is not None]
+                    # the mean over rounds of edgekit's medians / the mean over rounds of the runtime's figures
                     rows.append(C.Row(f"{mode}: {s} {label}", med[s][k], ref_mean[s][k],
-                                      C.mean(rs) if rs else None, WITHIN5))
-            rr = []
-            for e, r in zip(rounds, mref):
-                ek_ratio = C.ratio(C.median(e["wNa8o8"]["decode_tps"]), C.median(e["fp16"]["decode_tps"]))
-                rt_ratio = C.ratio(r["wNa8o8"]["decode_tps"], r["fp16"]["decode_tps"])
-                rr.append((ek_ratio, rt_ratio))
-            ek_r = C.mean([x for x, _ in rr])
-            rt_r = C.mean([y for _, y in rr])
-            rows.append(C.Row(f"{mode}: wNa8o8/fp16 decode ratio", ek_r, rt_r,
-                              C.mean([x / y for x, y in rr if x and y]) if rr else None, WITHIN3))
+                                      C.ratio(med[s][k], ref_mean[s][k]), WITHIN5))
+            ek_r = C.ratio(med["wNa8o8"]["decode_tps"], med["fp16"]["decode_tps"])
+            rt_r = C.ratio(ref_mean["wNa8o8"]["decode_tps"], ref_mean["fp16"]["decode_tps"])
+            rows.append(C.Row(f"{mode}: wNa8o8/fp16 decode ratio", ek_r, rt_r, C.ratio(ek_r, rt_r), WITHIN3))
             cvs = [max(C.cv(e[s]["decode_tps"]) for s in bundles) for e in rounds]
             rows.append(C.Row(f"{mode}: CV of edgekit decode over {a.reps} runs (worse bundle, median of rounds)",
                               C.median(cvs), "", C.median(cvs), CV_TARGET if dev == "host" else None, unit=""))
@@ -368,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                       "run is the first generation after a load, like a cold edgekit run); warm rows vs the same C API "
                       "calls as litert_lm.Benchmark with ONE engine for all runs (as litert_lm_main --num_iterations "
                       "and the 0.19 nightly CLI do); both: 1 warmup, the mean of the runs")
-        dnotes.append("edgekit figure: median of the measured runs of one `edgekit bench` (what it reports); ratios: "
-                      "per round, then averaged over the rounds; nothing measured runs under nice")
+        dnotes.append("edgekit figure: median of the measured runs of one `edgekit bench` (what it reports), averaged "
+                      "over the rounds; runtime figure: averaged over its runs beside them; ratio = edgekit / runtime "
+                      "of those averages; nothing measured runs under nice")
         for n in dnotes:
             print("- " + n)
         title = f"fidelity: `edgekit bench --device {dev}` vs the runtime's own benchmark ({a.model} w{wd})"
