@@ -561,8 +561,9 @@ def _build(
         cached = (cache / "exports" / key / "model.litertlm").is_file()
 
     if streamed:
+        tie_bits = (load_scheme(preset.default_scheme, preset) if sch.is_float else sch).bits_for
         exp = st.run("export", "litert-torch export_hf of the stand-in (shared weights, child process)",
-                     sm.export_standin, ckpt_dir, source_identity, opts, sch, cache)
+                     sm.export_standin, ckpt_dir, source_identity, opts, tie_bits, cache)
     else:
         exp = st.run("export", "litert-torch export_hf (float32, child process)" + (" [cached]" if cached else ""),
                      ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)

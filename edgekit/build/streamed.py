@@ -201,15 +201,19 @@ def text_linears(ckpt_dir: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def export_standin(ckpt_dir, source_identity: dict, options, scheme, cache_dir: Path):
-    """The stand-in's float export (cached like the classic export, keyed by its tie plan)."""
+def export_standin(ckpt_dir, source_identity: dict, options, bits_for, cache_dir: Path):
+    """The stand-in's float export (cached like the classic export, keyed by its tie plan).
+
+    ``bits_for`` decides the tie groups (weights of different widths are never shared);
+    a float scheme passes the preset's default scheme's, so its build reuses that export.
+    """
     import json
 
     from edgekit.build import export as ex
     from edgekit.build import standin
     from edgekit.fsutil import atomic_write_text
 
-    plan = standin.plan(text_linears(ckpt_dir), scheme.bits_for)
+    plan = standin.plan(text_linears(ckpt_dir), bits_for)
     plans_dir = Path(cache_dir) / "standin-plans"
     plans_dir.mkdir(parents=True, exist_ok=True)
     import hashlib
