@@ -286,8 +286,10 @@ class _Ranges:
         self.data: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, x, y, tokens: int) -> None:
-        lo_i, hi_i = float(x.min()), float(x.max())
-        lo_o, hi_o = float(y.min()), float(y.max())
+        import torch
+
+        lo_i, hi_i = (float(v) for v in torch.aminmax(x))  # one pass over the tensor, not two
+        lo_o, hi_o = (float(v) for v in torch.aminmax(y))
         r = self.data.get(name)
         if r is None:
             self.data[name] = {"in_min": lo_i, "in_max": hi_i, "out_min": lo_o, "out_max": hi_o, "tokens": tokens}
