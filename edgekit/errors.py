@@ -4,33 +4,48 @@ The CLI maps every :class:`EdgekitError` to one line ``error: <message>`` plus
 ``hint: <hint>`` and exits with ``exit_code``; a traceback is printed only when
 ``EDGEKIT_DEBUG=1``. Library code raises these instead of printing.
 
-Exit codes (stable, documented in the README):
-
-====  =========================================================
-code  meaning
-====  =========================================================
-0     success / gate passed
-1     gate failed (a metric crossed its threshold)
-2     usage error (bad option, unknown preset/scheme/device)
-3     device or infrastructure failure (transport, timeout, run failed)
-4     not comparable or insufficient data
-5     malformed configuration file (scheme, profile, calibration, thresholds)
-6     invalid checkpoint (missing, wrong model, shapes, corrupt, no tokenizer)
-7     build failed inside the toolchain
-8     not enough resources (memory, disk, disk full)
-9     output location not writable
-10    inspection found violations (bundle does not match scheme/manifest)
-130   interrupted
-====  =========================================================
+Exit codes are stable and documented in the README; ``EXIT_CODES`` below is the one
+table of them that the kinds here and the CLI take their codes from.
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DEVICE = 3
+EXIT_NOT_COMPARABLE = 4
+EXIT_CONFIG = 5
+EXIT_CHECKPOINT = 6
+EXIT_BUILD = 7
+EXIT_RESOURCES = 8
+EXIT_OUTPUT = 9
+EXIT_INSPECTION = 10
+EXIT_INTERNAL = 70  # an unexpected exception: a bug in edgekit or a toolchain failure (EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+# code -> meaning; README's "Exit codes" table and `edgekit --help` say the same
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success / gate passed",
+    EXIT_GATE_FAILED: "gate failed (a metric crossed its threshold)",
+    EXIT_USAGE: "usage error (bad option, unknown preset/scheme/device)",
+    EXIT_DEVICE: "device or infrastructure failure (transport, timeout, run failed)",
+    EXIT_NOT_COMPARABLE: "not comparable or insufficient data",
+    EXIT_CONFIG: "malformed configuration file (scheme, profile, calibration, thresholds)",
+    EXIT_CHECKPOINT: "invalid checkpoint (missing, wrong model, shapes, corrupt, no tokenizer)",
+    EXIT_BUILD: "build failed inside the toolchain",
+    EXIT_RESOURCES: "not enough resources (memory, disk, disk full)",
+    EXIT_OUTPUT: "output location not writable",
+    EXIT_INSPECTION: "inspection found violations (bundle does not match scheme/manifest)",
+    EXIT_INTERNAL: "internal error (EDGEKIT_DEBUG=1 shows the traceback)",
+    EXIT_INTERRUPTED: "interrupted",
+}
 
 
 class EdgekitError(Exception):
     """Base of every error edgekit raises on purpose."""
 
-    exit_code: int = 2
+    exit_code: int = EXIT_USAGE
     kind: str = "error"
     default_hint: str = ""
 
@@ -44,12 +59,12 @@ class EdgekitError(Exception):
 
 
 class GateFailed(EdgekitError):
-    exit_code = 1
+    exit_code = EXIT_GATE_FAILED
     kind = "gate failed"
 
 
 class UsageError(EdgekitError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
     kind = "usage error"
     default_hint = "run the command with --help"
 
@@ -57,7 +72,7 @@ class UsageError(EdgekitError):
 class DeviceError(EdgekitError):
     """Device or infrastructure failure: transport, timeout, a failed run."""
 
-    exit_code = 3
+    exit_code = EXIT_DEVICE
     kind = "device error"
 
 
@@ -111,13 +126,13 @@ class BenchmarkFailed(DeviceError):
 
 
 class NotComparable(EdgekitError):
-    exit_code = 4
+    exit_code = EXIT_NOT_COMPARABLE
     kind = "not comparable"
     default_hint = "compare records with equal key settings, or pass --allow-mismatch"
 
 
 class InsufficientData(EdgekitError):
-    exit_code = 4
+    exit_code = EXIT_NOT_COMPARABLE
     kind = "insufficient data"
     default_hint = "run more repetitions (--reps)"
 
@@ -125,36 +140,34 @@ class InsufficientData(EdgekitError):
 class ConfigError(EdgekitError):
     """A malformed file the user gave us: scheme, profile, calibration, thresholds."""
 
-    exit_code = 5
+    exit_code = EXIT_CONFIG
     kind = "invalid configuration"
 
 
 class CheckpointError(EdgekitError):
-    exit_code = 6
+    exit_code = EXIT_CHECKPOINT
     kind = "invalid checkpoint"
 
 
 class BuildError(EdgekitError):
-    exit_code = 7
+    exit_code = EXIT_BUILD
     kind = "build failed"
     default_hint = "rerun with EDGEKIT_DEBUG=1 for the toolchain's traceback"
 
 
 class ResourceError(EdgekitError):
-    exit_code = 8
+    exit_code = EXIT_RESOURCES
     kind = "not enough resources"
     default_hint = "free memory/disk, use --width-div, or pass --force"
 
 
 class OutputNotWritable(EdgekitError):
-    exit_code = 9
+    exit_code = EXIT_OUTPUT
     kind = "output not writable"
     default_hint = "choose a writable --output folder"
 
 
 class InspectionFailed(EdgekitError):
-    exit_code = 10
+    exit_code = EXIT_INSPECTION
     kind = "inspection failed"
 
-
-EXIT_INTERRUPTED = 130

@@ -15,7 +15,7 @@ import traceback
 import click
 
 from edgekit import __version__
-from edgekit.errors import EXIT_INTERRUPTED, EdgekitError
+from edgekit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EdgekitError
 
 # command name -> one-line help (shown without importing the module)
 COMMANDS: dict[str, str] = {
@@ -79,7 +79,7 @@ def report_error(exc: EdgekitError) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
+        code = rv if isinstance(rv, int) else EXIT_OK
     except EdgekitError as exc:
         if debug_enabled():
             traceback.print_exc()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        code = 2 if isinstance(exc, click.UsageError) else exc.exit_code
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         code = EXIT_INTERRUPTED
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         click.echo(f"error: internal error: {type(exc).__name__}: {first}", err=True)
         click.echo(f"hint: rerun with {DEBUG_ENV}=1 for the traceback and report it", err=True)
-        code = 70
+        code = EXIT_INTERNAL
     if argv is None:
         sys.exit(code)
     return code

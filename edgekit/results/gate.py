@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from edgekit.errors import ConfigError, UsageError
+from edgekit.errors import EXIT_DEVICE, EXIT_GATE_FAILED, EXIT_NOT_COMPARABLE, EXIT_OK, ConfigError, UsageError
 from edgekit.results.compare import BETTER, INSUFFICIENT, NOT_COMPARABLE, WORSE, Comparison
 from edgekit.results.records import METRICS, BenchResult, CANDIDATE
 from edgekit.results.stats import fmt_value, summarize
@@ -42,10 +42,11 @@ PASS = "pass"
 FAIL = "fail"
 UNDECIDED = "undecided"  # not comparable / insufficient data / nothing measured
 
-EXIT_PASS = 0
-EXIT_FAIL = 1
-EXIT_INFRA = 3
-EXIT_UNDECIDED = 4
+# the gate's verdicts under the names its callers use; the codes are edgekit.errors' table
+EXIT_PASS = EXIT_OK
+EXIT_FAIL = EXIT_GATE_FAILED
+EXIT_INFRA = EXIT_DEVICE
+EXIT_UNDECIDED = EXIT_NOT_COMPARABLE
 
 _REL = re.compile(r"^\s*([a-z0-9_]+)\s*:\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _ABS = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
