@@ -16,8 +16,9 @@ Reads every module with ``ast``; nothing is imported or run. Four rules fail the
   imports that run while a module is being loaded (module body, including ``if``/``try``
   blocks and class bodies). An import inside a function runs when the function is called,
   after both modules finished loading, so it cannot meet a half-initialised module; such
-  imports are left out of the cycle graph (and checked for direction only). Cycles they would
-  close are listed as ``deferred`` information, not failures. A submodule import does not add
+  imports, and those under ``if TYPE_CHECKING:`` (never run), are left out of the cycle graph
+  (and checked for direction only). Cycles they would close are listed as ``deferred``
+  information (``--verbose``), not failures. A submodule import does not add
   an edge to its parent packages (a package's ``__init__`` importing its own submodules is
   not a cycle).
 
@@ -87,7 +88,7 @@ class Report:
     imports: list[Import]
     violations: list[str]
     cycles: list[list[str]]           # module-level cycles (failures)
-    deferred_cycles: list[list[str]]  # cycles closed only by function-level imports (information)
+    deferred_cycles: list[list[str]]  # closed only by function-level / TYPE_CHECKING imports (information)
     sideways: list[Import]            # same floor, another room (information)
 
     @property
@@ -370,7 +371,8 @@ def format_report(report: Report, root: Path, *, verbose: bool = False) -> str:
         lines += [f"  {row}" for row in _cycle_edges(component, report.imports, module_level_only=True)]
     if verbose:
         for component in report.deferred_cycles:
-            lines.append(f"deferred cycle (closed only by imports inside functions): {' <-> '.join(component)}")
+            lines.append(f"deferred cycle (closed only by imports inside functions or under TYPE_CHECKING): "
+                         f"{' <-> '.join(component)}")
             lines += [f"  {row}" for row in _cycle_edges(component, report.imports, module_level_only=False)]
         for imp in report.sideways:
             lines.append(f"sideways (same floor, another room): {imp.where} {imp.importer} -> "

@@ -147,3 +147,15 @@ def test_a_module_outside_every_floor_is_caught(tree: Path):
     (tree / "edgekit" / "newroom.py").write_text('"""no floor yet"""\n')
     report = L.check(tree)
     assert any("edgekit.newroom has no floor" in v for v in report.violations)
+
+
+def test_type_checking_imports_count_for_direction_not_for_cycles(tree: Path):
+    bench = tree / "scripts" / "bench"
+    (bench / "zz_one.py").write_text("import zz_two\n")
+    (bench / "zz_two.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import zz_one\n")
+    line = _append(tree / "edgekit" / "fsutil.py",
+                   "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from edgekit.bundle.manifest import x\n")
+    report = L.check(tree)
+    assert report.cycles == []
+    assert [v for v in report.violations if v.startswith(f"edgekit/fsutil.py:{line + 2}: upward import")
+            and v.endswith("(type checking only)")], report.violations
