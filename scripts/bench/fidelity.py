@@ -341,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
             ek_r = C.ratio(med["wNa8o8"]["decode_tps"], med["fp16"]["decode_tps"])
             rt_r = C.ratio(ref_mean["wNa8o8"]["decode_tps"], ref_mean["fp16"]["decode_tps"])
             rows.append(C.Row(f"{mode}: wNa8o8/fp16 decode ratio", ek_r, rt_r, C.ratio(ek_r, rt_r), WITHIN3))
+            # how well each tool agrees with itself between rounds on this machine (no target): a fidelity
+            # target tighter than this spread cannot be judged here
+            for s in ("wNa8o8", "fp16"):
+                ek_rounds = [C.median(e[s]["decode_tps"]) for e in rounds if e[s]["decode_tps"]]
+                rt_rounds = [r[s]["decode_tps"] for r in mref]
+                rows.append(C.Row(f"{mode}: {s} decode tok/s, CV between rounds (each tool against itself)",
+                                  C.cv(ek_rounds) if len(ek_rounds) > 1 else None,
+                                  C.cv(rt_rounds) if len(rt_rounds) > 1 else None, None, None, unit=""))
             cvs = [max(C.cv(e[s]["decode_tps"]) for s in bundles) for e in rounds]
             rows.append(C.Row(f"{mode}: CV of edgekit decode over {a.reps} runs (worse bundle, median of rounds)",
                               C.median(cvs), "", C.median(cvs), CV_TARGET if dev == "host" else None, unit=""))
