@@ -688,8 +688,8 @@ def _build(
                 "text_only": text_only,
                 "prefill_length": prefill,
                 "cache_length": cache_length,
-                "export": {"cached": exp.cached, "key": key, "seconds": exp.record.get("seconds"),
-                           "peak_rss_bytes": exp.record.get("peak_rss_bytes")},
+                "export": {"cached": exp.cached, "key": exp.record.get("key", key),  # the stand-in's when streamed
+                           "seconds": exp.record.get("seconds"), "peak_rss_bytes": exp.record.get("peak_rss_bytes")},
                 "calibration": calib_rec,
                 "encoders": encoders_rec,
                 "toolchain_log": str(log.final_path) if log is not None else None,
