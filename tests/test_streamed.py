@@ -71,28 +71,50 @@ def _opts():
     return ex.ExportOptions(text_only=True, prefill_length=PREFILL, cache_length=CACHE_LEN)
 
 
+def _tie_bits(scheme: str):
+    """The bit widths the pipeline plans a scheme's tie groups with (a float scheme: the preset default's)."""
+    from edgekit.models.presets import get_preset
+
+    sch = _scheme(scheme)
+    return (_scheme(get_preset("tiny").default_scheme) if sch.is_float else sch).bits_for
+
+
 @functools.lru_cache(maxsize=None)
-def _standin(scheme: str):
-    """(stand-in bundle, its unpacked model.toml, section -> .tflite) for a scheme's tie plan."""
+def _standin_export(plan_json: str):
     from edgekit.build import quantize as qz
     from edgekit.build import streamed as sm
 
     ckpt, ident, _ = _source()
-    res = sm.export_standin(ckpt, ident, _opts(), _scheme(scheme), bundle_cache_root())
-    toml = qz.unpack(res.bundle, _workdir() / f"standin-{scheme}")
+    tie = json.loads(plan_json)
+    res = sm.export_standin(ckpt, ident, _opts(), lambda m: tie[m], bundle_cache_root())
+    toml = qz.unpack(res.bundle, _workdir() / f"standin-{res.record['key']}")
     return res, toml, qz.section_files(toml)
 
 
-@functools.lru_cache(maxsize=None)
+def _tie_json(scheme: str) -> str:
+    bits = _tie_bits(scheme)
+    return json.dumps({m: bits(m) for m in _tiny_linears()}, sort_keys=True)
+
+
+def _standin(scheme: str):
+    """(stand-in export, its unpacked model.toml, section -> .tflite) as the pipeline makes it for ``scheme``."""
+    return _standin_export(_tie_json(scheme))
+
+
 def _filled_float(scheme: str):
-    """The ``scheme`` plan's stand-in filled at float32 (no quantization): (bundle, section -> .tflite)."""
+    """The stand-in ``scheme`` builds from, filled at float32 (no quantization): (bundle, section -> .tflite)."""
+    return _filled_float_of(_tie_json(scheme))
+
+
+@functools.lru_cache(maxsize=None)
+def _filled_float_of(plan_json: str):
     from edgekit.build import fill as fl
     from edgekit.build import quantize as qz
     from edgekit.build.standin import STANDIN_VOCAB
 
     ckpt, _, vocab = _source()
-    _, toml, secs = _standin(scheme)
-    out = _workdir() / f"filled-float-{scheme}"
+    res, toml, secs = _standin_export(plan_json)
+    out = _workdir() / f"filled-float-{res.record['key']}"
     out.mkdir(parents=True, exist_ok=True)
     w = fl.CheckpointWeights(ckpt)
     filled = {}
@@ -362,7 +384,7 @@ def test_filled_float_standin_gives_the_classic_float_logits():
     assert worst < 1e-3, worst
 
 
-# ------------------------------------------------------------------ 4. fp16: streamed == fp16 recipe on the filled float graph
+# ------------------------------------------------------------------ 4. fp16: streamed == fp16 recipe on the filled graph
 def _op_diffs(pa, pb) -> list[str]:
     """Differences of two sections op for op: codes, and every input/output's type, shape, scales, constant bytes."""
     a, b = _read(pa), _read(pb)
@@ -456,7 +478,7 @@ def test_fp16_streamed_equals_the_fp16_recipe_on_the_filled_float_graph():
         assert _op_diffs(streamed[sec], ref) == []
 
 
-# ------------------------------------------------------------------ 5. wNa8o8: streamed with given ranges == classic with the same ranges
+# ------------------------------------------------------------------ 5. wNa8o8: streamed == classic, same ranges
 @functools.lru_cache(maxsize=None)
 def _ranges_json() -> str:
     """Module ranges (``streamed.ranges_from_qsv``) of a short calibration of the classic float export.
