@@ -677,8 +677,13 @@ def _build(
             from edgekit.build import verify
 
             prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
-            runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
-                                             bundle, prompt)}
+            why = _too_big_for_interpreter(interpreter_bytes(bundle, sch.is_float and sch.float_dtype == "float16"))
+            if why:  # the engine check below still runs the bundle
+                runtime = {"interpreter": {"ok": None, "skipped": why}}
+                st.run("verify", f"interpreter: skipped, {why}", lambda: None)
+            else:
+                runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
+                                                 bundle, prompt)}
             if verify_engine:
                 runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
                                               bundle, min(16, prefill), 8, cache_length)
@@ -767,7 +772,13 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
         return
     from edgekit import quality as ql
 
-    res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle, baseline_bundle))
+    why = _too_big_for_interpreter(interpreter_bytes(cand_bundle, False), interpreter_bytes(baseline_bundle, True))
+    if why:
+        st.run("quality", f"{cand_bundle.name} vs this baseline: skipped, {why}", lambda: None)
+        res = {"skipped": why}
+    else:
+        res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle,
+                          baseline_bundle))
     res["baseline"] = {"bundle": str(baseline_bundle), "sha256": baseline_manifest["bundle"].get("sha256")}
     cand["quality"] = res
     mf.write_manifest(mpath, cand)
@@ -802,6 +813,23 @@ def _check_writable(out_root: Path) -> None:
         raise OutputNotWritable(f"cannot write to output folder {out_root}: {exc.strerror}") from exc
 
 
+def interpreter_bytes(bundle: Path, float16_weights: bool) -> int:
+    """What ai-edge-litert's interpreter holds to run a bundle: its sections read into memory,
+    plus every float16 weight dequantized to float32 (twice its bytes) when the weights are fp16."""
+    n = Path(bundle).stat().st_size
+    return n * 3 if float16_weights else n
+
+
+def _too_big_for_interpreter(*need: int) -> str | None:
+    """Why the in-process interpreter checks cannot run here, or None when they fit."""
+    avail = mem_available()
+    total = sum(need)
+    if avail is not None and total > 0.8 * avail:
+        return (f"the interpreter would hold ~{_gb(total)} (sections in memory, float16 weights as float32), "
+                f"{_gb(avail)} available")
+    return None
+
+
 def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str, Any] | None:
     """manifest["quality"] against an fp16 build of the same source, when one exists."""
     import importlib.util
@@ -824,6 +852,10 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
         return None
     from edgekit import quality as ql
 
+    why = _too_big_for_interpreter(interpreter_bytes(candidate, False), interpreter_bytes(baseline_bundle, True))
+    if why:
+        st.run("quality", f"vs {baseline_bundle.name}: skipped, {why}", lambda: None)
+        return {"skipped": why, "baseline": {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}}
     res = st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle)
     res = dict(res)
     res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}
