@@ -381,7 +381,7 @@ def test_filled_float_standin_gives_the_classic_float_logits():
         worst = max(worst, float(np.max(np.abs(la - lb))))
     scale = float(np.max(np.abs(lb)))
     assert scale > 1.0  # real logits, not a zero model
-    assert worst < 1e-3, worst
+    assert worst < 3e-4, worst  # measured 6.8e-5 on tiny (logits up to ~10.6)
 
 
 # ------------------------------------------------------------------ 4. fp16: streamed == fp16 recipe on the filled graph
