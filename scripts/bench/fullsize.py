@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Full-size E2B/E4B text-only: build wNa8o8 and fp16 on this machine, bench them in the engine.
+
+    .venv/bin/python scripts/bench/fullsize.py --model e2b --dist DIR --build      # both builds, measured
+    .venv/bin/python scripts/bench/fullsize.py --model e2b --dist DIR --bench --write
+
+--build runs `edgekit build MODEL --random-weights --text-only [--scheme fp16] --prefill P
+--cache-length C --output DIST` (the streamed route: auto at full width) under
+``_common.run_measured``: wall time, and the peak RSS of the whole process tree sampled
+every 0.2 s (and the kernel's per-process high-water marks). The record goes beside the
+bundle (``<name>.build.json``). No figure here is extrapolated: the bundles are the
+full-size ones.
+
+--bench runs `edgekit bench --device host --bundle W --baseline F` (cold mode: one
+process per run, the harness sampling /proc) and reads back medians, the resident
+anonymous memory while decoding (max RssAnon inside each run's decode window, as
+bundle_vs_fp16.py computes it), and the wNa8o8/fp16 ratios.
+
+--write puts both into scripts/bench/RESULTS.md with the target rows of issue 13.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from bundle_vs_fp16 import medians  # noqa: E402
+
+GIB = 2**30
+TARGETS = {  # issue 13
+    "peak_build_gib": C.Target("<=", 20.0),
+    "bundle_gb": {"e2b": C.Target("<=", 2.0)},
+    "anon_gb": {"e2b": C.Target("<=", 0.8), "e4b": C.Target("<=", 2.0)},
+    "decode_ratio": C.Target(">=", 2.5),
+}
+
+
+def name_of(model: str, scheme: str) -> str:
+    return f"{model}-{scheme}-text"
+
+
+def build(model: str, scheme: str, dist: Path, prefill: int, cache_length: int, extra: list[str]) -> dict:
+    argv = C.edgekit_argv("build", model, "--random-weights", "--text-only", "--scheme", scheme,
+                          "--prefill", str(prefill), "--cache-length", str(cache_length),
+                          "--output", str(dist), *extra)
+    C.log("running " + " ".join(argv))
+    r = C.run_measured(argv, interval=0.2, cwd=C.REPO, echo=True)
+    rec = {"argv": argv, "returncode": r.returncode, "seconds": round(r.seconds, 1),
+           "peak_tree_rss_bytes": r.mem.peak_tree_rss, "peak_tree_anon_bytes": r.mem.peak_tree_anon,
+           "peak_single_hwm_bytes": r.mem.peak_single_hwm, "rusage_maxrss_bytes": r.rusage_maxrss,
+           "peak_rss_bytes": r.peak_rss, "date": C.utc_now(), "commit": C.git_commit(),
+           "stderr_tail": r.stderr.strip().splitlines()[-3:]}
+    out = dist / name_of(model, scheme)
+    out.mkdir(parents=True, exist_ok=True)
+    C.atomic_json(out.parent / f"{name_of(model, scheme)}.build.json", rec)
+    return rec
+
+
+def read_build(dist: Path, model: str, scheme: str) -> dict | None:
+    p = dist / f"{name_of(model, scheme)}.build.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def bench(model: str, dist: Path, reps: int, prefill: int, decode: int) -> tuple[dict, dict, Path]:
+    w = C.find_bundle(dist, model, "wNa8o8")
+    f = C.find_bundle(dist, model, "fp16")
+    if w is None or f is None:
+        raise SystemExit(f"error: need both {name_of(model, 'wNa8o8')} and {name_of(model, 'fp16')} in {dist}")
+    out = dist / "bench"
+    argv = C.edgekit_argv("bench", "--device", "host", "--bundle", str(w), "--baseline", str(f),
+                          "--warmup", "1", "--reps", str(reps), "--prefill", str(prefill), "--decode", str(decode),
+                          "--no-profile-thresholds", "--json", "--output", str(out))
+    C.log("running " + " ".join(argv))
+    r = C.run_measured(argv, interval=0.5, cwd=C.REPO, echo=False)
+    try:
+        data = json.loads(r.stdout)
+    except ValueError:
+        raise SystemExit(f"error: bench failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-3:]}")
+    folder = Path(data["folder"]) if "folder" in data else max(out.iterdir(), key=lambda p: p.stat().st_mtime)
+    return medians(data, folder, "candidate"), medians(data, folder, "baseline"), folder
+
+
+def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
+    rows = []
+    for scheme in ("wNa8o8", "fp16"):
+        b = read_build(dist, model, scheme)
+        if b is None:
+            continue
+        gib = b["peak_rss_bytes"] / GIB
+        label = f"full {model} text-only: peak build RSS, GiB" if scheme == "wNa8o8" else \
+            f"full {model} text-only fp16: peak build RSS, GiB"
+        rows.append(C.Row(label, f"{b['seconds'] / 60:.1f} min", f"exit {b['returncode']}", round(gib, 2),
+                          TARGETS["peak_build_gib"] if b["returncode"] == 0 else None, unit=" GiB"))
+    w = C.find_bundle(dist, model, "wNa8o8")
+    f = C.find_bundle(dist, model, "fp16")
+    if w is not None:
+        wb = w.stat().st_size
+        fb = f.stat().st_size if f is not None else None
+        rows.append(C.Row(f"full {model} text-only: bundle bytes, GB", f"{wb:,}", f"fp16 {fb:,}" if fb else "n/a",
+                          round(wb / 1e9, 3), TARGETS["bundle_gb"].get(model), unit=" GB"))
+    if mc is not None:
+        anon = mc.get("decode_anon_mb")
+        rows.append(C.Row(f"full {model} text-only: anon while decoding, GB",
+                          f"{anon:.0f} MB" if anon else "n/a",
+                          f"fp16 {mb['decode_anon_mb']:.0f} MB" if mb and mb.get("decode_anon_mb") else "n/a",
+                          round(anon * 2**20 / 1e9, 3) if anon else None, TARGETS["anon_gb"].get(model), unit=" GB"))
+        if mb is not None:
+            ratio = C.ratio(mc.get("decode_tps"), mb.get("decode_tps"))
+            rows.append(C.Row(f"full {model} text-only: decode wNa8o8/fp16", mc.get("decode_tps"), mb.get("decode_tps"),
+                              ratio, TARGETS["decode_ratio"]))
+            for k, label in (("prefill_tps", "prefill tok/s"), ("ttft_ms", "TTFT ms"), ("peak_file_mb", "peak file-backed MB"),
+                             ("peak_pss_mb", "peak PSS MB"), ("peak_anon_mb", "peak anon MB")):
+                rows.append(C.Row(f"full {model} text-only: {label} (wNa8o8 vs fp16)", mc.get(k), mb.get(k),
+                                  C.ratio(mc.get(k), mb.get(k))))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="e2b", choices=["e2b", "e4b"])
+    ap.add_argument("--dist", type=Path, required=True)
+    ap.add_argument("--build", action="store_true")
+    ap.add_argument("--schemes", default="wNa8o8,fp16")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--prefill", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--cache-length", type=int, default=4096)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    a.dist.mkdir(parents=True, exist_ok=True)
+    if a.build:
+        for scheme in a.schemes.split(","):
+            rec = build(a.model, scheme, a.dist, a.prefill, a.cache_length, [])
+            C.log(f"{scheme}: exit {rec['returncode']}, {rec['seconds']} s, peak {rec['peak_rss_bytes'] / GIB:.2f} GiB")
+    mc = mb = None
+    notes = []
+    if a.bench:
+        mc, mb, folder = bench(a.model, a.dist, a.reps, a.prefill, a.decode)
+        notes.append(f"bench result folder: {folder}")
+        C.atomic_json(a.dist / f"{a.model}-bench-medians.json", {"wNa8o8": mc, "fp16": mb, "folder": str(folder)})
+    elif (a.dist / f"{a.model}-bench-medians.json").is_file():
+        d = json.loads((a.dist / f"{a.model}-bench-medians.json").read_text())
+        mc, mb = d["wNa8o8"], d["fp16"]
+        notes.append(f"bench result folder: {d['folder']}")
+    rows = rows_for(a.model, a.dist, mc, mb)
+    print(C.table(rows, ("metric", "wNa8o8 / time", "fp16 / exit", "value")))
+    if a.write:
+        body = C.section(f"fullsize-{a.model}: full-size {a.model} text-only, built and run here (no extrapolation)",
+                         rows, ("metric", "wNa8o8 / time", "fp16 / exit", "value"), notes=notes + [
+                             "builds: the streamed route (edgekit/build/streamed.py): stand-in export with shared "
+                             "decoder weights, activation ranges from the checkpoint's text forward, quantized "
+                             "stand-in, checkpoint weights written in; peak RSS = whole process tree, sampled 0.2 s",
+                             f"bench: edgekit bench --device host, cold mode, {a.reps} reps + 1 warmup, prefill "
+                             f"{a.prefill}, decode {a.decode}; the machine was shared with other jobs (load average "
+                             f"{os.getloadavg()[0]:.1f} when written)"],
+                         settings=[f"cache length {a.cache_length}, prefill signature {a.prefill}"])
+        C.update_results(f"fullsize-{a.model}", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
