@@ -562,11 +562,6 @@ def _live_tensors(model) -> list[set[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "fill_section keeps the stand-in's shared weights, now read by no op, as tensors pointing at the "
-    "empty buffer 0 and skips them when restoring the vocabulary: lm_head [1031, 128] in the decode "
-    "subgraph and each embedding table stay in the sections with the stand-in's shape, and ai-edge-"
-    "quantizer's calibrator cannot run a filled section ('Tensor data is null')"))
 def test_fill_leaves_no_standin_tensor_behind():
     from edgekit.build.standin import STANDIN_VOCAB
 

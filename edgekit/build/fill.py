@@ -344,6 +344,7 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
                 t.quantization = None
                 t.name = (_name(t) + f";unused{ti}").encode()
                 dead.add((si, ti))
+    _drop_tensors(model, dead)
     still = {int(t.buffer) for sg in model.subgraphs for t in sg.tensors}
     for b in old_buffers - still:
         model.buffers[b].data = None
@@ -362,6 +363,37 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
                 rep.vocab_tensors += 1
     write_model(model, dst)
     return rep
+
+
+def _drop_tensors(model, dead: set[tuple[int, int]]) -> None:
+    """Remove tensors no op reads any more, renumbering ops, subgraph and signature indices."""
+    for si, sg in enumerate(model.subgraphs):
+        gone = {ti for s_, ti in dead if s_ == si}
+        if not gone:
+            continue
+        remap, kept = {}, []
+        for ti, t in enumerate(sg.tensors):
+            if ti not in gone:
+                remap[ti] = len(kept)
+                kept.append(t)
+
+        def re(idx):
+            return np.array([remap[int(i)] if int(i) >= 0 else int(i) for i in idx], dtype=np.int32)
+
+        for op in sg.operators:
+            op.inputs = re(op.inputs)
+            op.outputs = re(op.outputs)
+            if getattr(op, "intermediates", None) is not None:
+                op.intermediates = re(op.intermediates)
+        sg.inputs = re(sg.inputs)
+        sg.outputs = re(sg.outputs)
+        sg.tensors = kept
+        for sd in model.signatureDefs or []:
+            if sd.subgraphIndex != si:
+                continue
+            for tm in list(sd.inputs or []) + list(sd.outputs or []):
+                tm.tensorIndex = remap[int(tm.tensorIndex)]
+    dead.clear()
 
 
 def write_model(model, dst: str | os.PathLike) -> None:
