@@ -278,8 +278,8 @@ def build(
     calibration: str | os.PathLike | None = None,
     output: str | os.PathLike = "dist",
     force: bool = False,
-    prefill: int = 32,
-    cache_length: int = 256,
+    prefill: int | None = None,
+    cache_length: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     decode_steps: int = 8,
     calibration_samples: int = 64,
@@ -454,8 +454,8 @@ def _build(
     calibration: str | os.PathLike | None = None,
     output: str | os.PathLike = "dist",
     force: bool = False,
-    prefill: int = 32,
-    cache_length: int = 256,
+    prefill: int | None = None,
+    cache_length: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     decode_steps: int = 8,
     calibration_samples: int = 64,
@@ -481,6 +481,8 @@ def _build(
     st = _Stages(progress, log)
     preset = get_preset(model)
     sch = load_scheme(scheme, preset)
+    prefill = preset.default_prefill if prefill is None else prefill
+    cache_length = preset.default_cache_length if cache_length is None else cache_length
     if prefill < 1 or cache_length < 2 or prefill >= cache_length:
         raise UsageError(f"--prefill {prefill} must be >= 1 and below --cache-length {cache_length}")
     if width_div < 1:

@@ -29,8 +29,10 @@ import click
 @click.option("--output", type=click.Path(path_type=Path), default=Path("dist"), show_default=True,
               help="Folder that receives <model>-<scheme>[-text]/.")
 @click.option("--force", is_flag=True, help="Build even when the memory/disk estimate says it will not fit.")
-@click.option("--prefill", type=int, default=32, show_default=True, help="Prefill signature length.")
-@click.option("--cache-length", type=int, default=256, show_default=True, help="KV-cache length.")
+@click.option("--prefill", type=int, default=None,
+              help="Prefill signature length (default: 128 for e2b/e4b, litert-torch's export default; 32 for tiny).")
+@click.option("--cache-length", type=int, default=None,
+              help="KV-cache length (default: 4096 for e2b/e4b, litert-torch's export default; 256 for tiny).")
 @click.option("--no-quality", is_flag=True, help="Skip the quality comparison against an existing fp16 build.")
 @click.option("--requantize", is_flag=True,
               help="QAT checkpoint: naive min-max re-quantization + calibration instead of its exact integers "

@@ -71,6 +71,11 @@ class Preset:
     audio: Mapping[str, Any]
     top: Mapping[str, Any] = field(default_factory=dict)
     default_scheme: str = "wNa8o8"
+    # prefill signature and KV-cache lengths a build uses unless told: litert-torch's own
+    # export defaults (ExportableModuleConfig: prefill_lengths [128], cache_length 4096),
+    # which published Gemma 4 LiteRT-LM bundles and peers (hf-to-litertlm) use; tiny keeps small ones
+    default_prefill: int = 128
+    default_cache_length: int = 4096
     bit_map: str = "e2b"  # which published bit map the wNa8o8 scheme follows
     tokenizer_dir: Path | None = None  # shipped tokenizer (tiny); None: synthetic for random weights
     shipped_checkpoint_dir: Path | None = None  # folder with config.json (+ weights once trained)
@@ -443,6 +448,8 @@ E4B = Preset(
 
 TINY = Preset(
     name="tiny",
+    default_prefill=32,
+    default_cache_length=256,
     description="tiny Gemma 4 (10 layers, hidden 128, vocab 2048, 4 KV-shared double-wide layers, "
     "small vision and audio towers) for demos and tests",
     text=_text(
