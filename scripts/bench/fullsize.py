@@ -66,14 +66,14 @@ def read_build(dist: Path, model: str, scheme: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def bench(model: str, dist: Path, reps: int, prefill: int, decode: int) -> tuple[dict, dict, Path]:
+def bench(model: str, dist: Path, reps: int, prefill: int, decode: int, warmup: int = 1) -> tuple[dict, dict, Path]:
     w = C.find_bundle(dist, model, "wNa8o8")
     f = C.find_bundle(dist, model, "fp16")
     if w is None or f is None:
         raise SystemExit(f"error: need both {name_of(model, 'wNa8o8')} and {name_of(model, 'fp16')} in {dist}")
     out = dist / "bench"
     argv = C.edgekit_argv("bench", "--device", "host", "--bundle", str(w), "--baseline", str(f),
-                          "--warmup", "1", "--reps", str(reps), "--prefill", str(prefill), "--decode", str(decode),
+                          "--warmup", str(warmup), "--reps", str(reps), "--prefill", str(prefill), "--decode", str(decode),
                           "--no-profile-thresholds", "--json", "--output", str(out))
     C.log("running " + " ".join(argv))
     r = C.run_measured(argv, interval=0.5, cwd=C.REPO, echo=False)
@@ -90,6 +90,9 @@ def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
     for scheme in ("wNa8o8", "fp16"):
         b = read_build(dist, model, scheme)
         if b is None:
+            if scheme == "wNa8o8":  # the target row stays, shown as not measured
+                rows.append(C.Row(f"full {model} text-only: peak build RSS, GiB", "not built", "", None,
+                                  TARGETS["peak_build_gib"], unit=" GiB"))
             continue
         gib = b["peak_rss_bytes"] / GIB
         label = f"full {model} text-only: peak build RSS, GiB" if scheme == "wNa8o8" else \
@@ -103,6 +106,9 @@ def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
         fb = f.stat().st_size if f is not None else None
         rows.append(C.Row(f"full {model} text-only: bundle bytes, GB", f"{wb:,}", f"fp16 {fb:,}" if fb else "n/a",
                           round(wb / 1e9, 3), TARGETS["bundle_gb"].get(model), unit=" GB"))
+    if mc is None:
+        rows.append(C.Row(f"full {model} text-only: anon while decoding, GB", "not measured", "", None,
+                          TARGETS["anon_gb"].get(model), unit=" GB"))
     if mc is not None:
         anon = mc.get("decode_anon_mb")
         rows.append(C.Row(f"full {model} text-only: anon while decoding, GB",
@@ -128,6 +134,7 @@ def main() -> int:
     ap.add_argument("--schemes", default="wNa8o8,fp16")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--cache-length", type=int, default=4096)
@@ -141,7 +148,7 @@ def main() -> int:
     mc = mb = None
     notes = []
     if a.bench:
-        mc, mb, folder = bench(a.model, a.dist, a.reps, a.prefill, a.decode)
+        mc, mb, folder = bench(a.model, a.dist, a.reps, a.prefill, a.decode, a.warmup)
         notes.append(f"bench result folder: {folder}")
         C.atomic_json(a.dist / f"{a.model}-bench-medians.json", {"wNa8o8": mc, "fp16": mb, "folder": str(folder)})
     elif (a.dist / f"{a.model}-bench-medians.json").is_file():
@@ -149,6 +156,12 @@ def main() -> int:
         mc, mb = d["wNa8o8"], d["fp16"]
         notes.append(f"bench result folder: {d['folder']}")
     rows = rows_for(a.model, a.dist, mc, mb)
+    for scheme in ("wNa8o8", "fp16"):
+        b = read_build(a.dist, a.model, scheme)
+        if b is not None:
+            notes.append(f"{scheme} build: commit {b.get('commit')}, {b.get('date')}, "
+                         f"{b['seconds'] / 60:.1f} min, peak {b['peak_rss_bytes'] / GIB:.2f} GiB"
+                         + (f" ({b['note']})" if b.get("note") else ""))
     print(C.table(rows, ("metric", "wNa8o8 / time", "fp16 / exit", "value")))
     if a.write:
         body = C.section(f"fullsize-{a.model}: full-size {a.model} text-only, built and run here (no extrapolation)",
@@ -156,7 +169,7 @@ def main() -> int:
                              "builds: the streamed route (edgekit/build/streamed.py): stand-in export with shared "
                              "decoder weights, activation ranges from the checkpoint's text forward, quantized "
                              "stand-in, checkpoint weights written in; peak RSS = whole process tree, sampled 0.2 s",
-                             f"bench: edgekit bench --device host, cold mode, {a.reps} reps + 1 warmup, prefill "
+                             f"bench: edgekit bench --device host, cold mode, {a.reps} reps + {a.warmup} warmup, prefill "
                              f"{a.prefill}, decode {a.decode}; the machine was shared with other jobs (load average "
                              f"{os.getloadavg()[0]:.1f} when written)"],
                          settings=[f"cache length {a.cache_length}, prefill signature {a.prefill}"])
