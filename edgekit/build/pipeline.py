@@ -269,25 +269,9 @@ def bundle_name(model: str, scheme_name: str, text_only: bool) -> str:
 def build(
     model: str,
     *,
-    checkpoint: str | os.PathLike | None = None,
-    random_weights: bool = False,
-    width_div: int = 1,
-    seed: int = 0,
-    scheme: Any = "wNa8o8",
-    text_only: bool = False,
-    calibration: str | os.PathLike | None = None,
-    output: str | os.PathLike = "dist",
-    force: bool = False,
-    prefill: int | None = None,
-    cache_length: int | None = None,
     cache_dir: str | os.PathLike | None = None,
-    decode_steps: int = 8,
-    calibration_samples: int = 64,
-    verify_engine: bool = True,
-    quality: bool = True,
     progress: Progress | None = None,
-    requantize: bool = False,
-    route: str = "auto",
+    **options: Any,
 ) -> BuildResult:
     """Build one bundle; returns its path, the manifest path and the manifest.
 
@@ -296,6 +280,10 @@ def build(
     restored. After a success the log moves to ``<cache>/logs/<name>.log`` (named in
     ``manifest["build"]["toolchain_log"]``) and the work folder is removed; when a stage
     fails, the log alone is kept in the work folder and the error message names it.
+
+    ``options`` are :func:`_build`'s keywords (checkpoint, random_weights, width_div, seed,
+    scheme, text_only, calibration, output, force, prefill, cache_length, decode_steps,
+    calibration_samples, verify_engine, quality, requantize, route).
     """
     from edgekit.build import export as ex
     from edgekit.build.toolchain_log import LOG_FILE, ToolchainLog
@@ -306,13 +294,7 @@ def build(
     keep_log = False
     try:
         with log:
-            res = _build(
-                model, checkpoint=checkpoint, random_weights=random_weights, width_div=width_div, seed=seed,
-                scheme=scheme, text_only=text_only, calibration=calibration, output=output, force=force,
-                prefill=prefill, cache_length=cache_length, cache_dir=cache, decode_steps=decode_steps,
-                calibration_samples=calibration_samples, verify_engine=verify_engine, quality=quality,
-                progress=log.outside(progress), requantize=requantize, log=log, work_dir=work, route=route,
-            )
+            res = _build(model, cache_dir=cache, progress=log.outside(progress), log=log, work_dir=work, **options)
         final = getattr(log, "final_path", None)
         if final is not None and log.path.is_file():
             final.parent.mkdir(parents=True, exist_ok=True)
