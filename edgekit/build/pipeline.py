@@ -123,14 +123,19 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
     quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
     peak = max(export_rss, quant_rss)
     if streamed:
-        # stand-in export: about one layer of each kind (4) is converted; fill: the largest
-        # quantized section, its serialized copy and a row block; calibration: one float
-        # layer at a time (edgekit/build/streamed.py)
+        # Per-stage model of the streamed route, fitted on full-size E2B (docs/build-memory.md):
+        # stand-in export child 3.72 GiB (tied groups ~4 layers' weights); builder while filling
+        # the largest section: its bytes held, serialized and written (fp16: 11.8 GiB for a
+        # 4.7 GB section); the engine verify child maps the whole bundle and, for float16
+        # weights, unpacks them (fp16 tree peak 15.7 GiB for 10.1 GB).
         layer = counts["decoder"] / max(1, preset.num_layers)
-        export_rss = int(EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * 4 * layer)
-        fill_rss = int(EXPORT_RSS_BASE // 2 + 3 * max(counts["ple"], counts["decoder"]) * 4 / 8)
-        calib_rss = int(EXPORT_RSS_BASE // 2 + 8 * 4 * layer)
-        peak = max(export_rss, fill_rss, calib_rss)
+        export_rss = int(1.3 * 2**30 + 12 * 4 * layer)
+        bits = {"ple": _bits_of(scheme, f"{p}.embed_tokens_per_layer"),
+                "decoder": _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")}
+        largest = max(counts["ple"] * bits["ple"], (counts["decoder"] + counts["embedding"]) * bits["decoder"]) / 8
+        fill_rss = int(1.0 * 2**30 + 2.2 * largest)
+        engine_rss = int(1.6 * bundle_bytes)
+        peak = max(export_rss, fill_rss, engine_rss, int(1.5 * 2**30))
         float_bytes = 0
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
