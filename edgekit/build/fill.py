@@ -39,7 +39,10 @@ DEQUANTIZE = 6
 FLOAT32, FLOAT16, INT32, INT8, INT4, INT2 = 0, 1, 2, 9, 17, 19  # ai_edge_litert schema_py_generated.TensorType
 _QBITS = {INT8: 8, INT4: 4, INT2: 2}
 ROW_BLOCK_BYTES = 64 << 20  # float32 bytes of checkpoint rows converted at once
-INLINE_LIMIT = 1_900_000_000  # larger sections are written with external buffers
+# sections with more weight bytes are written with external buffers (ai-edge-quantizer's
+# writer, straight into the file): the inline flatbuffer builder holds the data two or three
+# times while it grows (the full E2B per-layer table, 1.2 GB, took the builder to ~10 GiB)
+INLINE_LIMIT = 64 << 20
 
 
 # ------------------------------------------------------------------- weights
@@ -233,26 +236,38 @@ def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str
     """The filled buffer of one op's weight, and its per-row scales for integer types."""
     from ai_edge_quantizer.transformations import transformation_utils as tu
 
-    parts: list[np.ndarray] = []
-    scales: list[np.ndarray] = []
-    for _, block in weights.blocks(module):
+    shape = weights.shape(module)
+    n = int(np.prod(shape))
+    if dtype in _QBITS:
+        if (n * _QBITS[dtype]) % 8:
+            raise ValueError(f"{module}: {n} {_QBITS[dtype]}-bit values do not fill whole bytes")
+        total = n * _QBITS[dtype] // 8
+    elif dtype in (FLOAT32, FLOAT16):
+        total = n * (4 if dtype == FLOAT32 else 2)
+    else:
+        raise ValueError(f"{module}: cannot fill a weight of tensor type {dtype}")
+    # one output array written block by block: never the blocks and their concatenation at once
+    data = np.empty(total, dtype=np.uint8)
+    scales = np.empty(shape[0], dtype=np.float32) if dtype in _QBITS else None
+    pos = 0
+    for start, block in weights.blocks(module):
         if dtype == FLOAT32:
-            parts.append(np.ascontiguousarray(block, dtype=np.float32).view(np.uint8).reshape(-1))
+            b = np.ascontiguousarray(block, dtype=np.float32).view(np.uint8).reshape(-1)
         elif dtype == FLOAT16:
-            parts.append(block.astype(np.float16).view(np.uint8).reshape(-1))
-        elif dtype in _QBITS:
-            q, s, _ = _quantize_rows(block, _QBITS[dtype], kind)
-            scales.append(s)
-            q = q.astype(np.int8)
-            parts.append(tu.pack_data(_QBITS[dtype], q).view(np.uint8).reshape(-1) if dtype != INT8
-                         else q.view(np.uint8).reshape(-1))
-            if dtype != INT8 and (q.size * _QBITS[dtype]) % 8:
-                raise ValueError(f"{module}: a row block of {q.size} {_QBITS[dtype]}-bit values does not fill whole bytes")
+            b = block.astype(np.float16).view(np.uint8).reshape(-1)
         else:
-            raise ValueError(f"{module}: cannot fill a weight of tensor type {dtype}")
-        del block
-    data = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return data, (np.concatenate(scales) if scales else None)
+            q, sc, _ = _quantize_rows(block, _QBITS[dtype], kind)
+            scales[start:start + len(sc)] = sc
+            q = q.astype(np.int8)
+            if (q.size * _QBITS[dtype]) % 8:
+                raise ValueError(f"{module}: a row block of {q.size} {_QBITS[dtype]}-bit values does not fill whole bytes")
+            b = (tu.pack_data(_QBITS[dtype], q) if dtype != INT8 else q).view(np.uint8).reshape(-1)
+        data[pos:pos + b.size] = b
+        pos += b.size
+        del block, b
+    if pos != total:
+        raise ValueError(f"{module}: wrote {pos} of {total} bytes")
+    return data, scales
 
 
 # ------------------------------------------------------------------- fill
