@@ -216,11 +216,11 @@ def plan_source(preset, checkpoint, random_weights: bool, seed: int, width_div: 
                 hint=f"e.g. `edgekit build {preset.name} --random-weights --width-div 4 --text-only`",
             )
     if checkpoint is not None:
-        from edgekit.build.qat import precheck  # QAT hook: refuse a bad QAT checkpoint before reading weights
+        from edgekit.build.qat import precheck  # refuse a bad QAT checkpoint before reading weights
 
         precheck(checkpoint, preset)
         info = load_checkpoint(checkpoint, preset)
-        return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build() (QAT hook)
+        return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build()
     d = cache_dir / "checkpoints" / f"{preset.name}-seed{seed}-w{width_div}-float32"
     if _has_weights(d):
         return d, load_checkpoint(d, preset)
@@ -476,7 +476,7 @@ def _build(
         raise UsageError(f"--width-div must be a positive integer, got {width_div}")
     cache = Path(cache_dir) if cache_dir else ex.cache_root()
     out_root = Path(output)
-    # --- QAT hook (edgekit/build/qat.py): a quant_method 'gemma' checkpoint is validated before any
+    # --- QAT checkpoints (edgekit/build/qat.py): a quant_method 'gemma' checkpoint is validated before any
     # long work, exported from its exact dequantized float and quantized exactly (or naively: requantize)
     qat_build = None
     if checkpoint is not None and not random_weights:
@@ -505,7 +505,7 @@ def _build(
     ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
     source_dir = ckpt_dir  # the lock hashes the checkpoint given, not the QAT float derived from it
-    if qat_build is not None:  # QAT hook: export the exact dequantized float, not the packed checkpoint
+    if qat_build is not None:  # QAT: export the exact dequantized float, not the packed checkpoint
         ckpt_dir = qat_build.float_dir
     wd = info.width_div if info is not None else width_div
     from edgekit.build import streamed as sm
@@ -591,7 +591,7 @@ def _build(
                         dst = work / f"{sec}.tflite"
                         st.run("quantize", f"{sec}: float16 weights", qz.quantize_weights, path, dst, recipe)
                         replaced[sec] = dst
-            elif qat_build is not None and qat_build.exact:  # QAT hook: checkpoint integers + SRQ scales
+            elif qat_build is not None and qat_build.exact:  # QAT: checkpoint integers + SRQ scales
                 plans = {sec: qz.plan_section(path, sec, sch.bits_for) for sec, path in secs.items()}
                 replaced.update(qat_build.quantize(secs, plans, work, st.run))
             else:
@@ -708,7 +708,7 @@ def _build(
             manifest["lock"] = lk.make_lock(inputs=lock_inputs, options=lock_options, tools=lock_tools,
                                             host_rec=lk.host(), ident=ident, bundle=bundle)
             violations = insp.check(report, sch, preset, manifest)
-            if qat_build is not None:  # QAT hook: exactness read back, agreement with transformers
+            if qat_build is not None:  # QAT: exactness read back, agreement with transformers
                 violations = qat_build.expected_violations(violations)
                 manifest["qat"] = st.run("qat", "exactness vs the checkpoint, agreement vs transformers",
                                          qat_build.report, bundle)

@@ -31,7 +31,7 @@ The route (verified on the tiny model, see tests/test_qat_build.py):
    names them.
 
 ``requantize=True`` is the naive path for comparison: min-max re-quantization of the
-dequantized weights and calibrated activations (the build engineer's pipeline, unchanged).
+dequantized weights and calibrated activations (the classic pipeline, unchanged).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _ensure_tokenizer(folder: Path, preset) -> None:
     if (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file():
         return
     try:
-        from edgekit.models.checkpoint import _write_tokenizer  # the models engineer's helper
+        from edgekit.models.checkpoint import _write_tokenizer  # the checkpoint module's tokenizer writer
     except ImportError:  # pragma: no cover
         raise CheckpointError(f"{folder}: the QAT checkpoint has no tokenizer", hint="copy tokenizer.json next to config.json") from None
     if not _write_tokenizer(preset, folder):
@@ -389,7 +389,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         q = quantizer.Quantizer(str(secs[PD]))
         q.load_quantization_recipe(recipe)
         res = run("quantize", "prefill/decode: checkpoint integers + SRQ activation scales", q.quantize, qsv)
-    qz._export(res, dst)  # noqa: SLF001 - the build engineer's exporter helper
+    qz._export(res, dst)  # noqa: SLF001 - the classic route's exporter helper
     replaced[PD] = dst
 
     # ---- embedders

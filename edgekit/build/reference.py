@@ -105,7 +105,7 @@ def agreement(bundle: str | os.PathLike, checkpoint: str | os.PathLike, *, text=
 
 
 def default_eval_text():
-    """The quality engineer's shipped evaluation text, else a held-out corpus slice."""
+    """The shipped evaluation text, else a held-out corpus slice."""
     from edgekit import quality as ql
 
     if Path(ql.EVAL_TEXT).is_file():

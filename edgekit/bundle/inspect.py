@@ -415,7 +415,7 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] 
         v.extend(_check_preset(report, preset, manifest))
     if manifest is not None:
         v.extend(_check_manifest(report, manifest))
-        if isinstance(manifest.get("qat"), dict):  # QAT hook: float-activation linears the checkpoint asks for
+        if isinstance(manifest.get("qat"), dict):  # QAT build: float-activation linears the checkpoint asks for
             from edgekit.bundle.exactness import filter_expected
 
             v = filter_expected(v, manifest["qat"].get("float_activation_modules"))

@@ -91,12 +91,12 @@ def module_name_for(weight_name: str, scope: str, is_gate: bool | None, section:
         return f"{TEXT_PREFIX}.embed_tokens_per_layer"
     lin = _LINEAR_RE.findall(weight_name + ";")
     if not lin:
-        # (QAT engineer) with trained/dequantized weights the converter may fold the
+        # with trained/dequantized weights the converter may fold the
         # projection's constant scale into its weight and name the result after the owner
         # module: the only Linear Gemma4TextModel owns directly is per_layer_model_projection.
         if weight_name.rstrip(";").endswith("Gemma4TextModel_language_model"):
             return f"{TEXT_PREFIX}.per_layer_model_projection"
-        # (build-memory engineer) litert-torch's lightweight conversion leaves the tied
+        # litert-torch's lightweight conversion leaves the tied
         # lm_head weight unnamed ("arith.constant<N>"); the FC writing the logits is it.
         if section == "tf_lite_prefill_decode" and scope.rstrip(";").endswith("_logits_output"):
             return "lm_head"

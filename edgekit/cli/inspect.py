@@ -23,7 +23,7 @@ def command(bundle: Path, as_json: bool, scheme: str | None, manifest_path: Path
         click.echo(json.dumps({"report": report, "checked_against": checked, "violations": violations}, indent=2))
     else:
         click.echo(format_text(report, violations if checked else None))
-        if checked.get("manifest"):  # QAT hook: exactness and agreement of a QAT build
+        if checked.get("manifest"):  # QAT build: exactness and agreement of a QAT build
             from edgekit.bundle.exactness import format_qat
 
             qrec = json.loads(Path(checked["manifest"]).read_text()).get("qat")

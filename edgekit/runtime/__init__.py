@@ -2,5 +2,5 @@
 
 ``signatures.BundleModel`` drives a bundle's prefill/decode signatures with
 ai-edge-litert's interpreter; ``litertlm_file`` reads the ``.litertlm`` section
-table; ``runner`` (devices engineer) writes the benchmark JSONL.
+table; ``runner`` writes the benchmark JSONL.
 """
