@@ -41,7 +41,16 @@ def _check_folder(folder: Path, transport: str) -> None:
     for run in r.runs:
         assert (folder / run.trace_dir / "mem.tsv").is_file()
         assert run.metrics["decode_tps"] and run.metrics["decode_tps"] > 0
-        assert run.metrics["peak_rss_mb"] and run.metrics["peak_rss_mb"] > 0
+        rss, basis = run.metrics["peak_rss_mb"], run.basis.get("peak_rss_mb")
+        # a run of ~0.4 s on a loaded 2-core machine can get fewer readings than a peak needs:
+        # then the figure is absent and says why, never a number from too few readings
+        if rss is None:
+            assert basis is not None and basis.reason and basis.samples is not None \
+                and basis.samples < basis.minimum, (run.order, basis)
+        else:
+            assert rss > 0 and (basis is None or basis.valid)
+    for role in ("candidate", "baseline"):
+        assert any(x.metrics["peak_rss_mb"] for x in r.measured(role)), f"{role}: no run has a peak RSS"
     assert (folder / "report.html").read_text().count("data:image/png;base64,") >= 2
 
 
