@@ -221,16 +221,34 @@ def plan_source(preset, checkpoint, random_weights: bool, seed: int, width_div: 
         precheck(checkpoint, preset)
         info = load_checkpoint(checkpoint, preset)
         return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build()
-    d = cache_dir / "checkpoints" / f"{preset.name}-seed{seed}-w{width_div}-float32"
+    d = cache_dir / "checkpoints" / f"{preset.name}-seed{seed}-w{width_div}-{random_dtype(preset, width_div)}"
     if _has_weights(d):
         return d, load_checkpoint(d, preset)
     return d, None
 
 
+RANDOM_FLOAT32_MAX_BYTES = 24 * 10**9
+
+
+def _random_bytes(preset, width_div: int) -> int:
+    from edgekit.models.checkpoint import random_checkpoint_bytes
+
+    return random_checkpoint_bytes(preset, width_div, random_dtype(preset, width_div))
+
+
+def random_dtype(preset, width_div: int) -> str:
+    """The dtype of a random checkpoint: float32, or bfloat16 (the dtype Gemma 4 ships in)
+    when float32 would exceed 24 GB (full-size E4B: 31.8 GB float32, 15.9 GB bfloat16);
+    every float dtype goes through the same readers."""
+    from edgekit.models.checkpoint import random_checkpoint_bytes
+
+    return "float32" if random_checkpoint_bytes(preset, width_div) <= RANDOM_FLOAT32_MAX_BYTES else "bfloat16"
+
+
 def make_random_source(preset, d: Path, seed: int, width_div: int):
     from edgekit.models.checkpoint import load_checkpoint, make_random_checkpoint
 
-    make_random_checkpoint(preset, d, seed=seed, width_div=width_div)
+    make_random_checkpoint(preset, d, seed=seed, width_div=width_div, dtype=random_dtype(preset, width_div))
     return load_checkpoint(d, preset)
 
 
@@ -525,7 +543,7 @@ def _build(
         key = ex.export_key(source_identity, opts)
         cached = (cache / "exports" / key / "model.litertlm").is_file()
     est = estimate(preset, wd, sch, text_only, out_root, cached, cache,
-                   random_checkpoint_bytes=0 if info is not None else 4 * preset.param_counts(wd)["total"],
+                   random_checkpoint_bytes=0 if info is not None else _random_bytes(preset, wd),
                    streamed=streamed)
     if progress:
         progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM (available "
