@@ -263,13 +263,7 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_streamed_route_without_text_only_exits_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_CACHE", str(bundle_cache_root()))
-    code = _cli("build", "tiny", "--route", "streamed", "--output", str(tmp_path / "dist"), "--no-quality")
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "text-only" in _one_error_line(err)
-    assert not (tmp_path / "dist" / "tiny-wNa8o8").exists()
+# a multimodal build on the streamed route: tests/test_streamed_encoders.py
 
 
 @pytest.mark.slow

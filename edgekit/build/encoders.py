@@ -57,11 +57,13 @@ def _convert(module, samples: dict, path: Path) -> Path:
 
 
 def export_encoders(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
-                    log: Callable[[str], None] = print) -> tuple[dict[str, Path], dict[str, Any]]:
+                    log: Callable[[str], None] = print,
+                    towers: tuple[str, ...] = ("vision", "audio")) -> tuple[dict[str, Path], dict[str, Any]]:
     """Convert the checkpoint's vision and audio towers to float32 ``.tflite`` files.
 
     Returns ``({section name: path}, record)``; the record names the signatures,
-    the sample shapes and the sections that were skipped, with why.
+    the sample shapes and the sections that were skipped, with why. ``towers``
+    limits the conversion to some towers (the streamed route converts one per child).
     """
     import torch
     from litert_torch.generative.export_hf.core import export_lib
@@ -78,7 +80,6 @@ def export_encoders(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
     src = export_lib.load_model(str(model_dir), cfg, task="image_text_to_text")
     model, mc, tok = src.model, src.model_config, src.tokenizer
     model.set_attn_implementation("eager")
-    vc, ac = mc.vision_config, mc.audio_config
     out: dict[str, Path] = {}
     rec: dict[str, Any] = {"route": "litert_torch Converter on the upstream Gemma 4 exportable modules",
                            "sections": {}, "skipped": {}}
@@ -94,6 +95,15 @@ def export_encoders(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
         }
         log(f"[encoders] {section}: {path.stat().st_size} bytes in {time.monotonic() - t0:.1f}s")
 
+    if "vision" in towers:
+        _vision(model, mc, cfg, tok, special, run, rec, Gemma4ImageProcessorPil, torch, mx)
+    if "audio" in towers:
+        _audio(model, mc, cfg, tok, special, run, rec, torch, mx)
+    return out, rec
+
+
+def _vision(model, mc, cfg, tok, special, run, rec, Gemma4ImageProcessorPil, torch, mx) -> None:
+    vc = mc.vision_config
     # vision: encoder (patches -> soft tokens), adapter (soft tokens -> text embedding space)
     enc_cls, ad_cls, eoi_cls = mx.get_vision_exportables(mc)
     processor = Gemma4ImageProcessorPil(patch_size=vc.patch_size, pooling_kernel_size=vc.pooling_kernel_size)
@@ -109,6 +119,9 @@ def export_encoders(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
     else:
         rec["skipped"]["tf_lite_end_of_vision"] = "the tokenizer has no eoi_token"
 
+
+def _audio(model, mc, cfg, tok, special, run, rec, torch, mx) -> None:
+    ac = mc.audio_config
     # audio: conformer encoder over mel frames, adapter into the text embedding space
     aenc_cls, aad_cls, eoa_cls = mx.get_audio_exportables(mc)
     # transformers sizes the subsampler's projection for mel bins == subsampling_conv_channels[0]
@@ -127,7 +140,6 @@ def export_encoders(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
         run("tf_lite_end_of_audio", m, m.get_sample_inputs(mc))
     else:
         rec["skipped"]["tf_lite_end_of_audio"] = "the tokenizer has no eoa_token"
-    return out, rec
 
 
 def add_sections(bundle: str | os.PathLike, sections: dict[str, Path], out_path: str | os.PathLike,
@@ -191,3 +203,198 @@ def quantize_encoders(secs: dict[str, Path], scheme, work: Path, run) -> tuple[d
         rec[sec] = {"fully_connected": bits, "activations": _ACT_NOTE if recipe else "float"}
     return replaced, rec
 
+
+
+# ------------------------------------------------------------------ streamed route: towers only
+# The streamed route never loads the whole checkpoint: each tower is converted in its own
+# child process (its memory returns to the system between towers) from a model built on the
+# meta device in which only that tower's tensors are real, read tensor by tensor.
+TOWER_PREFIXES = {
+    "vision": ("model.vision_tower.", "model.embed_vision."),
+    "audio": ("model.audio_tower.", "model.embed_audio."),
+}
+EMBED_TOKENS = "model.language_model.embed_tokens."  # read only for an end-of-image/audio section
+TOWER_EOS = {"vision": "eoi_token", "audio": "eoa_token"}
+
+
+def materialize_towers(model, model_dir: str | os.PathLike, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """Make real the parameters and persistent buffers of ``model`` under ``prefixes``; drop the rest.
+
+    ``model`` was built with its parameters on the meta device. Tensors under ``prefixes``
+    are read from the safetensors one at a time; every other meta parameter or buffer is
+    set to None, so an export of a wrapper that holds the whole model lifts nothing it
+    cannot read. Returns the record of what was loaded.
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from edgekit.models.qat import read_safetensors_headers, read_tensor
+
+    entries = read_safetensors_headers(Path(model_dir))
+    loaded: list[str] = []
+    seen: set[str] = set()
+    nbytes = dropped = 0
+    for mname, mod in model.named_modules():
+        for attr in ("_parameters", "_buffers"):
+            table = getattr(mod, attr)
+            for pname, p in list(table.items()):
+                if p is None:
+                    continue
+                full = f"{mname}.{pname}" if mname else pname
+                e = entries.get(full) if full.startswith(prefixes) else None
+                if e is not None and full not in seen and (p.is_meta or attr == "_buffers"):
+                    if tuple(e.shape) != tuple(p.shape):
+                        raise ValueError(f"{full}: checkpoint shape {tuple(e.shape)}, model {tuple(p.shape)}")
+                    t = torch.from_numpy(np.ascontiguousarray(read_tensor(e), dtype=np.float32))
+                    if attr == "_parameters":
+                        table[pname] = nn.Parameter(t, requires_grad=False)
+                    else:
+                        table[pname] = t.to(p.dtype)
+                    loaded.append(full)
+                    seen.add(full)
+                    nbytes += t.nbytes
+                elif full.startswith(prefixes) and attr == "_parameters" and p.is_meta:
+                    raise ValueError(f"{full} is not in the checkpoint")
+                elif p.is_meta:
+                    table[pname] = None
+                    dropped += 1
+    missing = sorted(k for k in entries if k.startswith(prefixes) and k not in seen)
+    if missing:
+        raise ValueError(f"{len(missing)} checkpoint tensor(s) under {prefixes} have no place in the model, "
+                         f"e.g. {missing[:3]}")
+    return {"prefixes": list(prefixes), "tensors": len(loaded), "bytes": nbytes,
+            "checkpoint_tensors": len(entries), "dropped_meta": dropped,
+            "loaded_outside_prefixes": sorted(k for k in loaded if not k.startswith(prefixes))}
+
+
+def _towers_only_loader(prefixes: tuple[str, ...], record: dict):
+    """A stand-in for ``AutoModelForImageTextToText.from_pretrained``: meta model + only ``prefixes`` real."""
+
+    def from_pretrained(model_path, *args, config=None, torch_dtype=None, trust_remote_code=False, **kwargs):
+        import transformers
+        from litert_torch.generative.export_hf.core import weights_loader as wl
+
+        with wl.init_params_on_meta():
+            model = transformers.AutoModelForImageTextToText.from_config(
+                config=config, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        record.update(materialize_towers(model, model_path, prefixes))
+        return model
+
+    return from_pretrained
+
+
+def export_tower(model_dir: str | os.PathLike, tower: str, work_dir: str | os.PathLike,
+                 log: Callable[[str], None] = print) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Child side: convert one tower with only its own weights in memory (plus the main
+    embedding table when the tokenizer has the tower's end token, for that section)."""
+    import contextlib
+
+    import transformers
+
+    prefixes = TOWER_PREFIXES[tower]
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    if TOWER_EOS[tower] in (getattr(tok, "special_tokens_map", {}) or {}):
+        prefixes = prefixes + (EMBED_TOKENS,)
+    loaded: dict[str, Any] = {}
+    auto = transformers.AutoModelForImageTextToText
+    with contextlib.ExitStack() as stack:
+        # only the class the image_text_to_text task loads with; restored on exit
+        if "from_pretrained" in auto.__dict__:
+            stack.callback(setattr, auto, "from_pretrained", auto.__dict__["from_pretrained"])
+        else:
+            stack.callback(delattr, auto, "from_pretrained")
+        auto.from_pretrained = staticmethod(_towers_only_loader(prefixes, loaded))
+        files, rec = export_encoders(model_dir, work_dir, log, towers=(tower,))
+    rec["loaded"] = loaded
+    return files, rec
+
+
+def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
+                   towers: tuple[str, ...] = ("vision", "audio"),
+                   log: Callable[[str], None] | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Parent side: one ``python -m edgekit.build.encoders`` child per tower.
+
+    Returns ``({section: float32 .tflite}, record)``; the record has each child's
+    sections, what it loaded, its wall time and its peak RSS (``ru_maxrss`` of the child).
+    """
+    import json
+    import subprocess
+    import sys
+
+    from edgekit.build.export import EXPORT_HASH_SEED, _failure_line, _tail
+    from edgekit.errors import BuildError
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    rec: dict[str, Any] = {"route": "streamed: one child per tower, only the tower's weights loaded",
+                           "sections": {}, "skipped": {}, "towers": {}}
+    for tower in towers:
+        out = work / tower
+        logf = work / f"{tower}.log"
+        cmd = [sys.executable, "-m", "edgekit.build.encoders", "--model", str(Path(model_dir).resolve()),
+               "--tower", tower, "--output-dir", str(out)]
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONHASHSEED"] = EXPORT_HASH_SEED
+        t0 = time.monotonic()
+        with open(logf, "wb") as lf:
+            proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
+            try:
+                _, status, rusage = os.wait4(proc.pid, 0)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        code = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - t0
+        result = out / "encoders.json"
+        if code != 0 or not result.is_file():
+            why = (f"killed by signal {-code} (out of memory?)" if code < 0 else _failure_line(_tail(logf)))
+            raise BuildError(f"{tower} encoder conversion failed: {why} (log: {logf})")
+        child = json.loads(result.read_text())
+        for sec, path in child["files"].items():
+            files[sec] = Path(path)
+        rec["sections"].update(child["record"]["sections"])
+        rec["skipped"].update(child["record"]["skipped"])
+        rec["towers"][tower] = {"seconds": round(seconds, 3), "peak_rss_bytes": int(rusage.ru_maxrss) * 1024,
+                                "loaded": child["record"].get("loaded")}
+        if log is not None:
+            log(f"{tower}: {len(child['files'])} section(s) in {seconds:.0f} s, "
+                f"child peak RSS {rusage.ru_maxrss / 2**20:.2f} GiB")
+    return files, rec
+
+
+def append_sections(toml: str | os.PathLike, sections: dict[str, Path]) -> None:
+    """Add TFLite sections to an unpacked bundle's ``model.toml`` (litert-lm-builder layout)."""
+    from edgekit.fsutil import atomic_write_text
+
+    toml = Path(toml)
+    text = toml.read_text()
+    for name, path in sections.items():
+        mt = name[len("tf_lite_"):]
+        text += f'\n[[section]]\nmodel_type = "{mt}"\nsection_type = "TFLiteModel"\ndata_path = "{Path(path).resolve()}"\n'
+    atomic_write_text(toml, text)
+
+
+def _child(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from edgekit.fsutil import atomic_write_json
+
+    ap = argparse.ArgumentParser(prog="python -m edgekit.build.encoders")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tower", required=True, choices=sorted(TOWER_PREFIXES))
+    ap.add_argument("--output-dir", required=True)
+    a = ap.parse_args(argv)
+    out = Path(a.output_dir)
+    files, rec = export_tower(a.model, a.tower, out)
+    atomic_write_json(out / "encoders.json", {"files": {k: str(v) for k, v in files.items()}, "record": rec})
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child())
