@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.errors import BuildError, CheckpointError, EdgekitError, OutputNotWritable, ResourceError, UsageError
-from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
 
 Progress = Callable[[str, str, float | None], None]
 """progress(stage, message, seconds): seconds is None when a stage starts."""
@@ -286,6 +285,10 @@ def _tokenize(bundle: Path, texts: list[str], limit: int) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------ build
+def bundle_name(model: str, scheme_name: str, text_only: bool) -> str:
+    return f"{model}-{scheme_name}" + ("-text" if text_only else "")
+
+
 def build(
     model: str,
     *,
@@ -354,8 +357,8 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     """
     from edgekit.build import export as ex
     from edgekit.bundle import lock as lk
+    from edgekit.bundle import manifest as mf
     from edgekit.errors import ConfigError, NotComparable
-    from edgekit.results import manifest as mf
 
     path = Path(manifest)
     if path.is_dir() or path.suffix == ".litertlm":
@@ -363,7 +366,7 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         if found is None:
             raise ConfigError(f"{path}: no manifest.json beside it", hint="pass the manifest.json of a built bundle")
         path = found
-    locked = mf.read_manifest(path).lock
+    locked = mf.read_manifest(path).get("lock")
     if not isinstance(locked, dict) or locked.get("schema") != lk.LOCK_SCHEMA:
         raise ConfigError(f"{path}: the manifest holds no lock (schema {lk.LOCK_SCHEMA})",
                           hint="rebuild the bundle with this edgekit to get one")
@@ -474,8 +477,8 @@ def _build(
     from edgekit.build import quantize as qz
     from edgekit.bundle import inspect as insp
     from edgekit.bundle import lock as lk
+    from edgekit.bundle import manifest as mf
     from edgekit.fsutil import atomic_dir
-    from edgekit.results import manifest as mf
     from edgekit.models.presets import get_preset
     from edgekit.schemes import load_scheme
 
@@ -498,8 +501,8 @@ def _build(
         from edgekit.build import qat as bq
 
         if bq.is_qat_checkpoint(checkpoint):
-            qat_build = st.run("source", "QAT checkpoint: validate", bq.QatBuild.prepare,
-                               checkpoint, preset, cache, requantize=requantize, dequantize=False)
+            qat_build = st.run("source", "QAT checkpoint: validate, exact dequantization", bq.QatBuild.prepare,
+                               checkpoint, preset, cache, requantize=requantize)
             sch = qat_build.scheme(sch, preset)
     if requantize and qat_build is None:
         raise UsageError("--requantize applies only to a quant_method 'gemma' (QAT) checkpoint",
@@ -520,16 +523,16 @@ def _build(
     ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
     source_dir = ckpt_dir  # the lock hashes the checkpoint given, not the QAT float derived from it
+    if qat_build is not None:  # QAT: export the exact dequantized float, not the packed checkpoint
+        ckpt_dir = qat_build.float_dir
     wd = info.width_div if info is not None else width_div
     from edgekit.build import streamed as sm
 
     # full-width E2B/E4B: convert a stand-in and fill the real weights in (edgekit/build/streamed.py)
     streamed = sm.use_streamed(route, preset.name, wd)
-    if qat_build is not None and not streamed:  # classic QAT: export the exact dequantized float
-        ckpt_dir = st.run("source", "QAT checkpoint: exact dequantization", qat_build.dequantize, cache)
-    if streamed and requantize:  # streamed QAT reads the checkpoint's integers and SRQ scales as stored
-        raise UsageError("--requantize (the naive QAT path) runs on the classic route only",
-                         hint="add --route classic (needs more memory), or drop --requantize")
+    if streamed and qat_build is not None:
+        raise UsageError("the streamed route does not take a quant_method 'gemma' (QAT) checkpoint yet",
+                         hint="build it with --route classic (needs more memory) or from float weights")
     opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
     cached = False
     if info is not None:
@@ -593,13 +596,13 @@ def _build(
                 encoders_rec = {"export": tower_rec or exp.record.get("encoders"), "quantization": enc_q}
             if streamed:
                 chunks = None
-                if not sch.is_float and sch.static_activations and qat_build is None:  # QAT: SRQ scales
+                if not sch.is_float and sch.static_activations:
                     texts, calib_rec = calib_texts, dict(calib_info)
                     ids = _tokenize(float_bundle, texts, limit=1 << 20)
                     chunks = sm.calibration_chunks(ids, min(128, prefill * 4))
                 filled, streamed_rec = sm.build_sections(
                     secs, ckpt_dir, sch, work, int(preset.vocab_size), st.run, chunks,
-                    progress=lambda msg: progress("fill", msg, None) if progress else None, qat=qat_build)
+                    progress=lambda msg: progress("fill", msg, None) if progress else None)
                 replaced.update(filled)
                 if calib_rec is not None:
                     calib_rec.update(streamed_rec.get("calibration", {}))
@@ -764,7 +767,7 @@ def _build(
 def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, baseline_manifest: dict) -> None:
     import importlib.util
 
-    from edgekit.results import manifest as mf
+    from edgekit.bundle import manifest as mf
 
     mpath = cand_dir / mf.MANIFEST_FILE
     if importlib.util.find_spec("edgekit.quality") is None or not mpath.is_file():
@@ -773,10 +776,10 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
         cand = mf.read_manifest(mpath)
     except EdgekitError:
         return
-    base = mf.Manifest.of(baseline_manifest)
-    if cand.quality or cand.bundle_file is None or cand.weights_sha256 != base.weights_sha256:
+    if cand.get("quality") or cand.get("source", {}).get("weights_sha256") != \
+            baseline_manifest["source"].get("weights_sha256"):
         return
-    cand_bundle = cand_dir / cand.bundle_file
+    cand_bundle = cand_dir / cand["bundle"]["file"]
     if not cand_bundle.is_file():
         return
     from edgekit import quality as ql
@@ -788,8 +791,9 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
     else:
         res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle,
                           baseline_bundle))
-    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
-    mf.write_manifest(mpath, cand.replace(quality=res))
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": baseline_manifest["bundle"].get("sha256")}
+    cand["quality"] = res
+    mf.write_manifest(mpath, cand)
 
 
 def _softcap(ckpt_dir: Path) -> float | None:
@@ -842,7 +846,7 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
     """manifest["quality"] against an fp16 build of the same source, when one exists."""
     import importlib.util
 
-    from edgekit.results import manifest as mf
+    from edgekit.bundle import manifest as mf
 
     if importlib.util.find_spec("edgekit.quality") is None:
         return None
@@ -853,9 +857,9 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
         base = mf.read_manifest(mpath)
     except EdgekitError:
         return None
-    if base.weights_sha256 != info.weights_sha256 or base.bundle_file is None:
+    if base.get("source", {}).get("weights_sha256") != info.weights_sha256:
         return None
-    baseline_bundle = baseline_dir / base.bundle_file
+    baseline_bundle = baseline_dir / base["bundle"]["file"]
     if not baseline_bundle.is_file():
         return None
     from edgekit import quality as ql
@@ -863,8 +867,8 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
     why = _too_big_for_interpreter(interpreter_bytes(candidate, False), interpreter_bytes(baseline_bundle, True))
     if why:
         st.run("quality", f"vs {baseline_bundle.name}: skipped, {why}", lambda: None)
-        return {"skipped": why, "baseline": {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}}
+        return {"skipped": why, "baseline": {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}}
     res = st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle)
     res = dict(res)
-    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}
     return res
