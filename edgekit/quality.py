@@ -15,8 +15,9 @@ HELD-OUT split: text the trained tiny model never saw). Its sha256 is recorded s
 results are only compared on the same text. The text is tokenized with the tokenizer the
 bundle carries (or one given explicitly).
 
-Thresholds (``ppl_ratio<=1.10``, ``top1_agreement>=0.90``) are parsed and checked here too,
-so the CLI, the build pipeline and the bench gate agree on their meaning.
+The figures are registered in ``edgekit.results.metrics`` (unit, direction); thresholds on
+them (``ppl_ratio<=1.10``, ``top1_agreement>=0.90``) are the gate's language
+(``edgekit.results.gate``), so ``edgekit eval`` and the bench gate agree on their meaning.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,13 +38,6 @@ EVAL_TEXT = Path(__file__).resolve().parent / "data" / "eval.txt"
 DEFAULT_MAX_TOKENS = 2048
 DEFAULT_SEQ_LEN = 128
 SCHEMA = 1
-
-# Manifest keys (read by the bench gate and the reports).
-METRICS = ("ppl_ratio", "top1_agreement", "kl_mean", "ppl_candidate", "ppl_baseline")
-# Which way is better, per metric (for threshold sanity and reports).
-HIGHER_IS_BETTER = {"top1_agreement": True, "ppl_ratio": False, "kl_mean": False,
-                    "ppl_candidate": False, "ppl_baseline": False, "kl_max": False,
-                    "top1_accuracy_candidate": True, "top1_accuracy_baseline": True}
 
 
 # --------------------------------------------------------------------------- text
@@ -287,48 +280,45 @@ def _score(model: Any, ids: list[int], which: str) -> np.ndarray:
     return logits
 
 
-# --------------------------------------------------------------------------- thresholds
+# --------------------------------------------------------------------------- gated evaluation
 
 
-_THRESHOLD = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
-_OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, ">": lambda a, b: a > b}
+def run_eval(
+    bundle: str | os.PathLike,
+    baseline: str | os.PathLike,
+    fail_on: Sequence[str] = (),
+    text: str | os.PathLike | None = None,
+    **kwargs: Any,
+):
+    """``edgekit eval``: evaluate ``bundle`` against ``baseline`` and gate the result.
+
+    The thresholds (``fail_on``, absolute bounds on :data:`edgekit.results.metrics.EVAL_METRICS`)
+    are parsed before any work, so bad syntax fails at once. ``kwargs`` go to :func:`evaluate`.
+    Returns ``(result, gate)``: :func:`evaluate`'s dict plus ``candidate``, ``baseline`` (paths)
+    and ``gate`` {thresholds, violations, passed}; ``gate`` is an
+    :class:`edgekit.results.gate.GateResult` (exit code 0 or 1).
+    """
+    from edgekit.results.gate import FAIL, check_record, parse_thresholds
+    from edgekit.results.metrics import EVAL_METRICS
+
+    thresholds = parse_thresholds(fail_on, "command line", EVAL_METRICS)
+    cand_path, base_path = resolve_bundle(bundle), resolve_bundle(baseline)
+    if isinstance(text, os.PathLike) and not Path(text).is_file():
+        raise UsageError(f"evaluation text not found: {text}", hint="pass an existing UTF-8 text file")
+    result = evaluate(cand_path, base_path, text=text, **kwargs)
+    result["candidate"], result["baseline"] = str(cand_path), str(base_path)
+    gate = check_record(result, thresholds)
+    result["gate"] = {
+        "thresholds": [str(t) for t in thresholds],
+        "violations": [f"{c.threshold.metric}={fmt_figure(result.get(c.threshold.metric))} (needs {c.threshold})"
+                       for c in gate.checks if c.status == FAIL],
+        "passed": gate.passed,
+    }
+    return result, gate
 
 
-@dataclass(frozen=True)
-class Threshold:
-    """``metric OP value``: the result passes when ``result[metric] OP value`` holds."""
-
-    metric: str
-    op: str
-    value: float
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}"
-
-    def holds(self, result: dict) -> bool:
-        v = result.get(self.metric)
-        if not isinstance(v, (int, float)) or math.isnan(v):
-            return False  # a missing or undefined figure never passes a gate
-        return _OPS[self.op](float(v), self.value)
-
-
-def parse_threshold(expr: str) -> Threshold:
-    m = _THRESHOLD.match(expr)
-    if not m:
-        raise UsageError(f"bad quality threshold {expr!r}",
-                          hint="write METRIC<=VALUE or METRIC>=VALUE, e.g. ppl_ratio<=1.10 or top1_agreement>=0.90")
-    metric, op, value = m.group(1), m.group(2), float(m.group(3))
-    if metric not in HIGHER_IS_BETTER:
-        raise UsageError(f"unknown quality metric {metric!r} in {expr!r}",
-                          hint="one of: " + ", ".join(sorted(HIGHER_IS_BETTER)))
-    return Threshold(metric, op, value)
-
-
-def check_thresholds(result: dict, thresholds: Iterable[str | Threshold]) -> list[tuple[Threshold, Any]]:
-    """The violated thresholds, each with the measured value (empty list: all pass)."""
-    out = []
-    for t in thresholds:
-        t = parse_threshold(t) if isinstance(t, str) else t
-        if not t.holds(result):
-            out.append((t, result.get(t.metric)))
-    return out
+def fmt_figure(v: Any) -> str:
+    """One evaluation figure for people: floats to 4 decimals, infinity as ``inf``."""
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4f}"
+    return str(v)

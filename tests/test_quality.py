@@ -17,6 +17,8 @@ from scipy.special import log_softmax, rel_entr, softmax
 from edgekit import quality
 from edgekit.cli.main import main
 from edgekit.errors import NotComparable, UsageError
+from edgekit.results.gate import check_record, parse_threshold, parse_thresholds
+from edgekit.results.metrics import EVAL_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "edgekit" / "models" / "assets" / "tiny" / "tokenizer.json"
@@ -149,21 +151,32 @@ def test_shipped_eval_text_is_heldout_prose():
     ("kl_mean<5e-2", "kl_mean", "<", 0.05),
 ])
 def test_parse_threshold(expr, metric, op, value):
-    t = quality.parse_threshold(expr)
+    t = parse_threshold(expr, metrics=EVAL_METRICS)
     assert (t.metric, t.op, t.value) == (metric, op, pytest.approx(value))
 
 
-@pytest.mark.parametrize("expr", ["ppl_ratio", "ppl_ratio=1.1", "speed<=3", "top1_agreement>=abc", ""])
+@pytest.mark.parametrize("expr", ["ppl_ratio", "ppl_ratio=1.1", "speed<=3", "top1_agreement>=abc", "",
+                                  "ppl_ratio:+5%", "decode_tps>=10"])
 def test_bad_threshold_is_a_usage_error(expr):
+    # eval's record has quality figures only: no relative change, no run metric
     with pytest.raises(UsageError):
-        quality.parse_threshold(expr)
+        parse_threshold(expr, metrics=EVAL_METRICS)
 
 
-def test_check_thresholds():
+def test_eval_detail_metrics_take_thresholds_in_eval_only():
+    assert parse_threshold("kl_max<=2", metrics=EVAL_METRICS).metric == "kl_max"
+    with pytest.raises(UsageError):
+        parse_threshold("kl_max<=2")  # not in a bench result
+
+
+def test_check_record():
     r = {"ppl_ratio": 1.2, "top1_agreement": 0.95, "kl_mean": float("nan")}
-    bad = quality.check_thresholds(r, ["ppl_ratio<=1.10", "top1_agreement>=0.90", "kl_mean<=1"])
-    assert [str(t) for t, _ in bad] == ["ppl_ratio<=1.1", "kl_mean<=1"]  # NaN never passes
-    assert quality.check_thresholds(r, ["ppl_ratio<=1.25", "top1_agreement>=0.9"]) == []
+    ts = parse_thresholds(["ppl_ratio<=1.10", "top1_agreement>=0.90", "kl_mean<=1"], metrics=EVAL_METRICS)
+    gate = check_record(r, ts)
+    assert [str(c.threshold) for c in gate.failed()] == ["ppl_ratio<=1.1", "kl_mean<=1"]  # NaN never passes
+    assert gate.exit_code == 1
+    ok = check_record(r, parse_thresholds(["ppl_ratio<=1.25", "top1_agreement>=0.9"], metrics=EVAL_METRICS))
+    assert ok.failed() == [] and ok.exit_code == 0
 
 
 def test_cli_missing_bundle_is_a_usage_error(tmp_path, capsys):
@@ -177,7 +190,7 @@ def test_cli_bad_threshold_is_rejected_before_any_work(tmp_path, capsys):
     code = main(["eval", str(tmp_path / "x.litertlm"), "--baseline", str(tmp_path / "y.litertlm"),
                  "--fail-on", "ppl_ratio=1.1"])
     assert code == 2  # same code as a bad threshold given to `edgekit gate`
-    assert "bad quality threshold" in capsys.readouterr().err
+    assert "bad threshold 'ppl_ratio=1.1'" in capsys.readouterr().err  # the gate's message: one language
 
 
 def test_cli_missing_baseline_option(tmp_path):

@@ -8,9 +8,8 @@ import json
 import pytest
 
 from edgekit.errors import ConfigError, UsageError
-from edgekit.results.records import (
-    METRICS, QUALITY_METRICS, RUN_METRICS, SCHEMA_VERSION, BenchResult, Run, load_result, save_result,
-)
+from edgekit.results.metrics import METRICS, QUALITY_METRICS, RUN_METRICS
+from edgekit.results.records import SCHEMA_VERSION, BenchResult, Run, load_result, save_result
 from fixtures_results import FIXTURES
 
 
@@ -115,3 +114,18 @@ def test_csv_view_matches_records():
         assert (row["role"], row["phase"], int(row["index"])) == (run.role, run.phase, run.index)
         assert float(row["decode_tps"]) == run.value("decode_tps")
         assert float(row["peak_anon_mb"]) == run.value("peak_anon_mb")
+
+
+def test_one_registry_serves_bench_eval_and_sweep():
+    from edgekit.results.metrics import EVAL_METRICS, REGISTRY
+
+    # a bench result lists the run and quality metrics; eval's record the quality and detail figures
+    assert set(METRICS) == {n for n, m in REGISTRY.items() if m.source in ("run", "quality")}
+    assert set(QUALITY_METRICS) <= set(EVAL_METRICS) and not set(RUN_METRICS) & set(EVAL_METRICS)
+    assert {"ppl_candidate", "ppl_baseline", "kl_max", "top1_accuracy_candidate"} <= set(EVAL_METRICS)
+    for m in REGISTRY.values():
+        assert m.direction in ("higher", "lower") and m.description and m.label
+    with pytest.raises(UsageError):
+        from edgekit.results.metrics import metric
+
+        metric("speed")

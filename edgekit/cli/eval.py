@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
 
-from edgekit.errors import GateFailed, UsageError
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else f"{v:.4f}"
-    return str(v)
+from edgekit.errors import GateFailed
+from edgekit.quality import fmt_figure as _fmt
 
 
 def render_table(result: dict) -> str:
@@ -54,36 +48,22 @@ def render_table(result: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the JSON result here")
 def command(bundle, baseline, text, tokenizer, max_tokens, seq_len, threads, fail_on, as_json, out) -> int:
-    from edgekit import quality
     from edgekit.fsutil import atomic_write_json
+    from edgekit.quality import run_eval
 
-    thresholds = [quality.parse_threshold(t) for t in fail_on]  # bad syntax fails before any work
-    cand_path = quality.resolve_bundle(bundle)
-    base_path = quality.resolve_bundle(baseline)
-    if text is not None and not text.is_file():
-        raise UsageError(f"evaluation text not found: {text}", hint="pass an existing UTF-8 text file")
-    result = quality.evaluate(
-        cand_path, base_path, text=text, max_tokens=max_tokens, seq_len=seq_len,
-        tokenizer=tokenizer, num_threads=threads, progress=lambda s: click.echo(s, err=True),
-    )
-    result["candidate"], result["baseline"] = str(cand_path), str(base_path)
-    violated = quality.check_thresholds(result, thresholds)
-    result["gate"] = {
-        "thresholds": [str(t) for t in thresholds],
-        "violations": [f"{t.metric}={_fmt(v)} (needs {t})" for t, v in violated],
-        "passed": not violated,
-    }
+    result, gate = run_eval(bundle, baseline, fail_on, text=text, max_tokens=max_tokens, seq_len=seq_len,
+                            tokenizer=tokenizer, num_threads=threads, progress=lambda s: click.echo(s, err=True))
     if out is not None:
         atomic_write_json(out, result)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"candidate: {cand_path}\nbaseline:  {base_path}")
+        click.echo(f"candidate: {result['candidate']}\nbaseline:  {result['baseline']}")
         click.echo(render_table(result))
-        for t in thresholds:
-            ok = t.holds(result)
-            click.echo(f"{'PASS' if ok else 'FAIL'}  {t}  (measured {_fmt(result.get(t.metric))})")
-    if violated:
+        for c in gate.checks:
+            click.echo(f"{'PASS' if c.status == 'pass' else 'FAIL'}  {c.threshold}  "
+                       f"(measured {_fmt(result.get(c.threshold.metric))})")
+    if not gate.passed:
         raise GateFailed("quality gate failed: " + "; ".join(result["gate"]["violations"]),
                          hint="the bundle lost too much quality against FP16: keep more bits for sensitive layers "
                               "(see `edgekit sweep`)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 
-from edgekit.results.records import RUN_METRICS, BenchResult
+from edgekit.results.metrics import RUN_METRICS
+from edgekit.results.records import BenchResult
 
 COLUMNS = ("order", "role", "phase", "index", "status", "bundle", "sha256", *RUN_METRICS,
            *(f"{m}_samples" for m in RUN_METRICS), "na_reasons",

@@ -12,7 +12,7 @@ from edgekit.report.context import ReportContext
 from edgekit.report.markdown import na_lines
 from edgekit.report.plots import all_plots
 from edgekit.report.terminal import grouped_notes
-from edgekit.results.records import METRICS, QUALITY_METRICS, RUN_METRICS
+from edgekit.results.metrics import METRICS, QUALITY_METRICS, RUN_METRICS
 from edgekit.results.stats import fmt_value
 
 CSS = """

@@ -5,7 +5,8 @@ from __future__ import annotations
 from edgekit.report.context import ReportContext
 from edgekit.results.compare import Comparison
 from edgekit.results.gate import FAIL, PASS, GateResult
-from edgekit.results.records import METRICS, QUALITY_METRICS, RUN_METRICS, BenchResult
+from edgekit.results.metrics import METRICS, QUALITY_METRICS, RUN_METRICS
+from edgekit.results.records import BenchResult
 from edgekit.results.stats import fmt_value
 
 _STATUS = {PASS: "pass", FAIL: "**FAIL**", "undecided": "undecided"}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 
-from edgekit.results.records import BASELINE, CANDIDATE, METRICS, BenchResult
+from edgekit.results.metrics import METRICS
+from edgekit.results.records import BASELINE, CANDIDATE, BenchResult
 from edgekit.results.stats import summarize
 
 COLORS = {CANDIDATE: "#1f77b4", BASELINE: "#ff7f0e"}

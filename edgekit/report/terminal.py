@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgekit.report.context import ReportContext
 from edgekit.results.compare import Comparison
 from edgekit.results.gate import GateResult
-from edgekit.results.records import METRICS
+from edgekit.results.metrics import METRICS
 
 
 def _fmt(v: float | None) -> str:

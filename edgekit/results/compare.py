@@ -22,13 +22,12 @@ from edgekit.errors import InsufficientData, NotComparable
 from edgekit.results.records import (
     BASELINE,
     CANDIDATE,
-    METRICS,
-    RUN_METRICS,
     BenchResult,
     BundleInfo,
     DeviceInfo,
     Settings,
 )
+from edgekit.results.metrics import METRICS, RUN_METRICS
 from edgekit.results.stats import Summary, summarize
 
 BETTER = "better"

@@ -7,6 +7,12 @@ Threshold syntax (device profile ``[gate] fail_on`` / ``budget``, or ``--fail-on
 * absolute budgets on the candidate: ``peak_anon_mb<=1000``, ``top1_agreement>=0.90``,
   ``ppl_ratio<=1.10`` (operators ``<=``, ``<``, ``>=``, ``>``).
 
+This is the one threshold language: ``edgekit gate``, ``bench`` and ``report`` apply it to a
+bench result (:func:`evaluate`), ``edgekit eval`` applies its absolute form to one quality
+record (:func:`check_record`, metrics of :data:`edgekit.results.metrics.EVAL_METRICS`), and
+the benchmark scripts hold their targets with :func:`compare` (plus ``within``, for ratios
+that should stay near 1, which only code can write).
+
 A relative threshold fails only when the change is statistically significant
 (Mann-Whitney U, see :mod:`edgekit.results.compare`) AND past the threshold. An
 absolute budget fails when the candidate's median over measured runs (for
@@ -25,14 +31,16 @@ data to decide a threshold (and none failed).
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from edgekit.errors import EXIT_DEVICE, EXIT_GATE_FAILED, EXIT_NOT_COMPARABLE, EXIT_OK, ConfigError, UsageError
 from edgekit.results.compare import BETTER, INSUFFICIENT, NOT_COMPARABLE, WORSE, Comparison
-from edgekit.results.records import METRICS, BenchResult, CANDIDATE
+from edgekit.results.metrics import METRICS, RUN, Metric
+from edgekit.results.records import BenchResult, CANDIDATE
 from edgekit.results.stats import fmt_value, summarize
 
 RELATIVE = "relative"
@@ -49,8 +57,9 @@ EXIT_INFRA = EXIT_DEVICE
 EXIT_UNDECIDED = EXIT_NOT_COMPARABLE
 
 _REL = re.compile(r"^\s*([a-z0-9_]+)\s*:\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
-_ABS = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+_ABS = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+WITHIN = "within"  # |value - 1| <= bound: a ratio that should stay near 1 (benchmark scripts)
 
 SYNTAX_HINT = ("thresholds look like decode_tps:-5% or peak_anon_mb:+10% (relative to the baseline) "
                "or peak_anon_mb<=1000, top1_agreement>=0.90 (absolute)")
@@ -68,23 +77,44 @@ class Threshold:
     def describe(self) -> str:
         return self.text
 
+    def __str__(self) -> str:
+        """Relative: as written; absolute: the bound in its shortest form (``ppl_ratio<=1.1``)."""
+        return self.text if self.kind == RELATIVE else f"{self.metric}{self.op}{self.value:g}"
+
+    def holds(self, value: float | None) -> bool | None:
+        """An absolute threshold on one figure: True/False, None when there is no figure."""
+        return compare(self.op, value, self.value)
+
     def to_dict(self) -> dict:
         return {"metric": self.metric, "kind": self.kind, "op": self.op, "value": self.value,
                 "text": self.text, "source": self.source}
 
 
-def parse_threshold(text: str, source: str = "command line") -> Threshold:
-    """Parse one threshold; bad syntax raises UsageError (command line) or ConfigError (a file)."""
+def compare(op: str, value: float | None, bound: float) -> bool | None:
+    """``value OP bound`` (``<=``, ``<``, ``>=``, ``>``, or :data:`WITHIN`); None when there is no
+    figure (missing, not a number, NaN): a gate never passes it."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    if op == WITHIN:
+        return abs(float(value) - 1.0) <= bound
+    return _OPS[op](float(value), bound)
+
+
+def parse_threshold(text: str, source: str = "command line",
+                    metrics: Mapping[str, Metric] = METRICS) -> Threshold:
+    """Parse one threshold on one of ``metrics``; bad syntax raises UsageError (command line)
+    or ConfigError (a file). A metric that is not measured per run (one figure per bundle,
+    from its quality record) takes only an absolute bound."""
     err = UsageError if source == "command line" else ConfigError
     t = str(text).strip()
     m = _REL.match(t)
     if m:
         name, sign, num = m.group(1), m.group(2), float(m.group(3))
-        _check_metric(name, t, source, err)
-        if METRICS[name].source == "quality":
+        _check_metric(name, t, source, err, metrics)
+        if metrics[name].source != RUN:
             raise err(f"bad threshold {t!r} ({source}): {name} is read from the manifest, "
                       "so it takes an absolute budget, not a change against the baseline",
-                      hint=f"write e.g. {name}{'>=' if METRICS[name].higher_is_better else '<='}VALUE")
+                      hint=f"write e.g. {name}{'>=' if metrics[name].higher_is_better else '<='}VALUE")
         if num == 0:
             raise err(f"bad threshold {t!r} ({source}): a relative threshold of 0% fails on noise",
                       hint=SYNTAX_HINT)
@@ -92,23 +122,24 @@ def parse_threshold(text: str, source: str = "command line") -> Threshold:
     m = _ABS.match(t)
     if m:
         name, op, num = m.group(1), m.group(2), float(m.group(3))
-        _check_metric(name, t, source, err)
+        _check_metric(name, t, source, err, metrics)
         return Threshold(name, ABSOLUTE, op, num, f"{name}{op}{m.group(3)}", source)
     raise err(f"bad threshold {t!r} ({source})", hint=SYNTAX_HINT)
 
 
-def _check_metric(name: str, text: str, source: str, err: type) -> None:
-    if name not in METRICS:
+def _check_metric(name: str, text: str, source: str, err: type, metrics: Mapping[str, Metric]) -> None:
+    if name not in metrics:
         raise err(f"bad threshold {text!r} ({source}): unknown metric {name!r}",
-                  hint="known metrics: " + ", ".join(METRICS))
+                  hint="known metrics: " + ", ".join(metrics))
 
 
-def parse_thresholds(texts: Iterable[str], source: str = "command line") -> list[Threshold]:
+def parse_thresholds(texts: Iterable[str], source: str = "command line",
+                     metrics: Mapping[str, Metric] = METRICS) -> list[Threshold]:
     out: list[Threshold] = []
     for t in texts:
         for part in str(t).split(","):  # allow "a:-5%,b<=10" in one option
             if part.strip():
-                out.append(parse_threshold(part, source))
+                out.append(parse_threshold(part, source, metrics))
     return out
 
 
@@ -188,7 +219,7 @@ def _check_relative(t: Threshold, comparison: Comparison | None) -> Check:
 
 def _check_absolute(t: Threshold, result: BenchResult) -> Check:
     values = result.samples(CANDIDATE, t.metric)
-    quality = METRICS[t.metric].source == "quality"
+    quality = METRICS[t.metric].source != RUN
     why = result.na_reason(CANDIDATE, t.metric)
     if not values:
         return Check(t, UNDECIDED, f"{t.text}: no value for {t.metric} ({why or 'not measured'})",
@@ -199,7 +230,7 @@ def _check_absolute(t: Threshold, result: BenchResult) -> Check:
         return Check(t, UNDECIDED, f"{t.text}: {t.metric} has a value in only {len(values)} of {runs} measured "
                                    f"runs ({why})", verdict=INSUFFICIENT)
     value = summarize(values).median
-    ok = _OPS[t.op](value, t.value)
+    ok = t.holds(value)
     kind = "manifest value" if quality else f"median of {len(values)} runs"
     if not quality and len(values) < runs:
         kind += f"; {why}"
@@ -244,6 +275,32 @@ def evaluate(result: BenchResult, thresholds: Sequence[Threshold], comparison: C
     if not checks:
         return GateResult(checks_t, EXIT_PASS, "no thresholds given: nothing to gate", device)
     return GateResult(checks_t, EXIT_PASS, f"gate passed: {_n(len(checks), 'threshold')} held", device)
+
+
+def check_record(values: Mapping[str, object], thresholds: Sequence[Threshold]) -> GateResult:
+    """Absolute thresholds on one flat record of figures (an ``edgekit eval`` result).
+
+    There are no runs to be short of here: a threshold on a figure the record lacks (or holds
+    as NaN) fails, it never passes."""
+    checks = []
+    for t in thresholds:
+        if t.kind != ABSOLUTE:
+            raise UsageError(f"bad threshold {t.text!r} ({t.source}): a single record takes absolute bounds only",
+                             hint="write e.g. ppl_ratio<=1.10 or top1_agreement>=0.90")
+        v = values.get(t.metric)
+        ok = t.holds(v)  # type: ignore[arg-type]
+        value = float(v) if ok is not None else None  # type: ignore[arg-type]
+        if ok is None:
+            checks.append(Check(t, FAIL, f"{t.metric} has no value: {t} never passes", value))
+        else:
+            msg = f"{t.metric} = {fmt_value(t.metric, value)} {'meets' if ok else 'breaks'} {t}"
+            checks.append(Check(t, PASS if ok else FAIL, msg, value))
+    fails = [c for c in checks if c.status == FAIL]
+    if fails:
+        return GateResult(tuple(checks), EXIT_FAIL, f"gate failed: {len(fails)} of {_n(len(checks), 'threshold')} "
+                          "crossed: " + "; ".join(str(c.threshold) for c in fails))
+    return GateResult(tuple(checks), EXIT_PASS, f"gate passed: {_n(len(checks), 'threshold')} held"
+                      if checks else "no thresholds given: nothing to gate")
 
 
 def undecided_gate(thresholds: Sequence[Threshold], reason: str, device: str = "",

@@ -28,13 +28,11 @@ from typing import Any, Iterable, Mapping
 from edgekit.errors import ConfigError, UsageError
 from edgekit.fsutil import atomic_write_json
 from edgekit.results.basis import Basis, bursty, mem_basis, quality_basis, summarize_reasons, token_basis
+from edgekit.results.metrics import METRICS, QUALITY, QUALITY_METRICS
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # 1: before per-metric bases; read with bases recounted from the stored samples
 RESULT_KIND = "edgekit-bench-result"
-
-HIGHER = "higher"
-LOWER = "lower"
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"
@@ -42,44 +40,6 @@ ROLES = (CANDIDATE, BASELINE)
 WARMUP = "warmup"
 MEASURE = "measure"
 PHASES = (WARMUP, MEASURE)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A named quantity with its unit and which way is better."""
-
-    name: str
-    unit: str
-    direction: str  # HIGHER or LOWER is better
-    description: str
-    label: str  # short human label used in phrases ("decode", "peak anonymous memory")
-    source: str = "run"  # "run": measured per run; "quality": read from the manifest
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.direction == HIGHER
-
-
-_METRIC_LIST = (
-    Metric("init_ms", "ms", LOWER, "engine/model load time before the first prompt", "init time"),
-    Metric("ttft_ms", "ms", LOWER, "time to first token: prefill plus the first decode step", "time to first token"),
-    Metric("prefill_tps", "tok/s", HIGHER, "prompt tokens processed per second", "prefill"),
-    Metric("decode_tps", "tok/s", HIGHER, "generated tokens per second", "decode"),
-    Metric("token_p50_ms", "ms", LOWER, "median per-token decode latency", "p50 token latency"),
-    Metric("token_p90_ms", "ms", LOWER, "90th percentile per-token decode latency", "p90 token latency"),
-    Metric("token_p99_ms", "ms", LOWER, "99th percentile per-token decode latency", "p99 token latency"),
-    Metric("peak_rss_mb", "MB", LOWER, "peak resident set size (VmHWM), includes mmap'd weights", "peak RSS"),
-    Metric("peak_anon_mb", "MB", LOWER, "peak anonymous resident memory (RssAnon)", "peak anonymous memory"),
-    Metric("peak_file_mb", "MB", LOWER, "peak file-backed resident memory (RssFile)", "peak file-backed memory"),
-    Metric("peak_pss_mb", "MB", LOWER, "peak proportional set size (smaps_rollup Pss)", "peak PSS"),
-    Metric("ppl_ratio", "x", LOWER, "perplexity relative to the FP16 baseline (manifest quality)", "perplexity ratio", "quality"),
-    Metric("top1_agreement", "", HIGHER, "share of positions whose top-1 token equals FP16's (manifest quality)", "top-1 agreement", "quality"),
-    Metric("kl_mean", "nats", LOWER, "mean KL divergence from FP16's next-token distribution (manifest quality)", "mean KL", "quality"),
-)
-
-METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRIC_LIST})
-RUN_METRICS: tuple[str, ...] = tuple(m.name for m in _METRIC_LIST if m.source == "run")
-QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _METRIC_LIST if m.source == "quality")
 
 
 # Sampled memory peaks: metric -> (MemPoint field, what one reading is)
@@ -92,16 +52,6 @@ MEM_SOURCES: Mapping[str, tuple[str, str]] = MappingProxyType({
 # Token latency percentiles: metric -> q
 TOKEN_PERCENTILES: Mapping[str, float] = MappingProxyType({"token_p50_ms": 50.0, "token_p90_ms": 90.0,
                                                            "token_p99_ms": 99.0})
-
-
-def metric(name: str) -> Metric:
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown metric {name!r}",
-            hint="known metrics: " + ", ".join(METRICS),
-        ) from None
 
 
 def _num(x: Any) -> float | None:
@@ -491,7 +441,7 @@ class BenchResult:
 
     def samples(self, role: str, name: str) -> list[float]:
         """Measured values of one metric for one role (quality: the single manifest value)."""
-        if METRICS.get(name) is not None and METRICS[name].source == "quality":
+        if METRICS.get(name) is not None and METRICS[name].source == QUALITY:
             b = self.bundles.get(role)
             v = b.quality().get(name) if b else None
             return [] if v is None else [v]
@@ -499,7 +449,7 @@ class BenchResult:
 
     def na_reason(self, role: str, name: str) -> str | None:
         """Why some or all measured runs of ``role`` have no ``name`` (None when all have one)."""
-        if METRICS.get(name) is not None and METRICS[name].source == "quality":
+        if METRICS.get(name) is not None and METRICS[name].source == QUALITY:
             b = self.bundles.get(role)
             return f"no {role} bundle" if b is None else b.quality_reason(name)
         runs = self.measured(role)
@@ -525,7 +475,7 @@ class BenchResult:
             "bundles": {role: b.to_dict() for role, b in self.bundles.items()},
             "runtime": _thaw(self.runtime),
             "metrics": {m.name: {"unit": m.unit, "direction": m.direction, "description": m.description}
-                        for m in _METRIC_LIST},
+                        for m in METRICS.values()},
             "runs": [r.to_dict() for r in self.runs],
         }
 

@@ -11,7 +11,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from edgekit.results.records import METRICS, QUALITY_METRICS, RUN_METRICS, BenchResult
+from edgekit.results.metrics import METRICS, QUALITY_METRICS, REGISTRY, RUN_METRICS
+from edgekit.results.records import BenchResult
 
 CV_WARN = 0.10  # coefficient of variation above which numbers are not trusted
 # ai-edge-quantizer's LLM evaluation guide: teacher-forced top-1 agreement with the float model
@@ -139,7 +140,7 @@ def fmt_value(name: str, value: float | None) -> str:
     """Number formatted for humans with the metric's unit."""
     if value is None:
         return "n/a"
-    m = METRICS.get(name)
+    m = REGISTRY.get(name)
     unit = m.unit if m else ""
     if unit == "":
         return f"{value:.3f}"
