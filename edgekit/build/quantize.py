@@ -298,8 +298,10 @@ def quantize_static(
     """
     from ai_edge_quantizer import quantizer
 
+    from edgekit.build.quantizer_memory import lean_qsv_check
+
     recipe = static_recipe(plans, symmetric_act)
-    with float_graph_io(range_update):
+    with float_graph_io(range_update), lean_qsv_check():
         q = quantizer.Quantizer(str(tflite_in))
         q.load_quantization_recipe(recipe)
         qsv = q.calibrate(calibration, num_threads=num_threads)
