@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from edgekit.bench.session import (
-    bundle_info, check_bundles_comparable, default_baseline, latest_build, parse_dist_name, run_from_trace, schedule,
+    bundle_info, check_bundles_comparable, default_baseline, latest_build, run_from_trace, schedule,
 )
 from edgekit.bench.traces import parse_trace_dir
 from edgekit.errors import NotComparable, UsageError
+from edgekit.results.manifest import bundle_name, parse_bundle_name
 from fixtures_results import FIXTURES
 
 TRACE = FIXTURES / "trace-host-run"  # a harness folder pulled from a real host run
@@ -89,10 +90,9 @@ def _mk(dist, name, manifest=None):
 
 
 def test_dist_lookup(tmp_path):
-    assert parse_dist_name("e2b-wNa8o8-text") == ("e2b", "wNa8o8", True)
-    assert parse_dist_name("e4b-fp16") == ("e4b", "fp16", False)
     dist = tmp_path / "dist"
-    q = _mk(dist, "tiny-wNa8o8-text", {"model": {"name": "tiny"}, "scheme": {"name": "wNa8o8"},
+    # the keys the builder writes (edgekit/results/manifest.py), in a folder named by the rule
+    q = _mk(dist, "tiny-wNa8o8-text", {"model": {"preset": "tiny"}, "scheme": {"name": "wNa8o8"},
                                        "build": {"text_only": True}})
     _mk(dist, "tiny-wNa8o8")
     assert latest_build(dist, "tiny", True) == q

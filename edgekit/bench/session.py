@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 import posixpath
 import shutil
@@ -35,6 +34,7 @@ from edgekit import __version__
 from edgekit.bench.traces import RunTrace, parse_trace_dir
 from edgekit.errors import BenchmarkFailed, DeviceError, EdgekitError, NotComparable, UsageError
 from edgekit.results.basis import Basis, bursty, count_basis, mem_basis, token_basis
+from edgekit.results.manifest import Manifest, bundle_name, parse_bundle_name, read_beside
 from edgekit.results.records import (
     BASELINE,
     CANDIDATE,
@@ -108,24 +108,13 @@ class BenchPlan:
 # --- bundles ---------------------------------------------------------------------------
 
 
-def read_manifest(bundle: Path) -> dict:
-    """manifest.json beside the bundle (written by `edgekit build`), {} when absent."""
-    p = bundle.parent / "manifest.json"
-    if not p.is_file():
-        return {}
+def read_manifest(bundle: Path) -> Manifest | None:
+    """manifest.json beside the bundle (written by `edgekit build`), read leniently; None when
+    absent or unreadable (the bundle is then known by its header or folder name)."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
+        return read_beside(bundle)[1]
+    except EdgekitError:
+        return None
 
 
 def _first_str(*vals: Any) -> str | None:
@@ -133,19 +122,6 @@ def _first_str(*vals: Any) -> str | None:
         if isinstance(v, str) and v:
             return v
     return None
-
-
-def parse_dist_name(folder_name: str) -> tuple[str | None, str | None, bool | None]:
-    """``<model>-<scheme>[-text]`` -> (model, scheme, text_only)."""
-    parts = folder_name.split("-")
-    if len(parts) < 2:
-        return None, None, None
-    text = parts[-1] == "text"
-    if text:
-        parts = parts[:-1]
-    if len(parts) < 2:
-        return None, None, None
-    return parts[0], "-".join(parts[1:]), text
 
 
 def bundle_info(path: Path, *, check: bool = True) -> BundleInfo:
@@ -156,7 +132,7 @@ def bundle_info(path: Path, *, check: bool = True) -> BundleInfo:
     manifest beside it must agree with the file), so a bench refuses a bad file with exit
     10 before any device is touched. Model, scheme and text-only come from the manifest
     ``edgekit build`` writes (``model.preset``, ``scheme.name``, ``build.text_only``; see
-    edgekit/bundle/manifest.py), else from the header's ``edgekit.preset`` /
+    edgekit/results/manifest.py), else from the header's ``edgekit.preset`` /
     ``edgekit.scheme`` metadata, else from the folder name ``<model>-<scheme>[-text]``:
     a bundle moved to a folder of another name keeps its identity.
     """
@@ -167,22 +143,21 @@ def bundle_info(path: Path, *, check: bool = True) -> BundleInfo:
         from edgekit.devices.bundle_check import check_bundle
 
         checked = check_bundle(path)
-        manifest = checked.manifest or {}
+        manifest = checked.manifest
         header_meta = checked.system_metadata
     else:
         manifest = read_manifest(path)
-    d_model, d_scheme, d_text = parse_dist_name(path.parent.name)
-    model = _first_str(_dig(manifest, "model", "preset"), header_meta.get("edgekit.preset"), d_model)
-    scheme = _first_str(_dig(manifest, "scheme", "name"), header_meta.get("edgekit.scheme"), d_scheme)
-    text_only = _dig(manifest, "build", "text_only")
-    if not isinstance(text_only, bool):
-        text_only = d_text
+    m = manifest or Manifest.from_dict({}, strict=False)
+    d_model, d_scheme, d_text = parse_bundle_name(path.parent.name)
+    model = _first_str(m.preset, header_meta.get("edgekit.preset"), d_model)
+    scheme = _first_str(m.scheme_name, header_meta.get("edgekit.scheme"), d_scheme)
+    text_only = m.text_only if m.text_only is not None else d_text
     # The local sha256 cache that push uses too (edgekit.devices.hashing: keyed by path, size,
     # mtime, ctime, inode): an unchanged bundle is hashed once, not by every bench and every push.
     from edgekit.devices.hashing import local_sha256
 
     return BundleInfo(path=str(path), sha256=local_sha256(str(path)), bytes=path.stat().st_size, model=model,
-                      scheme=scheme, text_only=text_only, manifest=manifest)
+                      scheme=scheme, text_only=text_only, manifest=m.to_dict())
 
 
 def _builds(dist: Path, model: str, text_only: bool) -> list[Path]:
@@ -191,7 +166,7 @@ def _builds(dist: Path, model: str, text_only: bool) -> list[Path]:
     if not dist.is_dir():
         return []
     for d in dist.iterdir():
-        m, s, t = parse_dist_name(d.name)
+        m, s, t = parse_bundle_name(d.name)
         if m != model or bool(t) != bool(text_only) or not d.is_dir():
             continue
         for f in d.glob("*.litertlm"):
@@ -208,7 +183,7 @@ def build_command(model: str, scheme: str, text_only: bool) -> str:
 def latest_build(dist: Path, model: str, text_only: bool) -> Path:
     """The newest non-fp16 build of ``model`` in ``dist`` (the candidate for `--model`)."""
     for f in _builds(dist, model, text_only):
-        _, scheme, _ = parse_dist_name(f.parent.name)
+        _, scheme, _ = parse_bundle_name(f.parent.name)
         if scheme != "fp16":
             return f
     raise UsageError(f"no {model}{' text-only' if text_only else ''} build found in {dist}/",
@@ -223,7 +198,7 @@ def default_baseline(candidate: BundleInfo, dist: Path) -> Path:
         raise UsageError(f"cannot tell which model {candidate.path} is (neither its manifest nor its header names "
                          "one, and its folder is not named <model>-<scheme>[-text])",
                          hint="pass the baseline explicitly with --baseline PATH")
-    name = f"{model}-fp16{'-text' if text else ''}"
+    name = bundle_name(model, "fp16", text)
     for root in (Path(candidate.path).parent.parent, dist):
         d = root / name
         if d.is_dir():

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.errors import BuildError, CheckpointError, EdgekitError, OutputNotWritable, ResourceError, UsageError
+from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
 
 Progress = Callable[[str, str, float | None], None]
 """progress(stage, message, seconds): seconds is None when a stage starts."""
@@ -285,10 +286,6 @@ def _tokenize(bundle: Path, texts: list[str], limit: int) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------ build
-def bundle_name(model: str, scheme_name: str, text_only: bool) -> str:
-    return f"{model}-{scheme_name}" + ("-text" if text_only else "")
-
-
 def build(
     model: str,
     *,
@@ -357,8 +354,8 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     """
     from edgekit.build import export as ex
     from edgekit.bundle import lock as lk
-    from edgekit.bundle import manifest as mf
     from edgekit.errors import ConfigError, NotComparable
+    from edgekit.results import manifest as mf
 
     path = Path(manifest)
     if path.is_dir() or path.suffix == ".litertlm":
@@ -366,7 +363,7 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         if found is None:
             raise ConfigError(f"{path}: no manifest.json beside it", hint="pass the manifest.json of a built bundle")
         path = found
-    locked = mf.read_manifest(path).get("lock")
+    locked = mf.read_manifest(path).lock
     if not isinstance(locked, dict) or locked.get("schema") != lk.LOCK_SCHEMA:
         raise ConfigError(f"{path}: the manifest holds no lock (schema {lk.LOCK_SCHEMA})",
                           hint="rebuild the bundle with this edgekit to get one")
@@ -477,8 +474,8 @@ def _build(
     from edgekit.build import quantize as qz
     from edgekit.bundle import inspect as insp
     from edgekit.bundle import lock as lk
-    from edgekit.bundle import manifest as mf
     from edgekit.fsutil import atomic_dir
+    from edgekit.results import manifest as mf
     from edgekit.models.presets import get_preset
     from edgekit.schemes import load_scheme
 
@@ -767,7 +764,7 @@ def _build(
 def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, baseline_manifest: dict) -> None:
     import importlib.util
 
-    from edgekit.bundle import manifest as mf
+    from edgekit.results import manifest as mf
 
     mpath = cand_dir / mf.MANIFEST_FILE
     if importlib.util.find_spec("edgekit.quality") is None or not mpath.is_file():
@@ -776,10 +773,10 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
         cand = mf.read_manifest(mpath)
     except EdgekitError:
         return
-    if cand.get("quality") or cand.get("source", {}).get("weights_sha256") != \
-            baseline_manifest["source"].get("weights_sha256"):
+    base = mf.Manifest.of(baseline_manifest)
+    if cand.quality or cand.bundle_file is None or cand.weights_sha256 != base.weights_sha256:
         return
-    cand_bundle = cand_dir / cand["bundle"]["file"]
+    cand_bundle = cand_dir / cand.bundle_file
     if not cand_bundle.is_file():
         return
     from edgekit import quality as ql
@@ -791,9 +788,8 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
     else:
         res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle,
                           baseline_bundle))
-    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": baseline_manifest["bundle"].get("sha256")}
-    cand["quality"] = res
-    mf.write_manifest(mpath, cand)
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
+    mf.write_manifest(mpath, cand.replace(quality=res))
 
 
 def _softcap(ckpt_dir: Path) -> float | None:
@@ -846,7 +842,7 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
     """manifest["quality"] against an fp16 build of the same source, when one exists."""
     import importlib.util
 
-    from edgekit.bundle import manifest as mf
+    from edgekit.results import manifest as mf
 
     if importlib.util.find_spec("edgekit.quality") is None:
         return None
@@ -857,9 +853,9 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
         base = mf.read_manifest(mpath)
     except EdgekitError:
         return None
-    if base.get("source", {}).get("weights_sha256") != info.weights_sha256:
+    if base.weights_sha256 != info.weights_sha256 or base.bundle_file is None:
         return None
-    baseline_bundle = baseline_dir / base["bundle"]["file"]
+    baseline_bundle = baseline_dir / base.bundle_file
     if not baseline_bundle.is_file():
         return None
     from edgekit import quality as ql
@@ -867,8 +863,8 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
     why = _too_big_for_interpreter(interpreter_bytes(candidate, False), interpreter_bytes(baseline_bundle, True))
     if why:
         st.run("quality", f"vs {baseline_bundle.name}: skipped, {why}", lambda: None)
-        return {"skipped": why, "baseline": {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}}
+        return {"skipped": why, "baseline": {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}}
     res = st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle)
     res = dict(res)
-    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base["bundle"].get("sha256")}
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
     return res

@@ -99,7 +99,7 @@ def variant_schemes(base, preset, groups: Sequence[Sequence[int]], mlp_bits: int
 
 def _reusable(out_root: Path, name: str, scheme, weights_sha256: str | None) -> Path | None:
     """The bundle of an earlier build of the same scheme and weights in ``out_root``, if any."""
-    from edgekit.bundle import manifest as mf
+    from edgekit.results import manifest as mf
 
     mpath = out_root / name / mf.MANIFEST_FILE
     if not mpath.is_file() or weights_sha256 is None:
@@ -108,9 +108,9 @@ def _reusable(out_root: Path, name: str, scheme, weights_sha256: str | None) -> 
         m = mf.read_manifest(mpath)
     except Exception:
         return None
-    if m.get("scheme") != scheme.to_dict() or m.get("source", {}).get("weights_sha256") != weights_sha256:
+    if m.scheme != scheme.to_dict() or m.weights_sha256 != weights_sha256 or m.bundle_file is None:
         return None
-    b = out_root / name / m.get("bundle", {}).get("file", "")
+    b = out_root / name / m.bundle_file
     return b if b.is_file() else None
 
 
@@ -144,8 +144,9 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Build the reference and one variant per layer group, score each against FP16; return the table."""
     from edgekit import quality
-    from edgekit.build.pipeline import build, bundle_name
+    from edgekit.build.pipeline import build
     from edgekit.models.presets import get_preset
+    from edgekit.results.manifest import bundle_name
     from edgekit.schemes import load_scheme
 
     say = progress or (lambda s: None)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.bundle.tensor_names import ENCODER_SECTIONS, layer_of, module_name_for, shared_linear_paths, short_name
+from edgekit.results.manifest import Manifest
 from edgekit.runtime.litertlm_file import NotALiteRTLMFile, read_header
 
 REPORT_SCHEMA = 1
@@ -351,8 +352,9 @@ def _bits_str(w: dict[str, Any]) -> str:
     return dt.lower()
 
 
-def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] | None = None) -> list[str]:
+def check(report: dict[str, Any], scheme, preset=None, manifest: Manifest | dict[str, Any] | None = None) -> list[str]:
     """Violations of ``scheme`` / ``preset`` / ``manifest`` found in ``report`` (empty = clean)."""
+    manifest = Manifest.of(manifest)
     v: list[str] = []
     static = bool(getattr(scheme, "static_activations", None))
     if getattr(scheme, "static_activations", None) is None:
@@ -398,9 +400,7 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] 
         v.append("no separate per-layer embedding section (tf_lite_per_layer_embedder)")
     if "tf_lite_prefill_decode" not in report["tflite"]:
         v.append("no tf_lite_prefill_decode section")
-    text_only = None
-    if manifest is not None:
-        text_only = manifest.get("build", {}).get("text_only")
+    text_only = manifest.text_only if manifest is not None else None
     if text_only:
         if report["has_vision"]:
             v.append("vision section present in a text-only bundle")
@@ -415,10 +415,10 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: dict[str, Any] 
         v.extend(_check_preset(report, preset, manifest))
     if manifest is not None:
         v.extend(_check_manifest(report, manifest))
-        if isinstance(manifest.get("qat"), dict):  # QAT build: float-activation linears the checkpoint asks for
+        if manifest.qat is not None:  # QAT build: float-activation linears the checkpoint asks for
             from edgekit.bundle.exactness import filter_expected
 
-            v = filter_expected(v, manifest["qat"].get("float_activation_modules"))
+            v = filter_expected(v, manifest.qat.get("float_activation_modules"))
     return v
 
 
@@ -435,18 +435,17 @@ def _check_preset(report: dict[str, Any], preset, manifest) -> list[str]:
     return v
 
 
-def _check_manifest(report: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+def _check_manifest(report: dict[str, Any], manifest: Manifest) -> list[str]:
     v = []
-    b = manifest.get("bundle", {})
-    if b.get("sha256") and report.get("sha256") and b["sha256"] != report["sha256"]:
+    if manifest.bundle_sha256 and report.get("sha256") and manifest.bundle_sha256 != report["sha256"]:
         v.append("bundle sha256 differs from the manifest (file changed after the build)")
-    if b.get("bytes") is not None and b["bytes"] != report["bytes"]:
-        v.append(f"bundle is {report['bytes']} bytes, manifest says {b['bytes']}")
-    msecs = {s["name"]: s["bytes"] for s in manifest.get("sections", [])}
+    if manifest.bundle_bytes is not None and manifest.bundle_bytes != report["bytes"]:
+        v.append(f"bundle is {report['bytes']} bytes, manifest says {manifest.bundle_bytes}")
+    msecs = dict(manifest.sections)
     rsecs = {s["name"]: s["bytes"] for s in report["sections"]}
     if msecs and msecs != rsecs:
         v.append(f"sections differ from the manifest: manifest {sorted(msecs)} vs file {sorted(rsecs)}")
-    mdt = manifest.get("dtype_summary")
+    mdt = manifest.dtype_summary
     if mdt is not None and mdt != report["dtype_summary"]:
         v.append("per-tensor dtype summary differs from the manifest")
     return v
@@ -534,8 +533,8 @@ def check_bundle(bundle: str | os.PathLike, *, scheme: Any = None, manifest_path
     scheme. Preset: the manifest's. Returns (report, violations, checked) where
     ``checked`` says what was checked against.
     """
-    from edgekit.bundle import manifest as mf
     from edgekit.errors import UsageError
+    from edgekit.results import manifest as mf
 
     p = Path(bundle)
     if p.is_dir():
@@ -555,7 +554,7 @@ def check_bundle(bundle: str | os.PathLike, *, scheme: Any = None, manifest_path
         try:
             from edgekit.models.presets import get_preset
 
-            preset = get_preset(manifest["model"]["preset"])
+            preset = get_preset(manifest.preset)
             checked["preset"] = preset.name
         except Exception:  # unknown preset in a foreign manifest: skip the preset check
             preset = None
@@ -563,7 +562,7 @@ def check_bundle(bundle: str | os.PathLike, *, scheme: Any = None, manifest_path
         sch = load_scheme(scheme, preset)
         checked["scheme"] = f"{sch.name} (--scheme)"
     elif manifest is not None:
-        sch = Scheme.from_dict(manifest["scheme"], source=f"{mpath}: scheme")
+        sch = Scheme.from_dict(dict(manifest.scheme or {}), source=f"{mpath}: scheme")
         if preset is not None and sch.has_placeholders:
             sch = sch.resolve(preset)
         checked["scheme"] = f"{sch.name} (manifest)"

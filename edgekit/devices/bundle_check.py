@@ -20,17 +20,16 @@ importing ``edgekit.bundle`` (floor 4).
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import InspectionFailed
+from edgekit.errors import ConfigError, InspectionFailed
+from edgekit.results.manifest import Manifest, read_beside
 from edgekit.runtime.litertlm_file import HEADER_BEGIN, MAGIC, NotALiteRTLMFile, read_header
 
-MANIFEST_FILE = "manifest.json"  # the name edgekit.bundle.manifest writes beside every bundle
 TOKENIZER_TYPES = ("HF_Tokenizer_Zlib", "SP_Tokenizer")
 TFLITE_TYPES = ("TFLiteModel",)
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier of a TFLite model, at bytes 4..8
@@ -47,7 +46,7 @@ class BundleCheck:
     sections: tuple[tuple[str, int], ...]  # (name, bytes) in file order
     system_metadata: dict[str, Any] = field(default_factory=dict)
     manifest_path: str | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None  # read leniently: another tool's manifest is only read
     sha256: str | None = None  # computed only when the manifest records one to compare
 
 
@@ -55,22 +54,16 @@ def _fail(path: str | os.PathLike, problem: str) -> InspectionFailed:
     return InspectionFailed(f"{os.fspath(path)}: not a usable bundle: {problem}", hint=HINT)
 
 
-def read_manifest_beside(bundle: str | os.PathLike) -> tuple[Path | None, dict[str, Any] | None]:
-    """(path, JSON object) of ``manifest.json`` beside ``bundle``; (None, None) when there is none.
+def read_manifest_beside(bundle: str | os.PathLike) -> tuple[Path | None, Manifest | None]:
+    """(path, manifest) of ``manifest.json`` beside ``bundle``; (None, None) when there is none.
 
     A manifest that is there but unreadable, or not a JSON object, is refused: it was meant
     to describe the bundle and cannot.
     """
-    p = Path(bundle).parent / MANIFEST_FILE
-    if not p.is_file():
-        return None, None
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(bundle, f"{p} is unreadable ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise _fail(bundle, f"{p} is not a JSON object")
-    return p, data
+        return read_beside(bundle)
+    except ConfigError as exc:
+        raise _fail(bundle, str(exc)) from exc
 
 
 def check_bundle(path: str | os.PathLike, *, manifest: bool = True) -> BundleCheck:
@@ -122,23 +115,20 @@ def check_bundle(path: str | os.PathLike, *, manifest: bool = True) -> BundleChe
 
 
 def _check_against_manifest(path: Path, size: int, found: tuple[tuple[str, int], ...], mpath: Path,
-                            m: dict[str, Any]) -> str | None:
+                            m: Manifest) -> str | None:
     """Compare what ``m`` records (``bundle.bytes``, ``bundle.sha256``, ``sections``) with the file."""
-    rec = m.get("bundle") if isinstance(m.get("bundle"), dict) else {}
-    want_bytes = rec.get("bytes")
-    if isinstance(want_bytes, int) and want_bytes != size:
+    want_bytes = m.bundle_bytes
+    if want_bytes is not None and want_bytes != size:
         raise _fail(path, f"{size} bytes, its manifest {mpath} says {want_bytes} (truncated, or another file)")
-    msecs = m.get("sections")
-    if isinstance(msecs, list) and msecs and all(isinstance(s, dict) and "name" in s and "bytes" in s
-                                                 for s in msecs):
-        want = sorted((str(s["name"]), int(s["bytes"])) for s in msecs)
+    if m.sections:
+        want = sorted(m.sections)
         if want != sorted(found):
             missing = sorted(set(want) - set(found))
             extra = sorted(set(found) - set(want))
             raise _fail(path, f"sections differ from its manifest {mpath}: manifest only {missing}, "
                               f"file only {extra}")
-    want_sha = rec.get("sha256")
-    if isinstance(want_sha, str) and want_sha:
+    want_sha = m.bundle_sha256
+    if want_sha:
         # the cache push uses too: a bundle is hashed once per (path, size, mtime, ctime, inode)
         from edgekit.devices.hashing import local_sha256
 
