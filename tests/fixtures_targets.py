@@ -15,10 +15,12 @@ they fail: CI installs adb and openssh-server (`make system-deps`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +33,58 @@ if str(_SCRIPTS) not in sys.path:
 
 from targetlib import stand  # noqa: E402
 from targetlib.common import TargetsError  # noqa: E402
+
+# A file or argument name that breaks any command line built without quoting.
+HOSTILE = "we ird 'q\" ;$(touch PWNED) `id` &|<>*"
+
+
+def blob(path: Path, n: int, seed: int = 0, age_s: float = 0.0) -> str:
+    """Write ``n`` seeded bytes to ``path`` (mtime ``age_s`` in the past) and return their sha256."""
+    data = (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n]
+    path.write_bytes(data)
+    if age_s:
+        past = time.time() - age_s
+        os.utime(path, (past, past))
+    return hashlib.sha256(data).hexdigest()
+
+
+class CountingHashes:
+    """Counts device-side full hashes (``sha256``) of one transport; ``forbid`` makes one fail the test."""
+
+    def __init__(self, t: Any, monkeypatch: pytest.MonkeyPatch, forbid: bool = False):
+        self.calls: list[str] = []
+        orig = t.sha256
+
+        def sha(remote, timeout=None):
+            self.calls.append(remote)
+            if forbid:
+                raise AssertionError(f"full device hash of {remote} was not expected")
+            return orig(remote, timeout=timeout)
+
+        monkeypatch.setattr(t, "sha256", sha)
+
+
+def sidecar_fields(t: Any, remote: str) -> list[str]:
+    """The words of the sha256 sidecar a push left beside ``remote`` ([] when there is none)."""
+    res = t.shell(["cat", t.sidecar_name(remote)], check=False)
+    return res.stdout.split() if res.exit_code == 0 else []
+
+
+def wait_online(profile: Any, seconds: float = 20, **opts: Any) -> Any:
+    """Open a transport to ``profile``, retrying while the device is away (after a dropped link)."""
+    from edgekit.devices import open_transport
+    from edgekit.errors import DeviceError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            tr = open_transport(profile, **opts)
+            tr.stat(profile.work_dir)
+            return tr
+        except DeviceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 @dataclass
@@ -189,6 +243,26 @@ def adb_target(targets_dir: Path) -> Iterator[StandIn]:
     yield target
     stand.down(targets_dir, which=("adb",))
     _drop_big_files(target.sandbox)
+
+
+def _stand_in_profile(target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from edgekit.devices.profiles import load_profile
+
+    monkeypatch.setenv("EDGEKIT_PROFILES", str(target.profile_dir))
+    monkeypatch.delenv("ANDROID_SERIAL", raising=False)
+    return load_profile(target.profile_name)
+
+
+@pytest.fixture()
+def adb_profile(adb_target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The Pixel 8 stand-in's DeviceProfile (EDGEKIT_PROFILES set, ANDROID_SERIAL unset)."""
+    return _stand_in_profile(adb_target, monkeypatch)
+
+
+@pytest.fixture()
+def ssh_profile(ssh_target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The Raspberry Pi 5 stand-in's DeviceProfile (EDGEKIT_PROFILES set)."""
+    return _stand_in_profile(ssh_target, monkeypatch)
 
 
 def read_state(target: StandIn) -> dict[str, Any]:

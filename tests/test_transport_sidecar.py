@@ -1,59 +1,26 @@
 """Push fast paths: the device-side sidecar, the local sha256 cache, the follower that
-hashes on the device during the upload. Each shortcut is shown to be refused when it
-would be wrong (a stale sidecar, a changed local file, an interrupted push)."""
+hashes on the device during the upload (that one on every transport:
+tests/test_transport_contract.py). Each shortcut is shown to be refused when it would be
+wrong (a stale sidecar, a changed local file, an interrupted push)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from fixtures_targets import HOSTILE, CountingHashes, blob, sidecar_fields
 
-from edgekit.devices import hashing, open_transport
+from edgekit.devices import hashing
 from edgekit.devices.hashing import SIDECAR_MAGIC, cached_sha256, sidecar_claim, store_sha256
 from edgekit.devices.local import LocalTransport
-from edgekit.devices.profiles import load_profile
-from edgekit.errors import DeviceError, DeviceOffline, TransportTimeout
-
-HOSTILE = "we ird 'q\" ;$(touch PWNED) `id` &|<>*"
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
-
-
-def _blob(path: Path, n: int, seed: int = 0, age_s: float = 0.0) -> str:
-    data = (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n]
-    path.write_bytes(data)
-    if age_s:
-        past = time.time() - age_s
-        os.utime(path, (past, past))
-    return hashlib.sha256(data).hexdigest()
-
-
-class Counting:
-    """Counts device-side full hashes (BaseTransport.sha256) of one transport."""
-
-    def __init__(self, t, monkeypatch, forbid: bool = False):
-        self.calls: list[str] = []
-        orig = t.sha256
-
-        def sha(remote, timeout=None):
-            self.calls.append(remote)
-            if forbid:
-                raise AssertionError(f"full device hash of {remote} was not expected")
-            return orig(remote, timeout=timeout)
-
-        monkeypatch.setattr(t, "sha256", sha)
-
-
-def _sidecar_fields(t, remote: str) -> list[str]:
-    res = t.shell(["cat", t.sidecar_name(remote)], check=False)
-    return res.stdout.split() if res.exit_code == 0 else []
 
 
 # --- local transport (no stand-ins) ---------------------------------------------------
@@ -66,12 +33,12 @@ def lt():
 
 def test_sidecar_written_and_trusted_without_rehash(lt, tmp_path, monkeypatch):
     src = tmp_path / "b.bin"
-    digest = _blob(src, 700_000, seed=1, age_s=10)
+    digest = blob(src, 700_000, seed=1, age_s=10)
     remote = str(tmp_path / "dev" / f"b {HOSTILE}.bin")
     assert lt.push(src, remote).sent
-    f = _sidecar_fields(lt, remote)
+    f = sidecar_fields(lt, remote)
     assert f[0] == SIDECAR_MAGIC and f[2] == digest and f[4] == "700000"
-    Counting(lt, monkeypatch, forbid=True)
+    CountingHashes(lt, monkeypatch, forbid=True)
     t0 = time.monotonic()
     again = lt.push(src, remote)
     assert not again.sent and again.sha256 == digest and time.monotonic() - t0 < 1.0
@@ -79,7 +46,7 @@ def test_sidecar_written_and_trusted_without_rehash(lt, tmp_path, monkeypatch):
 
 def test_stale_sidecar_after_device_file_modified_is_not_trusted(lt, tmp_path, monkeypatch):
     src = tmp_path / "b.bin"
-    digest = _blob(src, 300_000, seed=2, age_s=10)
+    digest = blob(src, 300_000, seed=2, age_s=10)
     remote = str(tmp_path / "dev" / "b.bin")
     assert lt.push(src, remote).sent
     st = os.stat(remote)
@@ -88,17 +55,17 @@ def test_stale_sidecar_after_device_file_modified_is_not_trusted(lt, tmp_path, m
         f.write(b"\x00" if src.read_bytes()[1000] != 0 else b"\x01")
     os.utime(remote, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(remote).st_size == st.st_size and os.stat(remote).st_mtime_ns == st.st_mtime_ns
-    calls = Counting(lt, monkeypatch)
+    calls = CountingHashes(lt, monkeypatch)
     r = lt.push(src, remote)
     assert r.sent, "a sidecar that no longer matches the file's stat must not vouch for it"
     assert calls.calls == [remote]  # the device file was hashed (and found different)
     assert hashlib.sha256(Path(remote).read_bytes()).hexdigest() == digest
-    assert _sidecar_fields(lt, remote)[2] == digest
+    assert sidecar_fields(lt, remote)[2] == digest
 
 
 def test_verify_ignores_a_lying_sidecar(lt, tmp_path):
     src = tmp_path / "b.bin"
-    digest = _blob(src, 200_000, seed=3, age_s=10)
+    digest = blob(src, 200_000, seed=3, age_s=10)
     remote = str(tmp_path / "dev" / "b.bin")
     assert lt.push(src, remote).sent
     # corrupt the device copy and forge a sidecar that matches its new stat
@@ -111,7 +78,7 @@ def test_verify_ignores_a_lying_sidecar(lt, tmp_path):
 
 def test_interrupted_push_leaves_no_sidecar_and_keeps_the_old_one_valid(lt, tmp_path):
     src = tmp_path / "b.bin"
-    d1 = _blob(src, 2_000_000, seed=4, age_s=10)
+    d1 = blob(src, 2_000_000, seed=4, age_s=10)
     remote = str(tmp_path / "dev" / "b.bin")
     fresh = str(tmp_path / "dev" / "fresh.bin")
 
@@ -126,19 +93,19 @@ def test_interrupted_push_leaves_no_sidecar_and_keeps_the_old_one_valid(lt, tmp_
         lt.push(src, fresh, progress=die)
     assert not os.path.exists(fresh) and not os.path.exists(lt.sidecar_name(fresh))
     assert lt.push(src, remote).sent
-    d2 = _blob(src, 2_000_000, seed=5, age_s=5)  # a new version, cut off half-way
+    d2 = blob(src, 2_000_000, seed=5, age_s=5)  # a new version, cut off half-way
     with pytest.raises(Boom):
         lt.push(src, remote, progress=die)
     assert hashlib.sha256(Path(remote).read_bytes()).hexdigest() == d1  # old file untouched
-    assert _sidecar_fields(lt, remote)[2] == d1  # and its sidecar still describes it
+    assert sidecar_fields(lt, remote)[2] == d1  # and its sidecar still describes it
     r = lt.push(src, remote)
-    assert r.sent and r.sha256 == d2 and _sidecar_fields(lt, remote)[2] == d2
+    assert r.sent and r.sha256 == d2 and sidecar_fields(lt, remote)[2] == d2
     assert hashlib.sha256(Path(remote).read_bytes()).hexdigest() == d2
 
 
 def test_local_sha_cache_skips_rehash_and_misses_after_change(lt, tmp_path, monkeypatch):
     src = tmp_path / "b.bin"
-    digest = _blob(src, 500_000, seed=6)
+    digest = blob(src, 500_000, seed=6)
     time.sleep(2.1)  # ctime cannot be backdated; the cache takes files whose timestamps are > 2 s old
     assert lt.push(src, str(tmp_path / "dev" / "a.bin")).sent
     assert cached_sha256(str(src)) == digest
@@ -152,7 +119,7 @@ def test_local_sha_cache_skips_rehash_and_misses_after_change(lt, tmp_path, monk
         r = lt.push(src, str(tmp_path / "dev" / "b.bin"))  # another device path: bytes sent, no local hash
         assert r.sent and r.sha256 == digest
     st = os.stat(src)
-    d2 = _blob(src, 500_000, seed=7)  # same size, new content, mtime put back: ctime moved
+    d2 = blob(src, 500_000, seed=7)  # same size, new content, mtime put back: ctime moved
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert cached_sha256(str(src)) is None
     r = lt.push(src, str(tmp_path / "dev" / "a.bin"))
@@ -161,7 +128,7 @@ def test_local_sha_cache_skips_rehash_and_misses_after_change(lt, tmp_path, monk
 
 def test_cache_refuses_a_file_too_fresh_to_trust(tmp_path):
     src = tmp_path / "b.bin"
-    digest = _blob(src, 1000)
+    digest = blob(src, 1000)
     st = os.stat(src)
     assert not store_sha256(str(src), st, digest, before_ns=time.time_ns())  # mtime within 2 s of the stat
     assert cached_sha256(str(src)) is None
@@ -186,86 +153,3 @@ def test_sidecar_claim_rules():
     same_second = f"{SIDECAR_MAGIC} 1 {sha} 1700000000 " + " ".join(stat_s)
     later = f"{SIDECAR_MAGIC} 1 {sha} 1700000001 " + " ".join(stat_s)
     assert sidecar_claim(same_second, stat_s) is None and sidecar_claim(later, stat_s) == sha
-
-
-# --- both stand-ins ---------------------------------------------------------------------
-
-
-@pytest.fixture(params=["ssh", "adb"])
-def target(request, monkeypatch):
-    tgt = request.getfixturevalue("ssh_target" if request.param == "ssh" else "adb_target")
-    monkeypatch.setenv("EDGEKIT_PROFILES", str(tgt.profile_dir))
-    monkeypatch.delenv("ANDROID_SERIAL", raising=False)
-    return tgt
-
-
-@pytest.mark.targets
-def test_standin_follower_verifies_on_device_and_repush_uses_sidecar(target, tmp_path, monkeypatch):
-    prof = load_profile(target.profile_name)
-    t = open_transport(prof)
-    try:
-        src = tmp_path / "f.bin"
-        digest = _blob(src, 6_000_000, seed=8, age_s=10)
-        remote = t.expand(f"{prof.work_dir}/sidecar {HOSTILE}/f.bin")
-        t.remove(remote)
-        calls = Counting(t, monkeypatch)
-        r = t.push(src, remote)
-        # verified on the device by the follower during the upload: no second full read
-        assert r.sent and calls.calls == []
-        assert _sidecar_fields(t, remote)[2] == digest
-        t0 = time.monotonic()
-        again = t.push(src, remote)
-        assert not again.sent and calls.calls == [] and time.monotonic() - t0 < 1.0
-        # modify the device file in place, same size: the sidecar is stale, the file is rehashed and re-sent
-        t.sh('printf Z | dd of="$1" bs=1 seek=12345 conv=notrunc 2>/dev/null', remote)
-        assert t.stat(remote).size == 6_000_000
-        r3 = t.push(src, remote)
-        assert r3.sent and calls.calls == [remote]
-        monkeypatch.undo()
-        assert t.sha256(remote) == digest
-        assert not t.push(src, remote, verify=True).sent  # a full rehash agrees
-    finally:
-        t.close()
-
-
-@pytest.mark.targets
-def test_standin_interrupted_push_leaves_no_sidecar(target, tmp_path):
-    prof = load_profile(target.profile_name)
-    src = tmp_path / "g.bin"
-    digest = _blob(src, 8_000_000, seed=9, age_s=10)
-    t = open_transport(prof, retries=1)
-    remote = t.expand(f"{prof.work_dir}/sidecar-cut/g.bin")
-    t.remove(remote)
-    if target.kind == "ssh":
-        killed = threading.Event()
-
-        def kill(done, total):
-            if done > 2_000_000 and not killed.is_set():
-                killed.set()
-                t._client.get_transport().sock.close()
-
-        with pytest.raises((DeviceOffline, TransportTimeout)):
-            t.push(src, remote, progress=kill)
-    else:
-        with target.faults(drop_after_bytes=2_000_000):
-            with pytest.raises(DeviceError):
-                t.push(src, remote)
-    t.close()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            t2 = open_transport(prof)
-            break
-        except DeviceError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    try:
-        assert t2.stat(remote) is None and t2.stat(t2.sidecar_name(remote)) is None
-        part = t2.stat(t2.part_name(remote))
-        assert part is not None and part.size < 8_000_000
-        r = t2.push(src, remote)
-        assert r.sent and t2.sha256(remote) == digest and _sidecar_fields(t2, remote)[2] == digest
-        assert t2.stat(t2.part_name(remote)) is None
-    finally:
-        t2.close()
