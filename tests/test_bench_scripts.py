@@ -101,15 +101,15 @@ def test_run_measured_timestamps_stderr_and_keeps_stdout(C):
 
 
 def test_targets_and_rows(C):
-    assert C.Target(">=", 2.5).check(2.5) == "PASS"
-    assert C.Target(">=", 2.5).check(2.49) == "MISS"
-    assert C.Target("<=", 0.8).check(0.81) == "MISS"
-    assert C.Target("within", 0.05).check(0.951) == "PASS"
-    assert C.Target("within", 0.05).check(1.06) == "MISS"
-    assert C.Target("<=", 1).check(None) == "n/a"
-    assert C.Target("<=", 1).check(float("nan")) == "n/a"
-    rows = [C.Row("decode", 30.0, 10.0, C.ratio(30.0, 10.0), C.Target(">=", 2.5)),
-            C.Row("ttft", 9.0, 10.0, C.ratio(9.0, 10.0), C.Target("<=", 0.8))]
+    assert C.verdict(C.target(">=", 2.5), 2.5) == "PASS"
+    assert C.verdict(C.target(">=", 2.5), 2.49) == "MISS"
+    assert C.verdict(C.target("<=", 0.8), 0.81) == "MISS"
+    assert C.verdict(C.target("within", 0.05), 0.951) == "PASS"
+    assert C.verdict(C.target("within", 0.05), 1.06) == "MISS"
+    assert C.verdict(C.target("<=", 1), None) == "n/a"
+    assert C.verdict(C.target("<=", 1), float("nan")) == "n/a"
+    rows = [C.Row("decode", 30.0, 10.0, C.ratio(30.0, 10.0), C.target(">=", 2.5)),
+            C.Row("ttft", 9.0, 10.0, C.ratio(9.0, 10.0), C.target("<=", 0.8))]
     text = C.table(rows, ("metric", "q", "f", "q/f"))
     assert "| decode | 30 | 10 | 3x | >= 2.5x | PASS |" in text
     assert "| ttft | 9 | 10 | 0.9x | <= 0.8x | MISS |" in text
@@ -144,9 +144,9 @@ def test_machine_and_commit(C):
 
 def test_summary_copies_target_rows_of_real_sections_only(C, tmp_path):
     p = tmp_path / "RESULTS.md"
-    rows = [C.Row("decode tok/s", 30.0, 10.0, 3.0, C.Target(">=", 2.5)), C.Row("info", 1.0, 2.0, 0.5)]
+    rows = [C.Row("decode tok/s", 30.0, 10.0, 3.0, C.target(">=", 2.5)), C.Row("info", 1.0, 2.0, 0.5)]
     C.update_results("bundle_vs_fp16", C.section("t", rows, ("m", "a", "b", "r")), p)
-    C.update_results("push-tiny", C.section("t", [C.Row("x", 1.0, 1.0, 9.0, C.Target("<=", 1))], ("m", "a", "b", "r")), p)
+    C.update_results("push-tiny", C.section("t", [C.Row("x", 1.0, 1.0, 9.0, C.target("<=", 1))], ("m", "a", "b", "r")), p)
     text = p.read_text()
     summary = text[text.index("bench:summary start"):text.index("bench:summary end")]
     assert "| bundle_vs_fp16 | decode tok/s | 3x | >= 2.5x | PASS |" in summary

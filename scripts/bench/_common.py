@@ -28,6 +28,8 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 VENV_BIN = REPO / ".venv" / "bin"
+sys.path.insert(0, str(REPO))
+from edgekit.results.gate import ABSOLUTE, WITHIN, Threshold  # noqa: E402
 GIB = 1024**3
 MIB = 1024**2
 
@@ -365,28 +367,20 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 # ------------------------------------------------------------------ targets and tables
-@dataclasses.dataclass(frozen=True)
-class Target:
-    op: str  # ">=", "<=", "within" (|value - 1| <= bound)
-    bound: float
+def target(op: str, bound: float) -> Threshold:
+    """A benchmark target: the gate's absolute threshold on a row's figure (edgekit.results.gate),
+    ``>=``/``<=``/``>``/``<`` a bound, or ``within`` (|figure - 1| <= bound, for ratios near 1)."""
+    text = f"1 ± {bound:g}" if op == WITHIN else f"{op} {bound:g}"
+    return Threshold("figure", ABSOLUTE, op, float(bound), text, "benchmark script")
 
-    def check(self, value: float | None) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "n/a"
-        if self.op == ">=":
-            ok = value >= self.bound
-        elif self.op == "<=":
-            ok = value <= self.bound
-        elif self.op == "within":
-            ok = abs(value - 1.0) <= self.bound
-        else:
-            raise ValueError(self.op)
-        return "PASS" if ok else "MISS"
 
-    def text(self, unit: str = "x") -> str:
-        if self.op == "within":
-            return f"1 ± {self.bound:g}"
-        return f"{self.op} {self.bound:g}{unit}"
+def verdict(t: Threshold, value: float | None) -> str:
+    """PASS / MISS, or n/a when there is no figure (the gate's rule: it never passes)."""
+    return {True: "PASS", False: "MISS", None: "n/a"}[t.holds(value)]
+
+
+def target_text(t: Threshold, unit: str = "x") -> str:
+    return t.text if t.op == WITHIN else f"{t.text}{unit}"
 
 
 @dataclasses.dataclass
@@ -395,13 +389,13 @@ class Row:
     a: float | str | None = None
     b: float | str | None = None
     value: float | None = None  # the ratio (or figure) compared with the target
-    target: Target | None = None
+    target: Threshold | None = None
     unit: str = "x"
     note: str = ""
 
     @property
     def verdict(self) -> str:
-        return self.target.check(self.value) if self.target else ""
+        return verdict(self.target, self.value) if self.target else ""
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -429,7 +423,7 @@ def table(rows: Sequence[Row], head: tuple[str, str, str, str] = ("metric", "A",
         val = fmt(r.value) + (r.unit if r.value is not None and r.unit not in ("", "x") else "")
         if r.value is not None and r.unit == "x":
             val = f"{fmt(r.value)}x"
-        tgt = r.target.text(r.unit) if r.target else ""
+        tgt = target_text(r.target, r.unit) if r.target else ""
         lines.append(f"| {r.name} | {fmt(r.a)} | {fmt(r.b)} | {val} | {tgt} | {r.verdict}"
                      + (f" ({r.note})" if r.note else "") + " |")
     return "\n".join(lines)

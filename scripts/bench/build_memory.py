@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['params'] / 1e6:.0f} M", r["bytes_per_param"], None, unit=" B/param"))
     rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
                       f"{a0 / C.GIB:.2f} GiB + {b0:.2f} B/param", f"{full / 1e6:.0f} M", est_full / C.GIB,
-                      C.Target("<=", TARGET_GIB), unit=" GiB"))
+                      C.target("<=", TARGET_GIB), unit=" GiB"))
     notes = []
     # each stage's own peak (the manifest's: export child's wait4 rusage; builder's getrusage), extrapolated alike
     for key, label in (("manifest_export_peak_rss", "export child (litert-torch, float32)"),

@@ -33,10 +33,10 @@ import _common as C  # noqa: E402
 sys.path.insert(0, str(C.REPO))
 
 TARGETS = {
-    "decode_tps": C.Target(">=", 2.5),
-    "ttft_ms": C.Target("<=", 0.8),
-    "peak_anon_mb": C.Target("<=", 0.4),
-    "bytes": C.Target("<=", 0.25),
+    "decode_tps": C.target(">=", 2.5),
+    "ttft_ms": C.target("<=", 0.8),
+    "peak_anon_mb": C.target("<=", 0.4),
+    "bytes": C.target("<=", 0.25),
 }
 ANON_FULL_TARGET_GB = 0.8
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         full_mb, xnotes = extrapolate(a.model, wd, mc["decode_anon_mb"], base_mb, mc.get("peak_file_mb"), cand)
         rows.append(C.Row(f"anon while decoding, full-size {a.model} text-only (extrapolated), GB",
                           f"w{wd}: {mc['decode_anon_mb']:.0f} MB", f"base {base_mb:.0f} MB", full_mb * C.MIB / 1e9,
-                          C.Target("<=", ANON_FULL_TARGET_GB), unit=" GB"))
+                          C.target("<=", ANON_FULL_TARGET_GB), unit=" GB"))
         notes += xnotes
     elif mc.get("decode_anon_mb") is not None:
         rows.append(C.Row("anon while decoding (this model), GB", f"{mc['decode_anon_mb']:.0f} MB", "",

@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from bundle_vs_fp16 import find_or_build  # noqa: E402
 
-WITHIN5 = C.Target("within", 0.05)
-WITHIN3 = C.Target("within", 0.03)
-CV_TARGET = C.Target("<=", 0.03)
+WITHIN5 = C.target("within", 0.05)
+WITHIN3 = C.target("within", 0.03)
+CV_TARGET = C.target("<=", 0.03)
 ROLES = {"candidate": "wNa8o8", "baseline": "fp16"}
 KEYS = (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s"), ("ttft_ms", "TTFT ms"))
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from bundle_vs_fp16 import find_or_build  # noqa: E402
 
-TARGET = C.Target("<=", 5.0)
+TARGET = C.target("<=", 5.0)
 
 
 def read_jsonl(p: Path) -> list[dict]:

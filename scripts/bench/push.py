@@ -35,8 +35,8 @@ import _common as C  # noqa: E402
 
 sys.path.insert(0, str(C.REPO))
 
-RATIO_TARGET = C.Target(">=", 0.9)
-REPUSH_TARGET = C.Target("<=", 1.0)
+RATIO_TARGET = C.target(">=", 0.9)
+REPUSH_TARGET = C.target("<=", 1.0)
 
 
 def targets_up() -> tuple[str, bool]:
