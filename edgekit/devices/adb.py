@@ -119,12 +119,10 @@ class AdbTransport(BaseTransport):
         command_timeout: float = 900.0,
         retries: int = 3,
     ):
-        super().__init__(command_timeout, connect_timeout)
-        self.name = name
+        super().__init__(command_timeout, connect_timeout, name=name, retries=retries)
         self.serial = serial
         self.client = client or adbutils.AdbClient(socket_timeout=connect_timeout)
         self.device = self.client.device(serial=serial)
-        self.retries = max(1, int(retries))
         self._features: set[str] | None = None
 
     # --- selection -------------------------------------------------------------------
@@ -172,28 +170,39 @@ class AdbTransport(BaseTransport):
             return self._run_v2(cmdline, timeout)
         return self._run_v1(cmdline, timeout)
 
+    def _read_until_done(self, c, cmdline: str, timeout: float, deadline: float, read_one) -> None:
+        """Call ``read_one()`` until it returns False, each read bounded by what is left before ``deadline``."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise timeout_error(self.name, f"`{cmdline[:60]}`", timeout)
+            c.conn.settimeout(left)
+            if not read_one():
+                return
+
     def _run_v2(self, cmdline: str, timeout: float) -> ShellResult:
         deadline = time.monotonic() + timeout
         c = self._open(f"shell,v2,raw:{cmdline}", timeout)
         out, err = bytearray(), bytearray()
         code = None
+
+        def read_packet() -> bool:
+            nonlocal code
+            header = c.read_exact(5)
+            kind = header[0]
+            length = int.from_bytes(header[1:5], "little")
+            data = c.read_exact(length) if length else b""
+            if kind == 1:
+                out.extend(data)
+            elif kind == 2:
+                err.extend(data)
+            elif kind == 3:
+                code = data[0] if data else 255
+                return False
+            return True
+
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise timeout_error(self.name, f"`{cmdline[:60]}`", timeout)
-                c.conn.settimeout(left)
-                header = c.read_exact(5)
-                kind = header[0]
-                length = int.from_bytes(header[1:5], "little")
-                data = c.read_exact(length) if length else b""
-                if kind == 1:
-                    out += data
-                elif kind == 2:
-                    err += data
-                elif kind == 3:
-                    code = data[0] if data else 255
-                    break
+            self._read_until_done(c, cmdline, timeout, deadline, read_packet)
         except AdbTimeout as exc:
             raise timeout_error(self.name, f"`{cmdline[:60]}`", timeout) from exc
         except (AdbError,) + TRANSIENT + (OSError,) as exc:
@@ -207,16 +216,14 @@ class AdbTransport(BaseTransport):
         deadline = time.monotonic() + timeout
         c = self._open(f"shell:({cmdline}); echo {EXIT_MARK}$?", timeout)
         buf = bytearray()
+
+        def read_chunk() -> bool:
+            chunk = c.conn.recv(65536)
+            buf.extend(chunk)
+            return bool(chunk)
+
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise timeout_error(self.name, f"`{cmdline[:60]}`", timeout)
-                c.conn.settimeout(left)
-                chunk = c.conn.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+            self._read_until_done(c, cmdline, timeout, deadline, read_chunk)
         except (socket.timeout, AdbTimeout) as exc:
             raise timeout_error(self.name, f"`{cmdline[:60]}`", timeout) from exc
         finally:

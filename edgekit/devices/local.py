@@ -11,14 +11,12 @@ import stat as stat_mod
 import subprocess
 
 from edgekit.devices.transport import (
-    LINUX_IDENTITY_SCRIPT,
     BaseTransport,
     Progress,
     RemoteStat,
     UploadSource,
     ShellResult,
     classify_failure,
-    parse_kv,
     timeout_error,
 )
 from edgekit.errors import DeviceError, PermissionDenied, RuntimeMissing, StorageFull
@@ -40,8 +38,7 @@ class LocalTransport(BaseTransport):
     kind = "local"
 
     def __init__(self, name: str = "host", command_timeout: float = 900.0, connect_timeout: float = 5.0):
-        super().__init__(command_timeout, connect_timeout)
-        self.name = name
+        super().__init__(command_timeout, connect_timeout, name=name)
 
     def _exec(self, argv: list[str], timeout: float) -> ShellResult:
         try:
@@ -148,8 +145,6 @@ class LocalTransport(BaseTransport):
             raise _os_error(exc, f"read {remote}") from exc
 
     def identity(self) -> dict:
-        res = self._run(LINUX_IDENTITY_SCRIPT, 20)
-        ident = parse_kv(res.stdout)
-        ident["transport"] = "local"
+        ident = self._linux_identity("", 20)
         ident["serial"] = ident.get("host", "")
         return ident

@@ -23,13 +23,11 @@ import paramiko
 
 from edgekit.devices.profiles import DeviceProfile
 from edgekit.devices.transport import (
-    LINUX_IDENTITY_SCRIPT,
     BaseTransport,
     Progress,
     RemoteStat,
     UploadSource,
     ShellResult,
-    parse_kv,
     timeout_error,
     with_retries,
 )
@@ -99,15 +97,13 @@ class SshTransport(BaseTransport):
         command_timeout: float = 900.0,
         retries: int = 3,
     ):
-        super().__init__(command_timeout, connect_timeout)
-        self.name = name
+        super().__init__(command_timeout, connect_timeout, name=name, retries=retries)
         self.host = host
         self.port = int(port)
         self.user = user or os.environ.get("USER", "")
         self.key = os.path.expanduser(key) if key else ""
         self.known_hosts = os.path.expanduser(known_hosts) if known_hosts else ""
         self.accept_new_host_key = accept_new_host_key
-        self.retries = max(1, int(retries))
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._reconnect_lock = threading.Lock()  # push's follower thread shares the connection
@@ -396,8 +392,4 @@ class SshTransport(BaseTransport):
             raise self._sftp_error(exc, f"download {remote}") from exc
 
     def identity(self) -> dict:
-        res = self._run(LINUX_IDENTITY_SCRIPT, self.connect_timeout + 20)
-        ident = parse_kv(res.stdout)
-        ident["transport"] = "ssh"
-        ident["serial"] = self.where
-        return ident
+        return self._linux_identity(self.where, self.connect_timeout + 20)

@@ -214,10 +214,21 @@ class BaseTransport:
     name: str = "transport"
     kind: str = "base"
 
-    def __init__(self, command_timeout: float = 900.0, connect_timeout: float = 10.0):
+    def __init__(self, command_timeout: float = 900.0, connect_timeout: float = 10.0,
+                 name: str | None = None, retries: int = 1):
         self.command_timeout = float(command_timeout)
         self.connect_timeout = float(connect_timeout)
         self._home: str | None = None
+        if name is not None:
+            self.name = name
+        self.retries = max(1, int(retries))  # attempts of a push or connect that lost its link
+
+    def _linux_identity(self, serial: str, timeout: float) -> dict:
+        """identity() of a Linux machine reached through ``_run`` (a Pi over ssh, this host)."""
+        ident = parse_kv(self._run(LINUX_IDENTITY_SCRIPT, timeout).stdout)
+        ident["transport"] = self.kind
+        ident["serial"] = serial
+        return ident
 
     # primitives ------------------------------------------------------------------
     def _run(self, cmdline: str, timeout: float) -> ShellResult:  # pragma: no cover - abstract
