@@ -7,43 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgekit.errors import ConfigError, EdgekitError
-from edgekit.results.gate import RELATIVE, Threshold, merge_thresholds, parse_thresholds
-from edgekit.results.records import BenchResult, load_result
-
-
-def profile_thresholds(profile_name: str, warn=True) -> list[Threshold]:
-    """The device profile's `[gate] fail_on` and `budget`; a missing profile gives none (with a note)."""
-    from edgekit.devices.profiles import load_profile
-
-    try:
-        profile = load_profile(profile_name)
-    except EdgekitError as exc:
-        if isinstance(exc, ConfigError) and "not found" not in exc.message and "unknown" not in exc.message:
-            raise
-        if warn:
-            click.echo(f"note: no thresholds from device profile {profile_name!r} ({exc.message})", err=True)
-        return []
-    source = f"profile {profile.name}"
-    return parse_thresholds([*profile.gate.fail_on, *profile.gate.budget], source=source)
-
-
-def without_baseline(profile: list[Threshold], has_baseline: bool) -> list[Threshold]:
-    """Without a baseline the profile's relative thresholds cannot apply; its budgets still do."""
-    if has_baseline:
-        return profile
-    dropped = [t.text for t in profile if t.kind == RELATIVE]
-    if dropped:
-        click.echo("note: no baseline, so the profile's relative thresholds are not applied: " + ", ".join(dropped),
-                   err=True)
-    return [t for t in profile if t.kind != RELATIVE]
-
-
-def resolve_thresholds(result: BenchResult, fail_on: tuple[str, ...], use_profile: bool) -> list[Threshold]:
-    cli = parse_thresholds(fail_on, source="command line")
-    prof = profile_thresholds(result.device.profile) if use_profile else []
-    prof = without_baseline(prof, "baseline" in result.bundles)
-    return merge_thresholds(prof, cli)
+from edgekit.results.gate import resolve_thresholds
+from edgekit.results.records import load_result
 
 
 def gate_options(fn):
@@ -82,7 +47,8 @@ def command(result: Path, fail_on: tuple[str, ...], profile_thresholds: bool, al
     from edgekit.report.terminal import render_gate
 
     res = load_result(result)
-    thresholds = resolve_thresholds(res, fail_on, profile_thresholds)
+    thresholds = resolve_thresholds(fail_on, res.device.profile, "baseline" in res.bundles, profile_thresholds,
+                                    note=lambda s: click.echo(s, err=True))
     ctx = build_context(res, thresholds, allow_mismatch=allow_mismatch)
     gate = ctx.gate
     assert gate is not None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.gate import gate_options, resolve_thresholds
+from edgekit.cli.gate import gate_options
+from edgekit.results.gate import resolve_thresholds
 from edgekit.results.records import load_result
 
 
@@ -28,7 +29,8 @@ def command(folder: Path, fail_on: tuple[str, ...], profile_thresholds: bool, al
 
     res = load_result(folder)
     out_dir = folder if folder.is_dir() else folder.parent
-    thresholds = resolve_thresholds(res, fail_on, profile_thresholds)
+    thresholds = resolve_thresholds(fail_on, res.device.profile, "baseline" in res.bundles, profile_thresholds,
+                                    note=lambda s: click.echo(s, err=True))
     ctx = build_context(res, thresholds, allow_mismatch=allow_mismatch)
     paths = write_views(out_dir, ctx, junit=junit)
     if as_json:

@@ -34,10 +34,13 @@ from __future__ import annotations
 import math
 import operator
 import re
+import sys
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-from edgekit.errors import EXIT_DEVICE, EXIT_GATE_FAILED, EXIT_NOT_COMPARABLE, EXIT_OK, ConfigError, UsageError
+from edgekit.errors import (
+    EXIT_DEVICE, EXIT_GATE_FAILED, EXIT_NOT_COMPARABLE, EXIT_OK, ConfigError, EdgekitError, UsageError,
+)
 from edgekit.results.compare import BETTER, INSUFFICIENT, NOT_COMPARABLE, WORSE, Comparison
 from edgekit.results.metrics import METRICS, RUN, Metric
 from edgekit.results.records import BenchResult, CANDIDATE
@@ -147,6 +150,47 @@ def merge_thresholds(profile: Sequence[Threshold], cli: Sequence[Threshold]) -> 
     """Command-line thresholds replace the profile's for the same metric and kind."""
     overridden = {(t.metric, t.kind) for t in cli}
     return [t for t in profile if (t.metric, t.kind) not in overridden] + list(cli)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def profile_thresholds(profile_name: str, note: Callable[[str], None] | None = _stderr) -> list[Threshold]:
+    """The device profile's ``[gate] fail_on`` and ``budget``; a missing profile gives none
+    (``note`` says so; None: silently)."""
+    from edgekit.devices.profiles import load_profile
+
+    try:
+        profile = load_profile(profile_name)
+    except EdgekitError as exc:
+        if isinstance(exc, ConfigError) and "not found" not in exc.message and "unknown" not in exc.message:
+            raise
+        if note is not None:
+            note(f"note: no thresholds from device profile {profile_name!r} ({exc.message})")
+        return []
+    return parse_thresholds([*profile.gate.fail_on, *profile.gate.budget], source=f"profile {profile.name}")
+
+
+def without_baseline(profile: list[Threshold], has_baseline: bool,
+                     note: Callable[[str], None] = _stderr) -> list[Threshold]:
+    """Without a baseline the profile's relative thresholds cannot apply; its budgets still do."""
+    if has_baseline:
+        return profile
+    dropped = [t.text for t in profile if t.kind == RELATIVE]
+    if dropped:
+        note("note: no baseline, so the profile's relative thresholds are not applied: " + ", ".join(dropped))
+    return [t for t in profile if t.kind != RELATIVE]
+
+
+def resolve_thresholds(fail_on: Iterable[str], device: str, has_baseline: bool, use_profile: bool = True,
+                       note: Callable[[str], None] = _stderr) -> list[Threshold]:
+    """The thresholds a gate applies: the command line's (parsed first: bad syntax fails before
+    any work), and the device profile's unless ``use_profile`` is off, its relative ones only
+    with a baseline; the command line's replace the profile's for the same metric and kind."""
+    cli = parse_thresholds(fail_on, source="command line")
+    prof = profile_thresholds(device, note) if use_profile else []
+    return merge_thresholds(without_baseline(prof, has_baseline, note), cli)
 
 
 @dataclass(frozen=True)
