@@ -92,6 +92,25 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     return _hf_tokenizer(p.read_text(encoding="utf-8"), str(p))
 
 
+PROMPT_WORD_CANDIDATES = (" the", " a", "a", "x", "0", ".")
+
+
+def one_token_word(bundle: str | os.PathLike, candidates: Sequence[str] = PROMPT_WORD_CANDIDATES) -> str:
+    """The first of ``candidates`` that the bundle's own tokenizer makes one token, repeated or not
+    (16 copies give 16 tokens): a prompt word that gives exactly the prompt length asked for."""
+    from edgekit.runtime.litertlm_file import read_hf_tokenizer_json
+
+    text = read_hf_tokenizer_json(Path(bundle))
+    if text is None:
+        raise CheckpointError(f"{bundle} carries no Hugging Face tokenizer", hint="build it with `edgekit build`")
+    tok = _hf_tokenizer(text, f"{bundle} (tokenizer section)")
+    for w in candidates:
+        if len(tok.encode(w * 16)) == 16:
+            return w
+    raise CheckpointError(f"no one-token prompt word in {bundle}'s tokenizer (tried {list(candidates)!r})",
+                          hint="pass a bundle built with a Gemma tokenizer")
+
+
 def windows(ids: Sequence[int], bos_id: int, seq_len: int, max_tokens: int | None) -> list[list[int]]:
     """Non-overlapping windows ``[BOS] + ids[i : i + seq_len - 1]``; the last one may be shorter.
 

@@ -153,3 +153,26 @@ def test_summary_copies_target_rows_of_real_sections_only(C, tmp_path):
     assert "info" not in summary and "push-tiny" not in summary
     C.update_results("bundle_vs_fp16", C.section("t", rows[:1], ("m", "a", "b", "r")), p)
     assert p.read_text().count("bench:summary start") == 1
+
+
+def test_medians_take_the_decode_window_memory_from_the_package(C, tmp_path):
+    """The scripts' anonymous-memory-while-decoding figure is edgekit.bench.traces' decode window
+    over the stored run's RssAnon samples (MB), median over the measured runs."""
+    import json
+
+    tdir = tmp_path / "traces" / "01-candidate-measure-0"
+    tdir.mkdir(parents=True)
+    (tdir / "runner.out").write_text(
+        '{"event":"start","schema":1}\n'
+        '{"event":"run","phase":"measure","index":0,"decode_ms":400.0,"t_end":1002.4}\n{"event":"end","status":"ok"}\n')
+    (tdir / "harness.tsv").write_text("start_epoch_ms\t1000000\nexit_status\t0\n")
+    run = {"role": "candidate", "phase": "measure", "status": "ok", "t_start": 1000.0,
+           "trace_dir": "traces/01-candidate-measure-0", "metrics": {"decode_tps": 10.0, "ttft_ms": None},
+           "mem": [[500.0, 90.0, 70.0], [2100.0, 50.0, 30.0], [2300.0, 60.0, 40.0], [2600.0, 99.0, 80.0]]}
+    assert C.decode_anon_mb(run, tmp_path) == 40.0
+    assert C.decode_anon_mb(dict(run, t_start=None), tmp_path) is None
+    data = {"result": {"runs": [run, dict(run, phase="warmup", mem=[[2200.0, 1.0, 999.0]])]}}
+    m = C.medians(data, tmp_path, "candidate")
+    assert m["decode_anon_mb"] == 40.0 and m["runs"] == 1 and m["decode_tps"] == 10.0
+    assert m["ttft_ms"] is None  # no value: absent, not 0
+    json.dumps(m)

@@ -204,3 +204,19 @@ def test_cli_not_a_bundle_is_a_usage_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "not a .litertlm bundle" in err and "Traceback" not in err
+
+
+def test_one_token_word_is_read_from_the_bundles_tokenizer(monkeypatch, tmp_path):
+    import edgekit.runtime.litertlm_file as lf
+    from edgekit.errors import CheckpointError
+    from edgekit.models.presets import get_preset
+
+    tok_json = (Path(get_preset("tiny").tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8")
+    monkeypatch.setattr(lf, "read_hf_tokenizer_json", lambda path, header=None: tok_json)
+    word = quality.one_token_word(tmp_path / "x.litertlm")
+    assert len(quality._hf_tokenizer(tok_json, "t").encode(word * 16)) == 16
+    with pytest.raises(CheckpointError):  # no candidate is one token: refused, not guessed
+        quality.one_token_word(tmp_path / "x.litertlm", candidates=("\u2603\u2604\u2605 zq",))
+    monkeypatch.setattr(lf, "read_hf_tokenizer_json", lambda path, header=None: None)
+    with pytest.raises(CheckpointError):
+        quality.one_token_word(tmp_path / "x.litertlm")

@@ -139,3 +139,38 @@ def test_runner_jsonl_after_stray_stdout_lines(tmp_path):
     t = parse_trace_dir(tmp_path)
     assert t.source == "runner" and t.ok and len(t.iterations) == 4
     assert any("not JSON" in w for w in t.warnings)
+
+
+def _decode_trace(d: Path, mem_rows: list[tuple[int, int]], decode_ms: float = 400.0) -> Path:
+    """A runner trace: harness started at epoch 1000 s; a warmup decoding 1.0-1.4 s and a measured
+    iteration decoding 2.0-2.4 s after the start (t_end - decode_ms)."""
+    d.mkdir(parents=True, exist_ok=True)
+    recs = [{"event": "start", "schema": 1},
+            {"event": "run", "phase": "warmup", "index": 0, "decode_ms": decode_ms, "t_end": 1001.4},
+            {"event": "run", "phase": "measure", "index": 0, "decode_ms": decode_ms, "t_end": 1002.4},
+            {"event": "end", "status": "ok"}]
+    (d / "runner.out").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "harness.tsv").write_text("start_epoch_ms\t1000000\nexit_status\t0\n")
+    header = "t_ms\tvmrss_kb\tvmhwm_kb\trss_anon_kb\trss_file_kb\trss_shmem_kb\tvmswap_kb\tpss_kb\n"
+    (d / "mem.tsv").write_text(header + "".join(f"{t}\t\t\t{kb}\t\t\t\t\n" for t, kb in mem_rows))
+    return d
+
+
+def test_decode_peak_reads_only_measured_decode_windows(tmp_path):
+    from edgekit.bench.traces import decode_windows
+
+    # 9000 kB while the warmup decodes and 7000 kB while loading: neither is the measured decode's
+    t = parse_trace_dir(_decode_trace(tmp_path / "a", [(500, 7000), (1200, 9000), (2100, 3000), (2300, 4000),
+                                                       (2600, 8000)]))
+    assert t.ok
+    assert decode_windows(t.measured, 1000.0) == [pytest.approx((2000.0, 2400.0))]
+    assert t.decode_peak("rss_anon_kb") == 4000
+    assert t.decode_peak("pss_kb") is None  # never sampled: absent, not 0
+
+
+def test_decode_peak_of_a_decode_shorter_than_the_sampling_interval(tmp_path):
+    # no sample inside 2.39-2.4 s: the first one within 200 ms of the decode's start stands for it
+    t = parse_trace_dir(_decode_trace(tmp_path / "b", [(2000, 1000), (2450, 5000), (2700, 6000)], decode_ms=10.0))
+    assert t.decode_peak() == 5000
+    late = parse_trace_dir(_decode_trace(tmp_path / "c", [(2000, 1000), (2700, 6000)], decode_ms=10.0))
+    assert late.decode_peak() is None

@@ -100,6 +100,16 @@ class RunTrace:
         vals = [getattr(m, column) for m in self.mem if getattr(m, column) is not None]
         return max(vals) if vals else None
 
+    def decode_peak(self, column: str = "rss_anon_kb") -> int | None:
+        """Largest reading of one mem.tsv column taken while a measured iteration decoded
+        (see :func:`decode_windows` and :func:`peak_in_windows`); None without runner
+        timestamps, the harness's start epoch or a reading."""
+        t0 = _f(self.harness.get("start_epoch_ms"))
+        if t0 is None:
+            return None
+        points = [(m.t_ms, getattr(m, column)) for m in self.mem]
+        return peak_in_windows(points, decode_windows(self.measured, t0 / 1000.0))
+
     def count(self, *columns: str) -> int:
         """mem.tsv rows holding a reading of any of ``columns``: what a sampled peak rests on
         (Pss is read only about once a second, so a short run may have one Pss reading or none)."""
@@ -485,3 +495,30 @@ def parse_trace_dir(path: str | Path, native_warmup: int = 0) -> RunTrace:
         summary=summary,
         warnings=warnings,
     )
+
+
+# --- decode windows ----------------------------------------------------------------------
+
+DECODE_GRACE_MS = 200.0  # a decode shorter than the sampling interval: the first reading this soon after it began
+
+
+def decode_windows(iterations: list[Iteration], t0_s: float) -> list[tuple[float, float]]:
+    """Each iteration's decode turn as (start, end) in ms since ``t0_s`` (epoch s, the harness's
+    start): it ends at the runner's ``t_end`` and lasts ``decode_ms``. Iterations without both
+    (native binaries) have none."""
+    return [((it.t_end - it.decode_ms / 1000.0 - t0_s) * 1000.0, (it.t_end - t0_s) * 1000.0)
+            for it in iterations if it.t_end is not None and it.decode_ms is not None]
+
+
+def peak_in_windows(points: list[tuple[float, float | None]], windows: list[tuple[float, float]],
+                    grace_ms: float = DECODE_GRACE_MS) -> float | None:
+    """Largest value of (t_ms, value) readings inside any window: the memory a model holds while
+    it decodes (the anonymous-memory figure of the benchmarks). A window with no reading (decode
+    shorter than the sampling interval) takes the first reading within ``grace_ms`` of its start.
+    None when no window has a reading."""
+    pts = [(t, v) for t, v in points if v is not None]
+    vals = [v for t, v in pts if any(a <= t <= b for a, b in windows)]
+    if not vals:
+        firsts = (next((v for t, v in pts if a <= t <= a + grace_ms), None) for a, _ in windows)
+        vals = [v for v in firsts if v is not None]
+    return max(vals) if vals else None

@@ -579,20 +579,31 @@ def build_argv(model: str, scheme: str, width_div: int, output: Path) -> tuple[l
                   "(the `edgekit build` CLI command had not landed)")
 
 
+def text_bundle_name(model: str, scheme: str) -> str:
+    """``<model>-<scheme>-text``: the folder `edgekit build --text-only` writes (edgekit.results.manifest)."""
+    sys.path.insert(0, str(REPO))
+    from edgekit.results.manifest import bundle_name
+
+    return bundle_name(model, scheme, True)
+
+
 def find_bundle(out_root: Path, model: str, scheme: str) -> Path | None:
-    d = out_root / f"{model}-{scheme}-text"
+    d = out_root / text_bundle_name(model, scheme)
     files = sorted(d.glob("*.litertlm")) if d.is_dir() else []
     return files[0] if files else None
 
 
-def read_manifest(bundle: Path) -> dict:
-    import json
+def read_manifest(bundle: Path):
+    """The typed manifest beside ``bundle`` (edgekit.results.manifest.Manifest, read leniently);
+    None when there is none or it is unreadable."""
+    sys.path.insert(0, str(REPO))
+    from edgekit.errors import EdgekitError
+    from edgekit.results.manifest import read_beside
 
-    p = bundle.parent / "manifest.json"
     try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
+        return read_beside(bundle)[1]
+    except EdgekitError:
+        return None
 
 
 def atomic_json(path: Path, data: Any) -> None:
@@ -603,3 +614,62 @@ def atomic_json(path: Path, data: Any) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, data)
+
+
+# ------------------------------------------------------------------ bundles and bench results (shared by the scripts)
+def find_or_build(model: str, scheme: str, wd: int, dist: Path, cache: Path, notes: list[str]) -> Path:
+    """The text-only ``model`` ``scheme`` bundle at width-div ``wd``: reused from ``dist`` (or the
+    repository's dist/) when its manifest says the same width, else built under nice, one big job
+    at a time. ``notes`` gets a line saying which."""
+    for root in (dist, REPO / "dist"):
+        b = find_bundle(root, model, scheme)
+        if b is not None:
+            man = read_manifest(b)
+            got_wd = man.width_div if man else None
+            if got_wd == wd and man.text_only is not False:
+                log(f"reusing {b} (manifest: width_div {got_wd})")
+                notes.append(f"{scheme}: reused {b.relative_to(REPO) if b.is_relative_to(REPO) else b}")
+                return b
+    if model != "tiny":
+        wait_for_quiet_machine()
+    argv, how = build_argv(model, scheme, wd, dist)
+    log(f"building {model} {scheme} w{wd}: {how}")
+    run = run_measured(argv, cwd=REPO, env=dict(os.environ, EDGEKIT_CACHE=str(cache)), nice=5, echo=True)
+    if run.returncode != 0:
+        raise SystemExit(f"error: build failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+    notes.append(f"{scheme}: built in {run.seconds:.0f} s, peak RSS {run.peak_rss / GIB:.1f} GiB ({how})")
+    b = find_bundle(dist, model, scheme)
+    if b is None:
+        raise SystemExit(f"error: the build finished but no bundle in {dist}/{text_bundle_name(model, scheme)}/")
+    return b
+
+
+def decode_anon_mb(run: dict, folder: Path) -> float | None:
+    """Resident anonymous memory (MB) while the run decoded: the stored run's RssAnon samples inside
+    the decode windows of its trace (edgekit.bench.traces.decode_windows / peak_in_windows)."""
+    from edgekit.bench.traces import decode_windows, parse_trace_dir, peak_in_windows
+
+    t0 = run.get("t_start")
+    if t0 is None or not run.get("trace_dir"):
+        return None
+    windows = decode_windows(parse_trace_dir(folder / run["trace_dir"]).measured, t0)
+    return peak_in_windows([(pt[0], pt[2]) for pt in run.get("mem") or [] if len(pt) > 2], windows)
+
+
+def medians(data: dict, folder: Path, role: str) -> dict[str, float | None]:
+    """Medians over ``role``'s measured runs of an `edgekit bench --json` result: every run metric of
+    the registry (edgekit.results.metrics), the anonymous memory while decoding, the run count and
+    the decode CV."""
+    from edgekit.results.metrics import RUN_METRICS
+
+    runs = [r for r in data["result"]["runs"] if r["role"] == role and r["phase"] == "measure" and
+            r.get("status", "ok") == "ok"]
+    out: dict[str, float | None] = {}
+    for k in RUN_METRICS:
+        xs = [r["metrics"].get(k) for r in runs if r["metrics"].get(k) is not None]
+        out[k] = median(xs) if xs else None
+    da = [v for v in (decode_anon_mb(r, folder) for r in runs) if v is not None]
+    out["decode_anon_mb"] = median(da) if da else None
+    out["runs"] = len(runs)
+    out["decode_cv"] = cv([r["metrics"]["decode_tps"] for r in runs if r["metrics"].get("decode_tps")])
+    return out

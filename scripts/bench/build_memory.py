@@ -129,8 +129,8 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
             peak_t, peak_cmd = t, cmd
             break
     bundle = C.find_bundle(out, model, scheme)
-    man = C.read_manifest(bundle) if bundle else {}
-    b = man.get("build", {})
+    man = C.read_manifest(bundle) if bundle else None
+    b = (man.build if man else None) or {}
     params = text_params(model, wd)
     return {
         "model": model, "width_div": wd, "scheme": scheme, "params": params, "seconds": round(run.seconds, 1),

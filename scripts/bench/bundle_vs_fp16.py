@@ -41,30 +41,6 @@ TARGETS = {
 ANON_FULL_TARGET_GB = 0.8
 
 
-def find_or_build(model: str, scheme: str, wd: int, dist: Path, cache: Path, notes: list[str]) -> Path:
-    for root in (dist, C.REPO / "dist"):
-        b = C.find_bundle(root, model, scheme)
-        if b is not None:
-            man = C.read_manifest(b)
-            got_wd = (man.get("model") or {}).get("width_div")
-            if got_wd == wd and (man.get("build") or {}).get("text_only", True):
-                C.log(f"reusing {b} (manifest: width_div {got_wd})")
-                notes.append(f"{scheme}: reused {b.relative_to(C.REPO) if b.is_relative_to(C.REPO) else b}")
-                return b
-    if model != "tiny":
-        C.wait_for_quiet_machine()
-    argv, how = C.build_argv(model, scheme, wd, dist)
-    C.log(f"building {model} {scheme} w{wd}: {how}")
-    run = C.run_measured(argv, cwd=C.REPO, env=dict(os.environ, EDGEKIT_CACHE=str(cache)), nice=5, echo=True)
-    if run.returncode != 0:
-        raise SystemExit(f"error: build failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
-    notes.append(f"{scheme}: built in {run.seconds:.0f} s, peak RSS {run.peak_rss / C.GIB:.1f} GiB ({how})")
-    b = C.find_bundle(dist, model, scheme)
-    if b is None:
-        raise SystemExit(f"error: the build finished but no bundle in {dist}/{model}-{scheme}-text/")
-    return b
-
-
 def bench(cand: Path, base: Path | None, reps: int, warmup: int, prefill: int, decode: int, out: Path,
           extra: list[str] = ()) -> tuple[dict, Path]:
     argv = C.edgekit_argv("bench", "--device", "host", "--bundle", str(cand), "--warmup", str(warmup),
@@ -94,7 +70,7 @@ def engine_direct(bundles: dict[str, Path], warmup: int, reps: int, prefill: int
     from edgekit.bench.session import HARNESS, metrics_from_trace, schedule
     from edgekit.bench.traces import parse_trace_dir
     from edgekit.devices import load_profile
-    from fidelity import one_token_word
+    from edgekit.quality import one_token_word
 
     prof = load_profile("host")
     threads = prof.cpu.threads
@@ -133,53 +109,6 @@ def stored(folder: Path) -> tuple[dict, Path]:
     if not f.is_file():
         f = folder / "result-engine-direct.json"
     return {"result": json.loads(f.read_text())}, folder
-
-
-def runner_iterations(trace_dir: Path) -> list[dict]:
-    out = []
-    try:
-        for line in (trace_dir / "runner.out").read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == "run" and rec.get("phase") == "measure":
-                out.append(rec)
-    except OSError:
-        pass
-    return out
-
-
-def decode_anon_mb(run: dict, folder: Path) -> float | None:
-    """Max RssAnon (MB) sampled inside the run's decode window(s)."""
-    t0 = run.get("t_start")
-    if t0 is None or not run.get("trace_dir"):
-        return None
-    windows = []
-    for it in runner_iterations(folder / run["trace_dir"]):
-        if it.get("t_end") is not None and it.get("decode_ms") is not None:
-            windows.append(((it["t_end"] - it["decode_ms"] / 1000.0 - t0) * 1000.0, (it["t_end"] - t0) * 1000.0))
-    pts = [(pt[0], pt[2]) for pt in run.get("mem") or [] if len(pt) > 2 and pt[2] is not None]
-    vals = [anon for t_ms, anon in pts if any(a <= t_ms <= b for a, b in windows)]
-    if not vals:  # decode shorter than the sampling interval: the first sample after it started (<= 200 ms)
-        vals = [next((anon for t_ms, anon in pts if a <= t_ms <= a + 200), None) for a, _ in windows]
-        vals = [v for v in vals if v is not None]
-    return max(vals) if vals else None
-
-
-def medians(data: dict, folder: Path, role: str) -> dict[str, float | None]:
-    runs = [r for r in data["result"]["runs"] if r["role"] == role and r["phase"] == "measure" and
-            r.get("status", "ok") == "ok"]
-    out: dict[str, float | None] = {}
-    for k in ("decode_tps", "prefill_tps", "ttft_ms", "peak_anon_mb", "peak_pss_mb", "peak_rss_mb",
-              "peak_file_mb", "init_ms"):
-        xs = [r["metrics"].get(k) for r in runs if r["metrics"].get(k) is not None]
-        out[k] = C.median(xs) if xs else None
-    da = [v for v in (decode_anon_mb(r, folder) for r in runs) if v is not None]
-    out["decode_anon_mb"] = C.median(da) if da else None
-    out["runs"] = len(runs)
-    out["decode_cv"] = C.cv([r["metrics"]["decode_tps"] for r in runs if r["metrics"].get("decode_tps")])
-    return out
 
 
 def section_sizes(bundle: Path) -> dict[str, int]:
@@ -274,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     decode = a.decode or (64 if a.model == "e2b" else 32)
     notes: list[str] = []
 
-    cand = find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
-    base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
+    cand = C.find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
+    base = C.find_or_build(a.model, "fp16", wd, dist, cache, notes)
     bx = ["--backend", a.backend] if a.backend else []
     direct_note = ("edgekit's harness + runner on LiteRT-LM's engine run directly with the one-token prompt "
                    "workaround (the runner's own prompt check refuses these bundles' tokenizer), interleaved "
@@ -292,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data, folder = bench(cand, base, a.reps, a.warmup, prefill, decode, C.REPO / "results" / "bench-scripts", bx)
     notes.append(f"bench result: {folder.relative_to(C.REPO) if folder.is_relative_to(C.REPO) else folder}")
-    mc, mb = medians(data, folder, "candidate"), medians(data, folder, "baseline")
+    mc, mb = C.medians(data, folder, "candidate"), C.medians(data, folder, "baseline")
     runtime = data["result"].get("runtime") or {}
 
     rows = []
@@ -308,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.model == "e2b" and mc.get("decode_anon_mb") is not None:
         # the fp16 tiny bundle: the static-int8 tiny one trips the runner's litert_lm backend
         # ("engine decoded 32 tokens but reported 30 steps"); the base is the runtime, not the weights
-        tiny = a.base_bundle or find_or_build("tiny", "fp16", 1, work / "dist-tiny-w1", work / "cache-tiny-w1",
+        tiny = a.base_bundle or C.find_or_build("tiny", "fp16", 1, work / "dist-tiny-w1", work / "cache-tiny-w1",
                                               notes)
         if a.engine_direct:
             tdata, tfolder = engine_direct({"candidate": tiny}, 1, 3, 24, decode, C.REPO / "results" / "bench-scripts")
@@ -316,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             tdata, tfolder = stored(a.base_result)
         else:
             tdata, tfolder = bench(tiny, None, 3, 1, 24, decode, C.REPO / "results" / "bench-scripts", bx)
-        base_mb = medians(tdata, tfolder, "candidate")["decode_anon_mb"]
+        base_mb = C.medians(tdata, tfolder, "candidate")["decode_anon_mb"]
         notes.append(f"base: {tiny.name} benched alone the same way ({tfolder.name})")
         full_mb, xnotes = extrapolate(a.model, wd, mc["decode_anon_mb"], base_mb, mc.get("peak_file_mb"), cand)
         rows.append(C.Row(f"anon while decoding, full-size {a.model} text-only (extrapolated), GB",

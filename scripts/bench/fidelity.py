@@ -44,27 +44,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bundle_vs_fp16 import find_or_build  # noqa: E402
 
 WITHIN5 = C.target("within", 0.05)
 WITHIN3 = C.target("within", 0.03)
 CV_TARGET = C.target("<=", 0.03)
 ROLES = {"candidate": "wNa8o8", "baseline": "fp16"}
 KEYS = (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s"), ("ttft_ms", "TTFT ms"))
-
-
-def one_token_word(bundle: Path) -> str:
-    """A word that the bundle's tokenizer makes one token (used by bundle_vs_fp16.py --engine-direct)."""
-    sys.path.insert(0, str(C.REPO))
-    from tokenizers import Tokenizer
-
-    from edgekit.runtime.litertlm_file import read_hf_tokenizer_json
-
-    tok = Tokenizer.from_str(read_hf_tokenizer_json(bundle))
-    for w in (" the", " a", "a", "x", "0", "."):
-        if len(tok.encode(w * 16, add_special_tokens=False).ids) == 16:
-            return w
-    raise SystemExit("error: no one-token word found for the prompt")
 
 
 def loadavg() -> str:
@@ -291,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     work = C.REPO / ".cache" / "bench-build"
     dist, cache = work / f"dist-{a.model}-w{wd}", work / f"cache-{a.model}-w{wd}"
-    bundles = {s: find_or_build(a.model, s, wd, dist, cache, notes) for s in ("wNa8o8", "fp16")}
+    bundles = {s: C.find_or_build(a.model, s, wd, dist, cache, notes) for s in ("wNa8o8", "fp16")}
     if a.sources:
         return sources(a, bundles, wd)
     devices = [d for d in a.devices.split(",") if d]

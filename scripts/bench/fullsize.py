@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bundle_vs_fp16 import medians  # noqa: E402
 
 GIB = 2**30
 TARGETS = {  # issue 13
@@ -41,7 +40,7 @@ TARGETS = {  # issue 13
 
 
 def name_of(model: str, scheme: str) -> str:
-    return f"{model}-{scheme}-text"
+    return C.text_bundle_name(model, scheme)
 
 
 def build(model: str, scheme: str, dist: Path, prefill: int, cache_length: int, extra: list[str]) -> dict:
@@ -82,7 +81,7 @@ def bench(model: str, dist: Path, reps: int, prefill: int, decode: int, warmup: 
     except ValueError:
         raise SystemExit(f"error: bench failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-3:]}")
     folder = Path(data["folder"]) if "folder" in data else max(out.iterdir(), key=lambda p: p.stat().st_mtime)
-    return medians(data, folder, "candidate"), medians(data, folder, "baseline"), folder
+    return C.medians(data, folder, "candidate"), C.medians(data, folder, "baseline"), folder
 
 
 def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:

@@ -39,7 +39,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bundle_vs_fp16 import find_or_build  # noqa: E402
 
 TARGET = C.target("<=", 5.0)
 
@@ -88,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     work = C.REPO / ".cache" / "bench-build"
     notes: list[str] = []
     dist, cache = work / f"dist-{a.model}-w{wd}", work / f"cache-{a.model}-w{wd}"
-    cand = find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
-    base = find_or_build(a.model, "fp16", wd, dist, cache, notes)
+    cand = C.find_or_build(a.model, "wNa8o8", wd, dist, cache, notes)
+    base = C.find_or_build(a.model, "fp16", wd, dist, cache, notes)
 
     out = C.REPO / "results" / "bench-scripts"
     argv_b = C.edgekit_argv("bench", "--device", a.device, "--mode", a.mode, "--bundle", str(cand),
