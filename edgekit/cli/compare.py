@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.errors import EXIT_OK
 from edgekit.results.compare import compare_result, compare_results
 from edgekit.results.records import load_result
 
@@ -44,7 +45,7 @@ def command(a: Path, b: Path | None, role: str, allow_mismatch: bool, as_json: b
         click.echo(md(cmp), nl=False)
     else:
         click.echo(term(cmp))
-    return 0
+    return EXIT_OK
 
 
 def _name(p: Path) -> str:

@@ -7,6 +7,7 @@ import json
 import click
 
 from edgekit.devices.status import probe_all
+from edgekit.errors import EXIT_OK
 
 
 def _size(n: int | None) -> str:
@@ -27,7 +28,7 @@ def command(as_json: bool, timeout: float, accept_new_host_key: bool, names: tup
     statuses = probe_all(timeout=timeout, names=list(names) or None, **opts)
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
-        return 0
+        return EXIT_OK
     rows = [("NAME", "TRANSPORT", "STATE", "MODEL", "SOC", "OS", "FREE")]
     for s in statuses:
         rows.append((s.name, s.transport, s.state, s.model or "-", s.soc or "-", s.os or "-", _size(s.free_bytes)))
@@ -38,4 +39,4 @@ def command(as_json: bool, timeout: float, accept_new_host_key: bool, names: tup
     for s in problems:
         msg = s.error if s.error.startswith(f"{s.name}:") else f"{s.name}: {s.error}"
         click.echo(msg + (f" (hint: {s.hint})" if s.hint else ""), err=True)
-    return 0
+    return EXIT_OK

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.errors import GateFailed
+from edgekit.errors import EXIT_OK, GateFailed
 from edgekit.quality import fmt_figure as _fmt
 
 
@@ -67,4 +67,4 @@ def command(bundle, baseline, text, tokenizer, max_tokens, seq_len, threads, fai
         raise GateFailed("quality gate failed: " + "; ".join(result["gate"]["violations"]),
                          hint="the bundle lost too much quality against FP16: keep more bits for sensitive layers "
                               "(see `edgekit sweep`)")
-    return 0
+    return EXIT_OK

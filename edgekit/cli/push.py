@@ -12,7 +12,7 @@ import click
 from edgekit.devices import load_profile, open_transport
 from edgekit.devices.bundle_check import check_bundle
 from edgekit.devices.transport import default_progress
-from edgekit.errors import UsageError
+from edgekit.errors import EXIT_OK, UsageError
 
 
 @click.command("push")
@@ -51,7 +51,7 @@ def command(bundle: Path, device: str, remote: str | None, serial: str | None, a
         click.echo(json.dumps({"device": profile.name, "local": os.fspath(bundle), "remote": r.remote,
                                "sent": r.sent, "bytes": r.bytes, "seconds": r.seconds, "sha256": r.sha256,
                                "mb_per_s": rate}, indent=2))
-        return 0
+        return EXIT_OK
     verb = "sent" if r.sent else "skipped (identical file already on the device)"
     click.echo(f"{verb}: {bundle.name} -> {profile.name}:{r.remote}")
     line = f"bytes: {r.bytes}  seconds: {r.seconds:.2f}"
@@ -59,4 +59,4 @@ def command(bundle: Path, device: str, remote: str | None, serial: str | None, a
         line += f"  ({rate:.1f} MB/s)"
     click.echo(line)
     click.echo(f"sha256: {r.sha256} (verified on the device)")
-    return 0
+    return EXIT_OK

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli.gate import gate_options
+from edgekit.errors import EXIT_OK
 from edgekit.results.gate import resolve_thresholds
 from edgekit.results.records import load_result
 
@@ -41,4 +42,4 @@ def command(folder: Path, fail_on: tuple[str, ...], profile_thresholds: bool, al
             click.echo(f"{kind}: {p}")
     for w in ctx.warnings:
         click.echo(f"warning: {w}", err=True)
-    return 0
+    return EXIT_OK

@@ -9,6 +9,7 @@ import click
 
 from edgekit.devices import load_profile, open_transport
 from edgekit.devices.setup import setup_device
+from edgekit.errors import EXIT_OK
 
 
 @click.command("setup")
@@ -41,7 +42,7 @@ def command(device: str, accept_new_host_key: bool, serial: str | None, reuse: s
         res = setup_device(profile, t, **kwargs)
     if as_json:
         click.echo(json.dumps(asdict(res), indent=2))
-        return 0
+        return EXIT_OK
     if res.kind == "python":
         click.echo(f"{profile.name}: runner {res.action}: {res.python}")
         if res.method:
@@ -53,4 +54,4 @@ def command(device: str, accept_new_host_key: bool, serial: str | None, reuse: s
         click.echo(f"{profile.name}: benchmark binary {res.action}: {res.binary}")
         click.echo(f"sha256: {res.sha256}")
     click.echo(f"seconds: {res.seconds:.1f}")
-    return 0
+    return EXIT_OK

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.errors import EXIT_OK
+
 
 def render_table(res: dict) -> str:
     head = ("2-bit MLPs", "types", "ppl_ratio", "top1", "KL", "ppl vs ref", "verdict")
@@ -69,4 +71,4 @@ def command(model, checkpoint, scheme, groups, group_size, mlp_bits, tolerance, 
     if out is not None:
         atomic_write_json(out, res)
     click.echo(json.dumps(res, indent=2) if as_json else render_table(res))
-    return 0
+    return EXIT_OK

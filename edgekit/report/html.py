@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from edgekit.errors import EXIT_GATE_FAILED, EXIT_OK
 from edgekit.report.context import ReportContext
 from edgekit.report.markdown import na_lines
 from edgekit.report.plots import all_plots
@@ -57,7 +58,7 @@ def render_html(ctx: ReportContext, plots: list[tuple[str, str, bytes]] | None =
         parts.append(f"<p class='warn'><b>Note:</b> {escape(ctx.comparison_note)}</p>")
     if ctx.gate is not None:
         g = ctx.gate
-        cls = "pass" if g.exit_code == 0 else ("fail" if g.exit_code == 1 else "undecided")
+        cls = "pass" if g.exit_code == EXIT_OK else ("fail" if g.exit_code == EXIT_GATE_FAILED else "undecided")
         parts.append(f"<h2>Gate</h2><p class='{cls}'>{escape(g.reason)} (exit code {g.exit_code})</p>")
         rows = [[escape(c.threshold.text), escape(c.threshold.source),
                  f"<span class='{c.status}'>{escape(c.status)}</span>", escape(c.message)] for c in g.checks]
