@@ -40,10 +40,14 @@ def check_golden(name: str, text: str) -> None:
 
 
 def _bundle(model: str, scheme: str, size: int, sha: str, quality: dict | None = None, text_only=True) -> dict:
-    manifest = {"schema": 1, "model": model, "scheme": scheme, "text_only": text_only}
+    from edgekit.results.manifest import MANIFEST_KIND, MANIFEST_SCHEMA, bundle_name
+
+    name = bundle_name(model, scheme, text_only)
+    # the identity keys of the shape `edgekit build` writes (edgekit/results/manifest.py)
+    manifest = {"schema": MANIFEST_SCHEMA, "kind": MANIFEST_KIND, "name": name, "model": {"preset": model},
+                "scheme": {"name": scheme}, "build": {"text_only": text_only}}
     if quality:
         manifest["quality"] = quality
-    name = f"{model}-{scheme}{'-text' if text_only else ''}"
     return {"path": f"dist/{name}/{name}.litertlm", "sha256": sha, "bytes": size, "model": model,
             "scheme": scheme, "text_only": text_only, "manifest": manifest}
 

@@ -78,9 +78,12 @@ def command(model, checkpoint, random_weights, width_div, seed, scheme, text_onl
         ok = True
     finally:
         progress.close(ok)
-    b = res.manifest["build"]
+    from edgekit.results.manifest import Manifest
+
+    m = Manifest.of(res.manifest)
+    b = m.build or {}
     click.echo(
-        f"built {res.bundle.name}: {res.manifest['bundle']['bytes']:,} bytes in {b['seconds']:.1f} s, "
+        f"built {res.bundle.name}: {m.bundle_bytes:,} bytes in {b['seconds']:.1f} s, "
         f"peak RSS {b['peak_rss_bytes'] / 2**20:.0f} MiB; toolchain log: {b.get('toolchain_log') or 'n/a'}",
         err=True,
     )

@@ -124,7 +124,7 @@ class Manifest:
     bundle_file: str | None = None  # bundle.file
     bundle_bytes: int | None = None  # bundle.bytes
     bundle_sha256: str | None = None  # bundle.sha256
-    weights_sha256: str | None = None  # source.weights_sha256
+    weights_sha256: Mapping[str, str] | None = None  # source.weights_sha256: {weights file: sha256}
     sections: tuple[tuple[str, int], ...] = ()  # (name, bytes) in recorded order
 
     @classmethod
@@ -150,7 +150,7 @@ class Manifest:
             bundle_file=_str(_dig(d, "bundle", "file")),
             bundle_bytes=_int(_dig(d, "bundle", "bytes")),
             bundle_sha256=_str(_dig(d, "bundle", "sha256")),
-            weights_sha256=_str(_dig(d, "source", "weights_sha256")),
+            weights_sha256=_map(_dig(d, "source", "weights_sha256")),
             sections=_sections(d.get("sections")),
         )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -28,6 +29,7 @@ from typing import Any, Iterable, Mapping
 from edgekit.errors import ConfigError, UsageError
 from edgekit.fsutil import atomic_write_json
 from edgekit.results.basis import Basis, bursty, mem_basis, quality_basis, summarize_reasons, token_basis
+from edgekit.results.manifest import TEXT_SUFFIX, Manifest, bundle_name
 from edgekit.results.metrics import METRICS, QUALITY, QUALITY_METRICS
 
 SCHEMA_VERSION = 2
@@ -288,7 +290,7 @@ class BundleInfo:
     def label(self) -> str:
         """Short human name: ``<model>-<scheme>[-text]`` when known, else the file name."""
         if self.model and self.scheme:
-            return f"{self.model}-{self.scheme}{'-text' if self.text_only else ''}"
+            return bundle_name(self.model, self.scheme, self.text_only)
         return self.name
 
     @property
@@ -296,12 +298,17 @@ class BundleInfo:
         """Model identity used for comparability: model name plus text-only flag."""
         if self.model is None:
             return None
-        return f"{self.model}{'-text' if self.text_only else ''}"
+        return f"{self.model}-{TEXT_SUFFIX}" if self.text_only else self.model
+
+    @cached_property
+    def record(self) -> Manifest:
+        """The manifest through its typed view (edgekit/results/manifest.py), read leniently."""
+        return Manifest.from_dict(self.manifest, strict=False)
 
     def quality(self) -> dict[str, float]:
         """Quality metrics stored by the quality step in ``manifest["quality"]`` (only figures
         scored on enough tokens, see :func:`quality_basis`)."""
-        q = self.manifest.get("quality") or {}
+        q = self.record.quality or {}
         out: dict[str, float] = {}
         if isinstance(q, Mapping):
             for name in QUALITY_METRICS:
@@ -314,14 +321,14 @@ class BundleInfo:
         return out
 
     def quality_basis(self, name: str) -> Basis:
-        return quality_basis(self.manifest.get("quality"), name)
+        return quality_basis(self.record.quality, name)
 
     def quality_reason(self, name: str) -> str | None:
         """Why the manifest gives no usable ``name`` (None when it does)."""
         if name in self.quality():
             return None
-        q = self.manifest.get("quality")
-        if not isinstance(q, Mapping) or not q:
+        q = self.record.quality
+        if not q:
             return "the bundle's manifest has no quality record (build its fp16 baseline in the same output folder)"
         b = self.quality_basis(name)
         if not b.valid:
