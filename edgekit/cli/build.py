@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.errors import EXIT_OK
+
 
 @click.command("build")
 @click.argument("model")
@@ -43,8 +45,8 @@ import click
 @click.option("--verify-lock", "verify_lock", type=click.Path(path_type=Path), default=None, metavar="MANIFEST",
               help="Rebuild into a temporary folder and compare with MANIFEST's lock: MATCH/DIFF per section on "
                    "stdout; exit 0 all match, 10 something differs, 4 the lock's toolchain differs (refused).")
-def command(model, checkpoint, random_weights, width_div, seed, scheme, text_only, calibration, output, force,
-            prefill, cache_length, no_quality, requantize, route, verify_lock) -> int:
+def command(model: str, scheme: str | None, output: Path, no_quality: bool, verify_lock: Path | None,
+            **options) -> int:
     """Build MODEL (e2b, e4b, tiny) into dist/<model>-<scheme>[-text]/ (bundle + manifest.json).
 
     Progress goes to stderr; the bundle path is printed on stdout. The toolchain's
@@ -55,20 +57,8 @@ def command(model, checkpoint, random_weights, width_div, seed, scheme, text_onl
     from edgekit.models.presets import get_preset
 
     preset = get_preset(model)
-    kwargs = dict(
-        checkpoint=checkpoint,
-        random_weights=random_weights,
-        width_div=width_div,
-        seed=seed,
-        scheme=scheme or preset.default_scheme,
-        text_only=text_only,
-        calibration=calibration,
-        force=force,
-        prefill=prefill,
-        cache_length=cache_length,
-        requantize=requantize,
-        route=route,
-    )
+    # the remaining options are build()'s keyword arguments under the same names
+    kwargs = dict(options, scheme=scheme or preset.default_scheme)
     progress = StageProgress()
     ok = False
     try:
@@ -88,7 +78,7 @@ def command(model, checkpoint, random_weights, width_div, seed, scheme, text_onl
         err=True,
     )
     click.echo(str(res.bundle))
-    return 0
+    return EXIT_OK
 
 
 def _verify(model: str, manifest: Path, progress, kwargs: dict) -> int:
@@ -109,4 +99,4 @@ def _verify(model: str, manifest: Path, progress, kwargs: dict) -> int:
             + ", ".join(f"{r['what']} {r['name']}" for r in bad[:6]) + (", ..." if len(bad) > 6 else "") + ")",
             hint="same inputs, options and toolchain give the same bytes: see the DIFF lines on stdout",
         )
-    return 0
+    return EXIT_OK
