@@ -1,4 +1,5 @@
-"""Profiles generated for the stand-ins: valid TOML, valid for edgekit's loader."""
+"""Profiles generated for the stand-ins: valid TOML (written by edgekit.tomlio, tests/test_tomlio.py),
+valid for edgekit's loader."""
 
 from __future__ import annotations
 
@@ -7,19 +8,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from targetlib import profiles  # noqa: E402
-
-
-@pytest.mark.parametrize("data", [
-    {"name": "x", "n": 3, "f": 0.25, "b": False, "l": ["a", 'q"uote', "back\\slash", "ü"]},
-    {"t": {"inner": {"deep": [1, 2]}, "s": "line\nbreak\ttab"}, "u": {"weird key": 1}},
-])
-def test_toml_writer_round_trips(data):
-    assert tomllib.loads(profiles.dumps_toml(data, "header\nlines")) == data
 
 
 def test_generated_profiles_load_in_edgekit(tmp_path, monkeypatch):

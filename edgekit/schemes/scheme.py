@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
 
+from edgekit import tomlio
 from edgekit.errors import ConfigError, UsageError
 
 FORMAT_VERSION = 1
@@ -426,57 +427,11 @@ def _ranges(xs: list[int]) -> str:
 
 
 # ================================================================ TOML
-def _toml_str(s: str) -> str:
-    if "'" not in s and "\n" not in s and "\r" not in s and all(ord(c) >= 0x20 or c == "\t" for c in s):
-        return "'" + s + "'"  # literal string: regexes stay readable
-    out = []
-    for c in s:
-        if c == "\\":
-            out.append("\\\\")
-        elif c == '"':
-            out.append('\\"')
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\r":
-            out.append("\\r")
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def dump_scheme_toml(scheme: Scheme) -> str:
     """TOML text of a scheme: top-level keys, then one ``[[rules]]`` table per rule."""
     d = scheme.to_dict()
-    rules = d.pop("rules")
-    lines = [f"# edgekit quantization scheme (format {FORMAT_VERSION}); rules: first match wins"]
-    for k, v in d.items():
-        lines.append(f"{k} = {_toml_value(v)}")
-    if not rules:
-        lines.append("rules = []")
-    for r in rules:
-        lines.append("")
-        lines.append("[[rules]]")
-        for k, v in r.items():
-            lines.append(f"{k} = {_toml_value(v)}")
-    return "\n".join(lines) + "\n"
+    d["rules"] = d.pop("rules")  # written last: after the top-level keys
+    return tomlio.dumps(d, header=f"edgekit quantization scheme (format {FORMAT_VERSION}); rules: first match wins")
 
 
 def parse_scheme_toml(text: str, source: str = "scheme") -> Scheme:
