@@ -213,3 +213,35 @@ def test_no_baseline_bench_applies_budgets_only(bench_bundles, tmp_path, capsys)
     r = load_result(folder)
     assert r.roles() == ("candidate",) and len(r.measured("candidate")) == 3
     assert "no baseline in this result" in (folder / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_built_bundle_moved_to_a_renamed_folder(bench_bundles, tmp_path, capsys):
+    """A real built bundle copied (with its manifest.json) into a folder whose name does not follow
+    ``<model>-<scheme>[-text]``: bench takes its identity from the manifest's ``model.preset`` /
+    ``scheme.name`` / ``build.text_only`` and finds the fp16 baseline of that model in --dist."""
+    from edgekit.results.manifest import MANIFEST_FILE, parse_bundle_name
+
+    src = bench_bundles["wNa8o8"]
+    moved = tmp_path / "moved" / "release_candidate_7"
+    moved.mkdir(parents=True)
+    cand = moved / "model.litertlm"
+    shutil.copyfile(src, cand)
+    shutil.copyfile(src.parent / MANIFEST_FILE, moved / MANIFEST_FILE)
+    assert parse_bundle_name(moved.name) == (None, None, None)  # the folder name tells nothing
+    _dist_copy(tmp_path, bench_bundles["fp16"], "tiny-fp16-text")
+    code = main(["bench", "--device", "host", "--bundle", str(cand), "--dist", str(tmp_path / "dist"),
+                 "--reps", "2", "--warmup", "0", "--prefill", "8", "--decode", "4", "--no-profile-thresholds",
+                 "--output", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    folder = next(d for d in (tmp_path / "results").iterdir() if not d.name.startswith("."))
+    r = load_result(folder)
+    c, b = r.bundles["candidate"], r.bundles["baseline"]
+    assert (c.model, c.scheme, c.text_only, c.label) == ("tiny", "wNa8o8", True, "tiny-wNa8o8-text")
+    assert c.path == str(cand) and b.label == "tiny-fp16-text"
+    assert b.path == str(tmp_path / "dist" / "tiny-fp16-text" / bench_bundles["fp16"].name)
+    # the manifest is carried into the result whole, as the builder wrote it
+    assert dict(c.record.to_dict()) == json.loads((moved / MANIFEST_FILE).read_text())
+    assert len(r.measured("candidate")) == len(r.measured("baseline")) == 2 and len(r.runs) == 4
+    assert all(x.ok and x.phase == "measure" for x in r.runs)
