@@ -24,47 +24,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from edgekit.bundle import tflite as tfl
+from edgekit.bundle.tflite import DEQUANTIZE, EMBEDDING_LOOKUP, FULLY_CONNECTED, GELU, QUANTIZE
 from edgekit.bundle.tensor_names import ENCODER_SECTIONS, layer_of, module_name_for, shared_linear_paths, short_name
 from edgekit.results.manifest import Manifest
 from edgekit.runtime.litertlm_file import NotALiteRTLMFile, read_header
 
 REPORT_SCHEMA = 1
 
-FULLY_CONNECTED = 9
-EMBEDDING_LOOKUP = 7
-DEQUANTIZE = 6
-QUANTIZE = 114
-GELU = 150
-
-# TensorType of the TFLite schema -> (name, bits)
-TENSOR_TYPES = {
-    0: ("FLOAT32", 32),
-    1: ("FLOAT16", 16),
-    2: ("INT32", 32),
-    3: ("UINT8", 8),
-    4: ("INT64", 64),
-    5: ("STRING", None),
-    6: ("BOOL", 8),
-    7: ("INT16", 16),
-    8: ("COMPLEX64", 64),
-    9: ("INT8", 8),
-    10: ("FLOAT64", 64),
-    11: ("COMPLEX128", 128),
-    12: ("UINT64", 64),
-    13: ("RESOURCE", None),
-    14: ("VARIANT", None),
-    15: ("UINT32", 32),
-    16: ("UINT16", 16),
-    17: ("INT4", 4),
-    18: ("BFLOAT16", 16),
-    19: ("INT2", 2),
-}
 INTEGER_WEIGHT_TYPES = {"INT2": 2, "INT4": 4, "INT8": 8}
 ENCODER_MARKERS = {"vision": ("vision",), "audio": ("audio",)}
-
-
-def _dtype(t) -> tuple[str, int | None]:
-    return TENSOR_TYPES.get(t.Type(), (f"TYPE{t.Type()}", None))
 
 
 def _quant(t) -> dict[str, Any]:
@@ -79,37 +48,8 @@ def _quant(t) -> dict[str, Any]:
     return out
 
 
-def _numel(t) -> int:
-    n = 1
-    for j in range(t.ShapeLength()):
-        n *= max(int(t.Shape(j)), 0)
-    return n
-
-
-def _shape(t) -> list[int]:
-    return [int(t.Shape(j)) for j in range(t.ShapeLength())]
-
-
-def _is_constant(model, t) -> bool:
-    b = t.Buffer()
-    if b <= 0 or b >= model.BuffersLength():
-        return False
-    buf = model.Buffers(b)
-    return buf.DataLength() > 0 or buf.Size() > 0
-
-
-def _opcode(model, op) -> int:
-    oc = model.OperatorCodes(op.OpcodeIndex())
-    return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
-
-
-def _tensor_name(t) -> str:
-    n = t.Name()
-    return n.decode("utf-8", "replace") if n else ""
-
-
 def _scope(sg, op) -> str:
-    names = [_tensor_name(sg.Tensors(int(i))) for i in op.OutputsAsNumpy() if i >= 0]
+    names = [tfl.tensor_name(sg.Tensors(int(i))) for i in op.OutputsAsNumpy() if i >= 0]
     return ";".join(names) + ";" if names else ""
 
 
@@ -125,13 +65,8 @@ def _feeds(consumers, tensor: int, target: int, depth: int = 3) -> bool:
 
 def inspect_tflite(buf, section: str) -> dict[str, Any]:
     """Report on one TFLite flatbuffer (bytes-like)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(buf, 0)
-    sig_of: dict[int, str] = {}
-    for i in range(model.SignatureDefsLength()):
-        sd = model.SignatureDefs(i)
-        sig_of[sd.SubgraphIndex()] = sd.SignatureKey().decode()
+    model = tfl.load_model(buf)
+    sig_of = tfl.signatures(model)
     dtype_summary: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "elements": 0, "bytes": 0})
     ops_count: Counter = Counter()
     weights: list[dict[str, Any]] = []
@@ -142,11 +77,11 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
         # constant tensors (weights) by dtype; buffers are shared across subgraphs
         for ti in range(sg.TensorsLength()):
             t = sg.Tensors(ti)
-            if not _is_constant(model, t) or t.Buffer() in seen_const:
+            if not tfl.is_constant(model, t) or t.Buffer() in seen_const:
                 continue
             seen_const.add(t.Buffer())
-            name, bits = _dtype(t)
-            n = _numel(t)
+            name, bits = tfl.dtype(t)
+            n = tfl.numel(t)
             d = dtype_summary[name]
             d["tensors"] += 1
             d["elements"] += n
@@ -157,7 +92,7 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
         dequantized_from: dict[int, int] = {}  # output of a DEQUANTIZE op -> its (constant) input
         for oi in range(sg.OperatorsLength()):
             op = sg.Operators(oi)
-            code = _opcode(model, op)
+            code = tfl.opcode(model, op)
             outs_ = [int(o) for o in op.OutputsAsNumpy()] if op.OutputsLength() else []
             for i in op.InputsAsNumpy():
                 consumers[int(i)].append((code, outs_))
@@ -166,13 +101,13 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
         shared: frozenset[str] = frozenset()
         if section in ENCODER_SECTIONS:  # vision/audio: which module paths several weights name
             shared = shared_linear_paths(
-                _tensor_name(sg.Tensors(dequantized_from.get(int(op.Inputs(1)), int(op.Inputs(1)))))
+                tfl.tensor_name(sg.Tensors(dequantized_from.get(int(op.Inputs(1)), int(op.Inputs(1)))))
                 for op in (sg.Operators(i) for i in range(sg.OperatorsLength()))
-                if _opcode(model, op) == FULLY_CONNECTED
+                if tfl.opcode(model, op) == FULLY_CONNECTED
             )
         for oi in range(sg.OperatorsLength()):
             op = sg.Operators(oi)
-            code = _opcode(model, op)
+            code = tfl.opcode(model, op)
             ops_count[code] += 1
             if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
                 continue
@@ -188,12 +123,12 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
             via_dequantize = w_idx in dequantized_from
             w_t = sg.Tensors(dequantized_from.get(w_idx, w_idx))
             out_t = sg.Tensors(outs[0])
-            wname = _tensor_name(w_t)
+            wname = tfl.tensor_name(w_t)
             is_gate = None
             if kind == "fc" and "gate_proj" in wname:
                 is_gate = _feeds(consumers, outs[0], GELU)
             module = module_name_for(wname, _scope(sg, op), is_gate, section, shared) or wname
-            wdt, wbits = _dtype(w_t)
+            wdt, wbits = tfl.dtype(w_t)
             wq = _quant(w_t)
             entry: dict[str, Any] = {
                 "section": section,
@@ -203,14 +138,14 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
                 "layer": None if section in ENCODER_SECTIONS else layer_of(module),
                 "weight_dtype": wdt,
                 "bits": wbits,
-                "shape": _shape(w_t),
+                "shape": tfl.shape(w_t),
                 "weight_scales": wq["scales"],
                 "weight_dequantized_in_graph": via_dequantize,
                 "quantized_dimension": wq.get("quantized_dimension"),
-                "output_dtype": _dtype(out_t)[0],
+                "output_dtype": tfl.dtype(out_t)[0],
             }
             if kind == "fc":
-                idt, _ = _dtype(data_t)
+                idt, _ = tfl.dtype(data_t)
                 iq = _quant(data_t)
                 entry["input_dtype"] = idt
                 entry["input_scales"] = iq["scales"]
@@ -228,9 +163,7 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
                 else:
                     entry["activations"] = f"{idt.lower()}({iq['scales']} scales)"
             weights.append(entry)
-    from ai_edge_litert import schema_py_generated as _s  # noqa: F401  (names for op codes)
-
-    op_names = {v: k for k, v in vars(_s.BuiltinOperator).items() if isinstance(v, int)}
+    op_names = tfl.op_names()
     return {
         "signatures": [sig_of[k] for k in sorted(sig_of)],
         "dtype_summary": {k: dict(v) for k, v in sorted(dtype_summary.items())},
