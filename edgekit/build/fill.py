@@ -94,6 +94,70 @@ class CheckpointWeights:
             yield s, self.rows(module, s, min(shape[0], s + step))
 
 
+class QatCheckpointWeights(CheckpointWeights):
+    """Rows of a ``quant_method: gemma`` (QAT) checkpoint, read straight from its packed storage.
+
+    A module the checkpoint stores quantized gives its integers and per-row scales as stored
+    (:meth:`exact_bits`, :meth:`int_blocks`) and, where the graph needs floats (a float16
+    scheme, or a table whose per-(row, layer) scales one scale per row cannot hold), its
+    exactly dequantized rows (``int x scale``), a block of rows at a time; every other
+    tensor is read as a float like :class:`CheckpointWeights`. No dequantized copy of the
+    checkpoint is ever written or held. What was written how is counted in :attr:`stats`.
+    """
+
+    def __init__(self, ckpt):
+        self.ckpt = ckpt
+        self.entries = ckpt.entries
+        self._scales: dict[str, np.ndarray] = {}
+        # module -> {"bits", "written": "checkpoint integers" | "re-quantized from int x scale" | ..., "int8_clipped"}
+        self.stats: dict[str, dict] = {}
+
+    def _module(self, module: str):
+        return self.ckpt.modules.get(module)
+
+    def key(self, module: str) -> str:
+        return module if self._module(module) is not None else super().key(module)
+
+    def shape(self, module: str) -> tuple[int, ...]:
+        m = self._module(module)
+        return (m.rows, m.width) if m is not None else super().shape(module)
+
+    def scales(self, module: str) -> np.ndarray:
+        if module not in self._scales:
+            self._scales[module] = self.ckpt.scales(module)
+        return self._scales[module]
+
+    def rows(self, module: str, start: int, stop: int) -> np.ndarray:
+        if self._module(module) is None:
+            return super().rows(module, start, stop)
+        return self.ckpt.dequantized_rows(module, start, stop, self.scales(module))
+
+    def exact_bits(self, module: str) -> int | None:
+        """The checkpoint's bit width when its integers and scales can be written as stored
+        (one scale per row), else None."""
+        m = self._module(module)
+        if m is None or (m.kind == "embedding" and m.blocks > 1):
+            return None
+        return m.bits
+
+    def int_blocks(self, module: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, int8 values, float32 per-row scales) of the stored integers, block by block."""
+        m = self._module(module)
+        sc = self.scales(module).reshape(m.rows, -1)[:, 0]
+        step = max(1, ROW_BLOCK_BYTES // max(1, m.width * 4))
+        for s in range(0, m.rows, step):
+            e = min(m.rows, s + step)
+            yield s, self.ckpt.integer_rows(module, s, e), sc[s:e]
+
+    def note(self, module: str, **kw) -> None:
+        st = self.stats.setdefault(module, {})
+        for k, v in kw.items():
+            if k == "int8_clipped":
+                st[k] = st.get(k, 0) + int(v)
+            else:
+                st[k] = v
+
+
 # ------------------------------------------------------------------- mapping
 @dataclasses.dataclass(frozen=True)
 class FillOp:
@@ -250,6 +314,29 @@ def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str
     data = np.empty(total, dtype=np.uint8)
     scales = np.empty(shape[0], dtype=np.float32) if dtype in _QBITS else None
     pos = 0
+    exact = getattr(weights, "exact_bits", lambda _m: None)(module)
+    if exact is not None and dtype in _QBITS and exact == _QBITS[dtype]:
+        # a QAT checkpoint's integers and per-row scales, as stored (never re-quantized)
+        clipped = 0
+        for start, q, sc in weights.int_blocks(module):
+            scales[start:start + len(sc)] = sc
+            if dtype == INT8 and int(q.min(initial=0)) < -127:
+                # LiteRT int8 weights are narrow-range ([-127, 127], ai-edge-quantizer clamps there
+                # for its kernels): a -128 is clipped to -127, counted and named (as the classic path)
+                clipped += int((q < -127).sum())
+                q = np.maximum(q, -127).astype(np.int8)
+            b = (tu.pack_data(_QBITS[dtype], q) if dtype != INT8 else q).view(np.uint8).reshape(-1)
+            data[pos:pos + b.size] = b
+            pos += b.size
+            del q, b
+        if pos != total:
+            raise ValueError(f"{module}: wrote {pos} of {total} bytes")
+        weights.note(module, bits=exact, written="checkpoint integers and scales", int8_clipped=clipped)
+        return data, scales
+    if isinstance(weights, QatCheckpointWeights) and module in weights.ckpt.modules:
+        weights.note(module, bits=weights.ckpt.modules[module].bits,
+                     written=("float (int x scale)" if dtype in (FLOAT32, FLOAT16)
+                              else f"re-quantized per row at {_QBITS[dtype]} bits from int x scale"))
     for start, block in weights.blocks(module):
         if dtype == FLOAT32:
             b = np.ascontiguousarray(block, dtype=np.float32).view(np.uint8).reshape(-1)

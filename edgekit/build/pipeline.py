@@ -498,8 +498,8 @@ def _build(
         from edgekit.build import qat as bq
 
         if bq.is_qat_checkpoint(checkpoint):
-            qat_build = st.run("source", "QAT checkpoint: validate, exact dequantization", bq.QatBuild.prepare,
-                               checkpoint, preset, cache, requantize=requantize)
+            qat_build = st.run("source", "QAT checkpoint: validate", bq.QatBuild.prepare,
+                               checkpoint, preset, cache, requantize=requantize, dequantize=False)
             sch = qat_build.scheme(sch, preset)
     if requantize and qat_build is None:
         raise UsageError("--requantize applies only to a quant_method 'gemma' (QAT) checkpoint",
@@ -520,16 +520,16 @@ def _build(
     ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
                             width_div, cache)
     source_dir = ckpt_dir  # the lock hashes the checkpoint given, not the QAT float derived from it
-    if qat_build is not None:  # QAT: export the exact dequantized float, not the packed checkpoint
-        ckpt_dir = qat_build.float_dir
     wd = info.width_div if info is not None else width_div
     from edgekit.build import streamed as sm
 
     # full-width E2B/E4B: convert a stand-in and fill the real weights in (edgekit/build/streamed.py)
     streamed = sm.use_streamed(route, preset.name, wd)
-    if streamed and qat_build is not None:
-        raise UsageError("the streamed route does not take a quant_method 'gemma' (QAT) checkpoint yet",
-                         hint="build it with --route classic (needs more memory) or from float weights")
+    if qat_build is not None and not streamed:  # classic QAT: export the exact dequantized float
+        ckpt_dir = st.run("source", "QAT checkpoint: exact dequantization", qat_build.dequantize, cache)
+    if streamed and requantize:  # streamed QAT reads the checkpoint's integers and SRQ scales as stored
+        raise UsageError("--requantize (the naive QAT path) runs on the classic route only",
+                         hint="add --route classic (needs more memory), or drop --requantize")
     opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
     cached = False
     if info is not None:
@@ -593,13 +593,13 @@ def _build(
                 encoders_rec = {"export": tower_rec or exp.record.get("encoders"), "quantization": enc_q}
             if streamed:
                 chunks = None
-                if not sch.is_float and sch.static_activations:
+                if not sch.is_float and sch.static_activations and qat_build is None:  # QAT: SRQ scales
                     texts, calib_rec = calib_texts, dict(calib_info)
                     ids = _tokenize(float_bundle, texts, limit=1 << 20)
                     chunks = sm.calibration_chunks(ids, min(128, prefill * 4))
                 filled, streamed_rec = sm.build_sections(
                     secs, ckpt_dir, sch, work, int(preset.vocab_size), st.run, chunks,
-                    progress=lambda msg: progress("fill", msg, None) if progress else None)
+                    progress=lambda msg: progress("fill", msg, None) if progress else None, qat=qat_build)
                 replaced.update(filled)
                 if calib_rec is not None:
                     calib_rec.update(streamed_rec.get("calibration", {}))

@@ -137,6 +137,70 @@ def _check_srq_roundtrip(scale: float) -> bool:
     return np.float32(np.asarray(s).reshape(-1)[0]) == np.float32(scale) and int(np.asarray(zp).reshape(-1)[0]) == 0
 
 
+def srq_qsv(ckpt, fcs) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """qsv of every FULLY_CONNECTED input and output from the checkpoint's SRQ scales.
+
+    ``fcs``: (module, input tensor name, output tensor name) of each FC op (any layout of
+    the graph: the classic float export or the streamed route's stand-in). Each nonzero
+    scale becomes :func:`srq_bounds` (checked with :func:`_check_srq_roundtrip`); a tensor
+    read by FCs with different scales keeps the widest (named in ``approximations``).
+    Returns (qsv, record).
+    """
+    qsv: dict[str, dict[str, np.ndarray]] = {}
+    conflicts: dict[str, set] = {}
+    approximations: list[dict[str, Any]] = []
+    roundtrip_bad: set[float] = set()
+    checked: dict[float, bool] = {}
+    for module, iname, oname in fcs:
+        m = ckpt.modules.get(module)
+        if m is None or m.kind != "linear":
+            continue  # kept float in the checkpoint (per_layer_model_projection ...)
+        s_in, s_out = ckpt.srq_scales(module)
+        if (s_in > 0) != (s_out > 0):
+            approximations.append({"what": f"{module} SRQ", "why": "one side quantized, the other not: a static "
+                                   "int8 FULLY_CONNECTED quantizes both; kept float activations", "carried": False})
+        if not (s_in > 0 and s_out > 0):
+            continue
+        for name, sc in ((iname, s_in), (oname, s_out)):
+            if sc not in checked:
+                checked[sc] = _check_srq_roundtrip(sc)
+                if not checked[sc]:
+                    roundtrip_bad.add(sc)
+            b = srq_bounds(sc)
+            prev = qsv.get(name)
+            if prev is not None and float(prev["max"][0]) != float(b["max"][0]):
+                conflicts.setdefault(name, set()).update({float(prev["max"][0]) / 127, sc})
+                b = {"min": np.minimum(prev["min"], b["min"]), "max": np.maximum(prev["max"], b["max"])}
+            qsv[name] = b
+    for name, vals in conflicts.items():
+        approximations.append({"what": f"activation {name}", "why": "consumers' SRQ scales differ "
+                               f"({sorted(vals)}); one tensor holds one scale: the widest kept", "carried": False})
+    rec = {"activation_tensors_set": len(qsv), "scales_checked_roundtrip": len(checked),
+           "roundtrip_failed": sorted(roundtrip_bad), "approximations": approximations}
+    return qsv, rec
+
+
+def standin_recipe(plans, ckpt) -> list[dict]:
+    """ai-edge-quantizer recipe for the streamed route's prefill/decode stand-in of a QAT
+    checkpoint: each FC the checkpoint quantizes at its bit width, static int8 activations
+    where both SRQ scales are set, weight-only (float activations) where both are 0."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    rm = recipe_manager.RecipeManager()
+    seen: set[str] = set()
+    for p in plans:
+        if p.kind != "fc" or p.scope in seen:
+            continue
+        m = ckpt.modules.get(p.module)
+        if m is None:
+            continue
+        seen.add(p.scope)
+        s_in, s_out = ckpt.srq_scales(p.module)
+        rm.add_quantization_config(_exact_scope(p.scope), qtyping.TFLOperationName.FULLY_CONNECTED,
+                                   _op_config(m.bits, static=s_in > 0 and s_out > 0, skip_checks=m.bits == 2))
+    return rm.get_quantization_recipe()
+
+
 # ------------------------------------------------------------------ plans
 
 
@@ -524,21 +588,81 @@ class QatBuild:
     """
 
     checkpoint_dir: Path
-    float_dir: Path
+    float_dir: Path | None  # None until :meth:`dequantize` (the streamed route never needs it)
     ckpt: Any
     requantize: bool = False
     ple_bits: int = 8
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
     float_baseline: bool = False  # fp16/float scheme: the dequantized float itself
+    preset: Any = None  # the preset validated against (for a later :meth:`dequantize`)
 
     @property
     def exact(self) -> bool:
         return not self.requantize
 
     @classmethod
-    def prepare(cls, checkpoint, preset, cache_dir: Path, *, requantize: bool = False, ple_bits: int = 8) -> "QatBuild":
-        float_dir, ck = prepare_source(checkpoint, preset, cache_dir)
-        return cls(Path(checkpoint), float_dir, ck, requantize, ple_bits)
+    def prepare(cls, checkpoint, preset, cache_dir: Path, *, requantize: bool = False, ple_bits: int = 8,
+                dequantize: bool = True) -> "QatBuild":
+        """Validate the checkpoint; ``dequantize``: also write its exact float (the classic route's
+        export source; the streamed route reads the checkpoint itself, see :meth:`dequantize`)."""
+        if dequantize:
+            float_dir, ck = prepare_source(checkpoint, preset, cache_dir)
+        else:
+            float_dir, ck = None, _validate(checkpoint, preset)
+        return cls(Path(checkpoint), float_dir, ck, requantize, ple_bits, preset=preset)
+
+    def dequantize(self, cache_dir: Path) -> Path:
+        """The exactly dequantized float32 checkpoint (written once, cached): the classic
+        route's export source."""
+        if self.float_dir is None:
+            self.float_dir, self.ckpt = prepare_source(self.checkpoint_dir, self.preset, cache_dir)
+        return self.float_dir
+
+    def streamed_record(self, weight_stats: dict[str, dict], srq: dict[str, Any]) -> dict[str, Any]:
+        """The qat record of a streamed build (:func:`edgekit.build.streamed.build_sections`):
+        what the fill wrote per module (``weight_stats``, from
+        :class:`edgekit.build.fill.QatCheckpointWeights`) and the SRQ qsv (:func:`srq_qsv`)."""
+        approximations = list(srq.get("approximations") or [])
+        for mod, st in sorted(weight_stats.items()):
+            if st.get("written", "").startswith("re-quantized"):
+                m = self.ckpt.modules[mod]
+                why = (f"{m.blocks} scales per row (one per decoder layer) in the checkpoint; a channel-wise "
+                       f"EMBEDDING_LOOKUP holds one per row: {st['written']}" if m.kind == "embedding" and m.blocks > 1
+                       else f"{m.bits}-bit in the checkpoint: {st['written']}")
+                approximations.append({"what": mod, "why": why, "carried": False})
+            if st.get("int8_clipped"):
+                approximations.append({"what": mod, "why": f"{st['int8_clipped']} int8 weight(s) at -128 clipped to "
+                                       "-127 (LiteRT int8 weights are narrow-range)", "carried": False})
+        kv = self.ckpt.kv_cache_scales()
+        n_kv = sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
+        if n_kv:
+            approximations.append({
+                "what": f"KV-cache scales ({n_kv} of {2 * len(kv)} layers' k/v)",
+                "why": "the CPU export keeps the KV cache float32 (litert-torch 0.10: int8 KV only in the NPU "
+                       "pipeline, which the CPU engine cannot load); not carried",
+                "carried": False,
+            })
+        srq_total = 0
+        for name, m in self.ckpt.modules.items():
+            if m.kind == "linear":
+                s_in, s_out = self.ckpt.srq_scales(name)
+                srq_total += (s_in > 0) + (s_out > 0)
+        written = [k for k, st in weight_stats.items() if st.get("written") == "checkpoint integers and scales"]
+        return {
+            "version": QAT_RECORD_VERSION,
+            "mode": "exact",
+            "route": "streamed",
+            "checkpoint": str(self.checkpoint_dir),
+            "weight_algorithm": "checkpoint integers and per-row scales written as stored, row block by row block "
+                                "(edgekit.build.fill; no dequantized copy, no re-quantization)",
+            "weights": {"tensors": len(weight_stats), "written_as_stored": len(written),
+                        "int8_clipped": {k: st["int8_clipped"] for k, st in weight_stats.items()
+                                         if st.get("int8_clipped")}},
+            "srq": {"scales_in_checkpoint": srq_total, "activation_tensors_set": srq.get("activation_tensors_set", 0),
+                    "roundtrip_failed": srq.get("roundtrip_failed", [])},
+            "kv_cache_scales": {"in_checkpoint": n_kv, "carried": 0},
+            "approximations": approximations,
+        }
 
     def scheme(self, requested, preset):
         """The scheme the bundle follows: the checkpoint's own bit map (fp16 stays fp16).
@@ -574,8 +698,27 @@ class QatBuild:
         replaced, self.record = quantize_sections(secs, plans, self.ckpt, work, ple_bits=self.ple_bits, run=run)
         return replaced
 
+    def reference_skip(self, bundle: Path) -> str | None:
+        """Why transformers' reference forward cannot run here (None when it fits): it holds the
+        text model in float32 beside the bundle's sections in the interpreter."""
+        from edgekit.build.pipeline import _gb, mem_available
+
+        params = sum(m.rows * m.width for m in self.ckpt.modules.values())
+        params += sum(int(np.prod(e.shape)) for k, e in self.ckpt.entries.items()
+                      if e.dtype in ("F32", "F16", "BF16") and not k.endswith("_scale"))
+        need = 4 * params + Path(bundle).stat().st_size
+        avail = mem_available()
+        if avail is not None and need > 0.8 * avail:
+            return (f"transformers' float32 forward and the bundle would hold ~{_gb(need)}, "
+                    f"{_gb(avail)} available")
+        return None
+
     def report(self, bundle: Path, *, reference: bool = True, max_tokens: int = 256, progress=None) -> dict[str, Any]:
         from edgekit.bundle.exactness import exactness_report
+
+        skip = self.reference_skip(bundle) if reference else None
+        if skip:
+            reference = False
 
         if self.float_baseline:  # the fp16 baseline: the exactly dequantized float, cast
             rec = {"version": QAT_RECORD_VERSION, "mode": "dequantized float baseline",
@@ -601,7 +744,28 @@ class QatBuild:
             from edgekit.build.reference import agreement
 
             rec["agreement"] = agreement(bundle, self.checkpoint_dir, max_tokens=max_tokens, progress=progress)
+        elif skip:
+            rec["agreement"] = {"skipped": skip}
         return rec
+
+
+def _validate(checkpoint, preset):
+    """Validate a QAT checkpoint against the preset (headers and scale tensors only)."""
+    from edgekit.models import qat
+    from edgekit.models.presets import get_preset, width_div_for_config
+
+    preset = get_preset(preset)
+    p = Path(checkpoint)
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{p}: cannot read config.json ({exc})") from None
+    wd = width_div_for_config(preset, cfg) or 1
+    try:
+        hf = preset.config(wd)
+    except Exception:  # the preset cannot be divided that way: the size is wrong
+        hf = preset.config(1)
+    return qat.validate_qat_checkpoint(p, hf, preset_name=preset.name)
 
 
 def precheck(checkpoint, preset) -> None:

@@ -146,15 +146,48 @@ def fast_array_compare():
         qtyping._compare_array_or_none = orig  # noqa: SLF001
 
 
+def quantize_standin_qat(src: str | os.PathLike, dst: str | os.PathLike, plans, ckpt) -> dict[str, Any]:
+    """ai-edge-quantizer on the stand-in's prefill/decode section for a QAT checkpoint.
+
+    Each FC gets the checkpoint's bit width; its input and output activation statistics are
+    the checkpoint's SRQ scales as :func:`edgekit.build.qat.srq_qsv` writes them (ai-edge-quantizer
+    derives exactly those scales back); a Linear whose SRQ scales are 0 keeps float
+    activations (weight-only integers). Weights are min-max quantized here only to give the
+    graph its integer tensors: the fill step replaces them with the checkpoint's integers and
+    scales. Returns the SRQ record (:func:`edgekit.build.qat.srq_qsv`).
+    """
+    from ai_edge_quantizer import quantizer
+
+    from edgekit.build import qat as bq
+    from edgekit.build import quantize as qz
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    fcs = _io_names(fu.read_model(str(src)), "tf_lite_prefill_decode")
+    qsv, srq = bq.srq_qsv(ckpt, fcs)
+    with qz.float_graph_io("minmax"):
+        q = quantizer.Quantizer(str(src))
+        q.load_quantization_recipe(bq.standin_recipe(plans, ckpt))
+        res = q.quantize(qsv)
+    qz._export(res, dst)  # noqa: SLF001 - the same writer as the classic route
+    return srq
+
+
 def quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges | None,
-                      run: Callable | None = None) -> tuple[dict[str, Path], dict[str, list]]:
-    """Quantize every stand-in section per the scheme. Returns (section -> quantized file, plans)."""
-    with fast_array_compare():
-        return _quantize_sections(secs, scheme, work, ranges, run)
+                      run: Callable | None = None, qat_ckpt=None) -> tuple[dict[str, Path], dict[str, list]]:
+    """Quantize every stand-in section per the scheme. Returns (section -> quantized file, plans).
+
+    ``qat_ckpt`` (a :class:`edgekit.models.qat.QatCheckpoint`): the prefill/decode section
+    takes the checkpoint's bit widths and SRQ activation scales (:func:`quantize_standin_qat`),
+    and ``ranges`` is not used; its SRQ record is in ``plans["_srq"]``.
+    """
+    from edgekit.build.quantizer_memory import lean_qsv_check  # the quantizer without its 10 GiB check
+
+    with fast_array_compare(), lean_qsv_check():
+        return _quantize_sections(secs, scheme, work, ranges, run, qat_ckpt)
 
 
 def _quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges | None,
-                       run: Callable | None = None) -> tuple[dict[str, Path], dict[str, list]]:
+                       run: Callable | None = None, qat_ckpt=None) -> tuple[dict[str, Path], dict[str, list]]:
     from edgekit.build import quantize as qz
 
     run = run or (lambda _stage, _what, fn, *a, **k: fn(*a, **k))
@@ -170,7 +203,10 @@ def _quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges
                 out[sec] = path
             continue
         if sec == "tf_lite_prefill_decode":
-            if scheme.static_activations:
+            if qat_ckpt is not None:
+                plans["_srq"] = run("quantize", "prefill/decode: checkpoint bit widths, SRQ activation scales "
+                                    "(stand-in)", quantize_standin_qat, path, dst, plans[sec], qat_ckpt)
+            elif scheme.static_activations:
                 if ranges is None:
                     raise ValueError("static activations need the model's activation ranges")
                 qsv = ranges_to_qsv(path, sec, ranges, {p.module for p in plans[sec] if p.bits is not None})
@@ -191,13 +227,15 @@ def _quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges
 
 
 def fill_sections(qsecs: dict[str, Path], ckpt_dir: str | os.PathLike, work: Path, vocab: int,
-                  run: Callable | None = None, progress: Callable[[str], None] | None = None
+                  run: Callable | None = None, progress: Callable[[str], None] | None = None,
+                  weights: fl.CheckpointWeights | None = None
                   ) -> tuple[dict[str, Path], dict[str, fl.FillReport]]:
-    """Fill every quantized stand-in section with the checkpoint's weights."""
+    """Fill every quantized stand-in section with the checkpoint's weights (``weights``:
+    a :class:`edgekit.build.fill.QatCheckpointWeights` for a QAT checkpoint)."""
     from edgekit.build.standin import STANDIN_VOCAB
 
     run = run or (lambda _stage, _what, fn, *a, **k: fn(*a, **k))
-    weights = fl.CheckpointWeights(ckpt_dir)
+    weights = weights if weights is not None else fl.CheckpointWeights(ckpt_dir)
     out: dict[str, Path] = {}
     reports: dict[str, fl.FillReport] = {}
     for sec, path in qsecs.items():
@@ -228,10 +266,22 @@ def text_linears(ckpt_dir: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Hugging Face name -> weight shape of every decoder-layer Linear, from the safetensors headers."""
     from edgekit.models.qat import read_safetensors_headers
 
+    import json
+
+    from edgekit.models.qat import QatConfig, is_qat_config
+
+    cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    qc = QatConfig.from_dict(cfg["quantization_config"]) if is_qat_config(cfg) else None
+    entries = read_safetensors_headers(Path(ckpt_dir))
     out = {}
-    for k, e in read_safetensors_headers(Path(ckpt_dir)).items():
+    for k, e in entries.items():
         if k.startswith("model.language_model.layers.") and k.endswith(".weight") and len(e.shape) == 2:
-            out[k[: -len(".weight")]] = tuple(e.shape)
+            name = k[: -len(".weight")]
+            shape = tuple(e.shape)
+            bits = qc.bits_for(name) if qc is not None and f"{name}.weight_scale" in entries else None
+            if bits is not None and bits < 8:  # QAT: int2/int4 packed in uint8 (validated before)
+                shape = (shape[0], shape[1] * (8 // bits))
+            out[name] = shape
     return out
 
 
@@ -274,9 +324,17 @@ def calibration_chunks(ids: list[list[int]], length: int, max_chunks: int = 16) 
 
 
 def build_sections(secs: dict[str, Path], ckpt_dir, scheme, work: Path, vocab: int, run: Callable,
-                   chunks: list[list[int]] | None, progress: Callable[[str], None] | None = None
-                   ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Activation ranges (when static) -> quantized stand-in -> filled sections. Returns (files, record)."""
+                   chunks: list[list[int]] | None, progress: Callable[[str], None] | None = None,
+                   qat=None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Activation ranges (when static) -> quantized stand-in -> filled sections. Returns (files, record).
+
+    ``qat``: a :class:`edgekit.build.qat.QatBuild` of a ``quant_method: gemma`` checkpoint
+    (``ckpt_dir`` is that checkpoint). Its exact path takes activation scales from the
+    checkpoint's SRQ scales (no calibration) and fills its integers and scales as stored;
+    a float scheme fills ``int x scale``. The QAT record goes to ``qat.record``.
+    """
+    if qat is not None:
+        return _build_sections_qat(secs, scheme, work, vocab, run, progress, qat)
     ranges = None
     rec: dict[str, Any] = {"route": "streamed"}
     if not scheme.is_float and scheme.static_activations:
@@ -290,4 +348,18 @@ def build_sections(secs: dict[str, Path], ckpt_dir, scheme, work: Path, vocab: i
     filled, reports = fill_sections(qsecs, ckpt_dir, work, vocab, run, progress)
     rec["fill"] = {s: {"ops": r.ops, "weight_bytes": r.weight_bytes, "vocab_tensors": r.vocab_tensors}
                    for s, r in reports.items()}
+    return filled, rec
+
+
+def _build_sections_qat(secs: dict[str, Path], scheme, work: Path, vocab: int, run: Callable,
+                        progress: Callable[[str], None] | None, qat) -> tuple[dict[str, Path], dict[str, Any]]:
+    exact = not scheme.is_float
+    qsecs, plans = quantize_sections(secs, scheme, work, None, run, qat.ckpt if exact else None)
+    weights = fl.QatCheckpointWeights(qat.ckpt)
+    filled, reports = fill_sections(qsecs, qat.checkpoint_dir, work, vocab, run, progress, weights)
+    rec: dict[str, Any] = {"route": "streamed", "fill": {
+        s: {"ops": r.ops, "weight_bytes": r.weight_bytes, "vocab_tensors": r.vocab_tensors}
+        for s, r in reports.items()}}
+    if exact:
+        qat.record = qat.streamed_record(weights.stats, plans.get("_srq") or {})
     return filled, rec

@@ -410,6 +410,29 @@ class QatCheckpoint:
         key = f"{name}.embedding_quantized" if m.kind == "embedding" else f"{name}.weight"
         return unpack(read_tensor(self.entries[key]), m.bits, m.width)
 
+    def integer_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Signed integer values of rows ``start:stop`` of module ``name``: only those rows'
+        packed bytes are read (plain reads, no memory map), so a block of a full-vocabulary
+        table costs its own bytes only."""
+        m = self.layout.modules[name]
+        key = f"{name}.embedding_quantized" if m.kind == "embedding" else f"{name}.weight"
+        e = self.entries[key]
+        pw = packed_width(m.width, m.bits)
+        start, stop = max(0, start), min(m.rows, stop)
+        n = max(0, stop - start)
+        a = np.empty((n, pw), dtype=np.int8 if m.bits == 8 else np.uint8)
+        with open(e.file, "rb", buffering=0) as fh:
+            fh.seek(e.start + start * pw)
+            got = fh.readinto(memoryview(a).cast("B"))
+        if got != a.nbytes:
+            raise CheckpointError(f"{key}: short read ({got} of {a.nbytes} bytes)", hint="re-copy the checkpoint")
+        return unpack(a, m.bits, m.width)
+
+    def dequantized_rows(self, name: str, start: int, stop: int, scales: np.ndarray | None = None) -> np.ndarray:
+        """Exact float32 rows ``start:stop`` (``int x scale``); ``scales`` = :meth:`scales`, if already read."""
+        s = self.scales(name) if scales is None else scales
+        return dequantize(self.integer_rows(name, start, stop), s[start:stop])
+
     def scales(self, name: str) -> np.ndarray:
         """float32 scales: (rows, 1) for linears, (rows, blocks) for embeddings."""
         m = self.layout.modules[name]
