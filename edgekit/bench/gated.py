@@ -1,8 +1,9 @@
-"""`edgekit bench` as one library call: pick the bundles, resolve the thresholds, run, gate, write the views.
+"""`edgekit bench`, `gate` and `report` as library calls: resolve the thresholds, (run,) gate, write.
 
 :func:`run_gated_bench` takes a :class:`BenchRequest` (everything the command line can set)
 and returns a :class:`GatedBench`: the session's outcome (result records and folder) and the
-report context (comparison, gate, warnings). The CLI parses, calls it and renders.
+report context (comparison, gate, warnings). :func:`gate_stored` does the same for a stored
+result (``edgekit gate`` and ``edgekit report``). The CLI parses, calls one and renders.
 
 Order matters for the user: option conflicts and threshold syntax fail before any work (exit
 2), then the device profile loads, then the bundles are chosen. A run whose baseline is of
@@ -135,3 +136,35 @@ def run_gated_bench(req: BenchRequest, note: Callable[[str], None] = stderr_prog
             atomic_write_text(req.junit, render_junit(gate))
         raise
     return GatedBench(outcome, holder["ctx"])
+
+
+@dataclass(frozen=True)
+class StoredGate:
+    result: Any  # edgekit.results.records.BenchResult
+    thresholds: tuple  # edgekit.results.gate.Threshold, as applied
+    context: Any  # edgekit.report.context.ReportContext
+
+    @property
+    def exit_code(self) -> int:
+        gate = self.context.gate
+        return gate.exit_code if gate is not None else 0
+
+
+def gate_stored(path: Path, fail_on: tuple[str, ...] = (), profile_thresholds: bool = True,
+                allow_mismatch: bool = False, junit: Path | None = None,
+                note: Callable[[str], None] = stderr_progress) -> StoredGate:
+    """Gate a stored result (a result.json or its results/<time>-<device>/ folder): the command
+    line's thresholds and its device profile's (see :func:`edgekit.results.gate.resolve_thresholds`),
+    the comparison of its candidate with its baseline; ``junit``: also write the verdict there."""
+    from edgekit.fsutil import atomic_write_text
+    from edgekit.report.context import build_context
+    from edgekit.report.junit import render_junit
+    from edgekit.results.gate import resolve_thresholds
+    from edgekit.results.records import load_result
+
+    res = load_result(path)
+    thresholds = resolve_thresholds(fail_on, res.device.profile, "baseline" in res.bundles, profile_thresholds, note)
+    ctx = build_context(res, thresholds, allow_mismatch=allow_mismatch)
+    if junit is not None and ctx.gate is not None:
+        atomic_write_text(junit, render_junit(ctx.gate, timestamp=res.created))
+    return StoredGate(res, tuple(thresholds), ctx)

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import click
 
-from edgekit.results.gate import resolve_thresholds
-from edgekit.results.records import load_result
-
 
 def gate_options(fn):
     """The threshold options shared by `gate`, `bench` and `report`."""
@@ -32,8 +29,7 @@ def gate_options(fn):
 @click.argument("result", type=click.Path(path_type=Path))
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the gate verdict as JSON on stdout.")
-def command(result: Path, fail_on: tuple[str, ...], profile_thresholds: bool, allow_mismatch: bool,
-            junit: Path | None, as_json: bool) -> int:
+def command(result: Path, as_json: bool, **gate) -> int:
     """Apply thresholds to RESULT (a result.json or results/<time>-<device>/ folder).
 
     A relative threshold fails only when the change is statistically significant
@@ -41,25 +37,18 @@ def command(result: Path, fail_on: tuple[str, ...], profile_thresholds: bool, al
     breaks it. Exit codes: 0 pass, 1 failed, 2 bad threshold, 3 the bench had failed,
     4 not comparable / insufficient data.
     """
-    from edgekit.fsutil import atomic_write_text
-    from edgekit.report.context import build_context
-    from edgekit.report.junit import render_junit
+    from edgekit.bench.gated import gate_stored
     from edgekit.report.terminal import render_gate
 
-    res = load_result(result)
-    thresholds = resolve_thresholds(fail_on, res.device.profile, "baseline" in res.bundles, profile_thresholds,
-                                    note=lambda s: click.echo(s, err=True))
-    ctx = build_context(res, thresholds, allow_mismatch=allow_mismatch)
-    gate = ctx.gate
-    assert gate is not None
-    if junit is not None:
-        atomic_write_text(junit, render_junit(gate, timestamp=res.created))
+    stored = gate_stored(result, **gate, note=lambda s: click.echo(s, err=True))
+    ctx = stored.context
+    assert ctx.gate is not None
     if as_json:
-        click.echo(json.dumps(gate.to_dict(), indent=2))
+        click.echo(json.dumps(ctx.gate.to_dict(), indent=2))
     else:
         if ctx.comparison_note:
             click.echo(f"note: {ctx.comparison_note}", err=True)
-        click.echo(render_gate(gate))
-    if not thresholds:
+        click.echo(render_gate(ctx.gate))
+    if not stored.thresholds:
         click.echo("warning: no thresholds given (--fail-on) and none in the device profile", err=True)
-    return gate.exit_code
+    return stored.exit_code

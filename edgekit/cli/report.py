@@ -9,33 +9,27 @@ import click
 
 from edgekit.cli.gate import gate_options
 from edgekit.errors import EXIT_OK
-from edgekit.results.gate import resolve_thresholds
-from edgekit.results.records import load_result
 
 
 @click.command("report")
 @click.argument("folder", type=click.Path(path_type=Path))
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result records as JSON on stdout.")
-def command(folder: Path, fail_on: tuple[str, ...], profile_thresholds: bool, allow_mismatch: bool,
-            junit: Path | None, as_json: bool) -> int:
+def command(folder: Path, as_json: bool, junit: Path | None, **gate) -> int:
     """Regenerate the views of FOLDER (results/<time>-<device>/) from its result.json.
 
     Prints the paths written (or, with --json, the records); the gate is not
     enforced here: use `edgekit gate` for an exit code.
     """
-    from edgekit.report.context import build_context
+    from edgekit.bench.gated import gate_stored
     from edgekit.report.folder import write_views
     from edgekit.report.terminal import render_context
 
-    res = load_result(folder)
-    out_dir = folder if folder.is_dir() else folder.parent
-    thresholds = resolve_thresholds(fail_on, res.device.profile, "baseline" in res.bundles, profile_thresholds,
-                                    note=lambda s: click.echo(s, err=True))
-    ctx = build_context(res, thresholds, allow_mismatch=allow_mismatch)
-    paths = write_views(out_dir, ctx, junit=junit)
+    stored = gate_stored(folder, **gate, note=lambda s: click.echo(s, err=True))
+    ctx = stored.context
+    paths = write_views(folder if folder.is_dir() else folder.parent, ctx, junit=junit)
     if as_json:
-        click.echo(json.dumps(res.to_dict(), indent=2))
+        click.echo(json.dumps(stored.result.to_dict(), indent=2))
     else:
         click.echo(render_context(ctx))
         for kind, p in paths.items():
