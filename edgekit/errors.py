@@ -43,11 +43,26 @@ EXIT_CODES: dict[int, str] = {
 
 
 class EdgekitError(Exception):
-    """Base of every error edgekit raises on purpose."""
+    """Base of every error edgekit raises on purpose.
+
+    A kind is one line: ``class StorageFull(DeviceError, kind="storage full", hint="..."): pass``;
+    ``exit_code`` (a name from the table above), ``kind`` and ``hint`` given as class keywords
+    are inherited by the kinds below it unless they give their own.
+    """
 
     exit_code: int = EXIT_USAGE
     kind: str = "error"
     default_hint: str = ""
+
+    def __init_subclass__(cls, *, exit_code: int | None = None, kind: str | None = None, hint: str | None = None,
+                          **kwargs):
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+        if kind is not None:
+            cls.kind = kind
+        if hint is not None:
+            cls.default_hint = hint
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -58,116 +73,27 @@ class EdgekitError(Exception):
         return self.message
 
 
-class GateFailed(EdgekitError):
-    exit_code = EXIT_GATE_FAILED
-    kind = "gate failed"
-
-
-class UsageError(EdgekitError):
-    exit_code = EXIT_USAGE
-    kind = "usage error"
-    default_hint = "run the command with --help"
-
-
-class DeviceError(EdgekitError):
-    """Device or infrastructure failure: transport, timeout, a failed run."""
-
-    exit_code = EXIT_DEVICE
-    kind = "device error"
-
-
-class DeviceNotFound(DeviceError):
-    kind = "device not found"
-    default_hint = "check the cable / network and `edgekit devices`"
-
-
-class AmbiguousDevice(DeviceError):
-    kind = "several devices"
-    default_hint = "choose one with --serial or ANDROID_SERIAL"
-
-
-class DeviceUnauthorized(DeviceError):
-    kind = "device unauthorized"
-    default_hint = "accept the 'Allow USB debugging' prompt on the phone"
-
-
-class DeviceOffline(DeviceError):
-    kind = "device offline"
-    default_hint = "reconnect the device (adb reconnect) and retry"
-
-
-class StorageFull(DeviceError):
-    kind = "storage full"
-    default_hint = "free space in the device's work folder"
-
-
-class PermissionDenied(DeviceError):
-    kind = "permission denied"
-    default_hint = "pick a work folder the device user can write"
-
-
-class RuntimeMissing(DeviceError):
-    kind = "runtime missing"
-    default_hint = "run `edgekit setup --device NAME` first"
-
-
-class TransportTimeout(DeviceError):
-    kind = "timeout"
-    default_hint = "check the link; raise the timeout in the device profile"
-
-
-class HostKeyRejected(DeviceError):
-    kind = "unknown host key"
-    default_hint = "verify the key and add it to known_hosts, or pass --accept-new-host-key"
-
-
-class BenchmarkFailed(DeviceError):
-    kind = "benchmark failed"
-
-
-class NotComparable(EdgekitError):
-    exit_code = EXIT_NOT_COMPARABLE
-    kind = "not comparable"
-    default_hint = "compare records with equal key settings, or pass --allow-mismatch"
-
-
-class InsufficientData(EdgekitError):
-    exit_code = EXIT_NOT_COMPARABLE
-    kind = "insufficient data"
-    default_hint = "run more repetitions (--reps)"
-
-
-class ConfigError(EdgekitError):
-    """A malformed file the user gave us: scheme, profile, calibration, thresholds."""
-
-    exit_code = EXIT_CONFIG
-    kind = "invalid configuration"
-
-
-class CheckpointError(EdgekitError):
-    exit_code = EXIT_CHECKPOINT
-    kind = "invalid checkpoint"
-
-
-class BuildError(EdgekitError):
-    exit_code = EXIT_BUILD
-    kind = "build failed"
-    default_hint = "rerun with EDGEKIT_DEBUG=1 for the toolchain's traceback"
-
-
-class ResourceError(EdgekitError):
-    exit_code = EXIT_RESOURCES
-    kind = "not enough resources"
-    default_hint = "free memory/disk, use --width-div, or pass --force"
-
-
-class OutputNotWritable(EdgekitError):
-    exit_code = EXIT_OUTPUT
-    kind = "output not writable"
-    default_hint = "choose a writable --output folder"
-
-
-class InspectionFailed(EdgekitError):
-    exit_code = EXIT_INSPECTION
-    kind = "inspection failed"
-
+# The kinds: what failed (exit code, one-word kind) and what to do about it (default hint).
+class GateFailed(EdgekitError, exit_code=EXIT_GATE_FAILED, kind="gate failed"): pass
+class UsageError(EdgekitError, exit_code=EXIT_USAGE, kind="usage error", hint="run the command with --help"): pass
+# device or infrastructure failure: transport, timeout, a failed run
+class DeviceError(EdgekitError, exit_code=EXIT_DEVICE, kind="device error"): pass
+class DeviceNotFound(DeviceError, kind="device not found", hint="check the cable / network and `edgekit devices`"): pass
+class AmbiguousDevice(DeviceError, kind="several devices", hint="choose one with --serial or ANDROID_SERIAL"): pass
+class DeviceUnauthorized(DeviceError, kind="device unauthorized", hint="accept the 'Allow USB debugging' prompt on the phone"): pass
+class DeviceOffline(DeviceError, kind="device offline", hint="reconnect the device (adb reconnect) and retry"): pass
+class StorageFull(DeviceError, kind="storage full", hint="free space in the device's work folder"): pass
+class PermissionDenied(DeviceError, kind="permission denied", hint="pick a work folder the device user can write"): pass
+class RuntimeMissing(DeviceError, kind="runtime missing", hint="run `edgekit setup --device NAME` first"): pass
+class TransportTimeout(DeviceError, kind="timeout", hint="check the link; raise the timeout in the device profile"): pass
+class HostKeyRejected(DeviceError, kind="unknown host key", hint="verify the key and add it to known_hosts, or pass --accept-new-host-key"): pass
+class BenchmarkFailed(DeviceError, kind="benchmark failed"): pass
+class NotComparable(EdgekitError, exit_code=EXIT_NOT_COMPARABLE, kind="not comparable", hint="compare records with equal key settings, or pass --allow-mismatch"): pass
+class InsufficientData(EdgekitError, exit_code=EXIT_NOT_COMPARABLE, kind="insufficient data", hint="run more repetitions (--reps)"): pass
+# a malformed file the user gave us: scheme, profile, calibration, thresholds
+class ConfigError(EdgekitError, exit_code=EXIT_CONFIG, kind="invalid configuration"): pass
+class CheckpointError(EdgekitError, exit_code=EXIT_CHECKPOINT, kind="invalid checkpoint"): pass
+class BuildError(EdgekitError, exit_code=EXIT_BUILD, kind="build failed", hint="rerun with EDGEKIT_DEBUG=1 for the toolchain's traceback"): pass
+class ResourceError(EdgekitError, exit_code=EXIT_RESOURCES, kind="not enough resources", hint="free memory/disk, use --width-div, or pass --force"): pass
+class OutputNotWritable(EdgekitError, exit_code=EXIT_OUTPUT, kind="output not writable", hint="choose a writable --output folder"): pass
+class InspectionFailed(EdgekitError, exit_code=EXIT_INSPECTION, kind="inspection failed"): pass

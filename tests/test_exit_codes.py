@@ -72,7 +72,12 @@ def test_every_error_kind_takes_its_code_from_the_table():
     for kind in kinds:
         assert kind.exit_code in errors.EXIT_CODES, kind
     tree = ast.parse((ROOT / "edgekit" / "errors.py").read_text(encoding="utf-8"))
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert len(classes) == len(kinds)
+    for cls in classes:
+        for kw in cls.keywords:  # class StorageFull(DeviceError, exit_code=EXIT_..., kind=..., hint=...)
+            if kw.arg == "exit_code":
+                assert isinstance(kw.value, ast.Name) and kw.value.id in vars(errors), (cls.name, ast.dump(kw))
         for stmt in cls.body:
             value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
             targets = [getattr(t, "id", None) for t in getattr(stmt, "targets", [getattr(stmt, "target", None)])]
