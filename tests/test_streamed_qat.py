@@ -116,6 +116,26 @@ def test_srq_qsv_gives_back_every_checkpoint_scale_exactly():
     assert n_set == len(qsv) == rec["activation_tensors_set"] > 0
 
 
+def test_reference_agreement_is_skipped_with_its_reason_when_it_cannot_fit(monkeypatch):
+    """transformers' float32 forward of a full-size checkpoint does not fit beside the bundle:
+    the qat record says why instead of a figure, and inspect prints that reason."""
+    from edgekit.build import pipeline
+    from edgekit.build import qat as bq
+    from edgekit.bundle.exactness import format_qat
+
+    src = H.random_checkpoint("tiny")
+    b = bq.QatBuild.prepare(src, "tiny", H.workdir(), dequantize=False)
+    assert b.float_dir is None  # validated only: no dequantized copy
+    bundle = src / "model.safetensors"  # any file: only its size is read
+    monkeypatch.setattr(pipeline, "mem_available", lambda: 64 << 30)
+    assert b.reference_skip(bundle) is None
+    monkeypatch.setattr(pipeline, "mem_available", lambda: 1 << 20)
+    why = b.reference_skip(bundle)
+    assert why and "available" in why
+    line = format_qat({"checkpoint": str(src), "agreement": {"skipped": why}})
+    assert f"vs transformers reference: skipped ({why})" in line
+
+
 def test_streamed_route_refuses_requantize(tmp_path, capsys):
     from edgekit.cli.main import main
 

@@ -12,7 +12,12 @@ dtype the (quantized) stand-in chose for it:
   weight quantization calls), row block by row block, packed with its
   ``pack_data``; the scales are the checkpoint's own, never the stand-in's.
 
-and gives every vocabulary-sized dimension its real size. The weights are read
+A QAT (``quant_method: gemma``) checkpoint is read through :class:`QatCheckpointWeights`:
+an integer op of the checkpoint's width gets the stored integers and per-row scales as
+they are (int8 -128 clipped to -127 and counted), never re-quantized; a table whose
+per-(row, layer) scales one scale per row cannot hold is re-quantized from ``int x scale``.
+
+The fill also gives every vocabulary-sized dimension its real size. The weights are read
 from the safetensors files with plain reads, a block of rows at a time, so
 no float table is ever whole in memory. The result is serialized with
 ai-edge-quantizer's writer (external buffers past 2 GB).
