@@ -388,7 +388,7 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     try:
         build_kwargs.update(output=tmp, quality=False)
         res = build(cache_dir=cache, progress=progress, **build_kwargs)
-        rows = lk.compare(locked, res.manifest["lock"])
+        rows = lk.compare(locked, mf.Manifest.of(res.manifest).lock)
         check = LockCheck(rows, None, notes)
         if not check.ok:
             keep = True
