@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.results.records import finite_number as _f
+
 MEM_COLUMNS = ("t_ms", "vmrss_kb", "vmhwm_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb", "vmswap_kb", "pss_kb")
 
 
@@ -155,28 +157,25 @@ def parse_mem_tsv(path: Path, warnings: list[str] | None = None) -> list[MemSamp
     return out
 
 
-def parse_thermal_tsv(path: Path, warnings: list[str] | None = None) -> list[ThermalSample]:
-    out = []
+def _typed_rows(path: Path, warnings: list[str] | None, width: int, int_cols: tuple[int, ...]):
+    """Rows of at least ``width`` cells, cut to ``width``, with ``int_cols`` as ints; rows where
+    one of those is empty or not a number are skipped (a sample not taken, not a zero)."""
     for row in _read_tsv(path, warnings if warnings is not None else []):
-        if len(row) < 5:
+        if len(row) < width:
             continue
-        t, temp = _int(row[0]), _int(row[4])
-        if t is None or temp is None:
-            continue
-        out.append(ThermalSample(t, row[1], row[2], row[3], temp))
-    return out
+        cells = [_int(v) if i in int_cols else v for i, v in enumerate(row[:width])]
+        if all(cells[i] is not None for i in int_cols):
+            yield cells
+
+
+def parse_thermal_tsv(path: Path, warnings: list[str] | None = None) -> list[ThermalSample]:
+    """``t_ms phase zone type temp_mc`` rows."""
+    return [ThermalSample(*cells) for cells in _typed_rows(path, warnings, 5, (0, 4))]
 
 
 def parse_cpufreq_tsv(path: Path, warnings: list[str] | None = None) -> list[CpuFreqSample]:
-    out = []
-    for row in _read_tsv(path, warnings if warnings is not None else []):
-        if len(row) < 4:
-            continue
-        t, cpu, khz = _int(row[0]), _int(row[2]), _int(row[3])
-        if t is None or cpu is None or khz is None:
-            continue
-        out.append(CpuFreqSample(t, row[1], cpu, khz))
-    return out
+    """``t_ms phase cpu cur_khz`` rows."""
+    return [CpuFreqSample(*cells) for cells in _typed_rows(path, warnings, 4, (0, 2, 3))]
 
 
 def parse_harness_tsv(path: Path) -> dict:
@@ -193,16 +192,6 @@ def parse_harness_tsv(path: Path) -> dict:
 
 
 # --- runner JSONL -----------------------------------------------------------------------
-
-
-def _f(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def parse_runner_jsonl(text: str, warnings: list[str]) -> tuple[dict, float | None, list[Iteration], str | None, bool]:

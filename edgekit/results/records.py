@@ -56,7 +56,8 @@ TOKEN_PERCENTILES: Mapping[str, float] = MappingProxyType({"token_p50_ms": 50.0,
                                                            "token_p99_ms": 99.0})
 
 
-def _num(x: Any) -> float | None:
+def finite_number(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number (or a string of one); else None, never 0."""
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -64,6 +65,9 @@ def _num(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+_num = finite_number
 
 
 def _freeze(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
