@@ -23,64 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bundle import tflite as tfl
+from edgekit.bundle.tflite import DEQUANTIZE, EMBEDDING_LOOKUP, FULLY_CONNECTED, GELU, QUANTIZE
+from edgekit.bundle.tflite import INT_TYPE_BITS as _INT_TYPES
+from edgekit.bundle.tflite import unpack_ints as unpack_tflite_ints
 from edgekit.bundle.tensor_names import module_name_for
 from edgekit.runtime.litertlm_file import read_header, read_section
 
-FULLY_CONNECTED = 9
-EMBEDDING_LOOKUP = 7
-GELU = 150
-DEQUANTIZE = 6
-QUANTIZE = 114
-_INT_TYPES = {9: 8, 17: 4, 19: 2}  # TensorType INT8, INT4, INT2 -> bits
 _NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 7: np.int16}
-
-
-def unpack_tflite_ints(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """TFLite packed sub-byte integers (low bits first, two's complement) -> int8."""
-    raw = np.asarray(raw, np.uint8)
-    if bits == 8:
-        return raw.view(np.int8)[:count].copy()
-    per = 8 // bits
-    mask = (1 << bits) - 1
-    vals = np.stack([(raw >> (bits * k)) & mask for k in range(per)], axis=-1).reshape(-1)[:count].astype(np.int16)
-    vals = np.where(vals >= (1 << (bits - 1)), vals - (1 << bits), vals)
-    return vals.astype(np.int8)
-
-
-def _opcode(model, op) -> int:
-    oc = model.OperatorCodes(op.OpcodeIndex())
-    return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
-
-
-def _name(t) -> str:
-    n = t.Name()
-    return n.decode() if isinstance(n, bytes) else str(n)
-
-
-def _buffer_bytes(model, buf: memoryview, idx: int) -> np.ndarray | None:
-    b = model.Buffers(idx)
-    if b is None:
-        return None
-    if b.Offset() > 1:
-        return np.frombuffer(buf, np.uint8, count=int(b.Size()), offset=int(b.Offset()))
-    if b.DataLength() == 0:
-        return None
-    return b.DataAsNumpy()
-
-
-def _scales(t) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
-    q = t.Quantization()
-    if q is None or q.ScaleLength() == 0:
-        return None, None, None
-    zp = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(q.ScaleLength(), np.int64)
-    return q.ScaleAsNumpy().astype(np.float32), np.asarray(zp), int(q.QuantizedDimension())
 
 
 def read_bundle_weights(bundle) -> list[dict[str, Any]]:
     """Every FULLY_CONNECTED / EMBEDDING_LOOKUP of every TFLite section, with the raw
     integer weights, weight scales, and (FC) input/output activation quantization."""
-    from ai_edge_litert import schema_py_generated as schema
-
     header = read_header(bundle)
     out = []
     for sec in header.sections:
@@ -88,9 +43,8 @@ def read_bundle_weights(bundle) -> list[dict[str, Any]]:
             continue
         data = read_section(bundle, sec)
         mv = memoryview(data)
-        model = schema.Model.GetRootAs(data, 0)
-        sigs = {model.SignatureDefs(i).SubgraphIndex(): model.SignatureDefs(i).SignatureKey().decode()
-                for i in range(model.SignatureDefsLength())}
+        model = tfl.load_model(data)
+        sigs = tfl.signatures(model)
         for si in range(model.SubgraphsLength()):
             if si not in sigs:
                 continue
@@ -108,7 +62,7 @@ def read_bundle_weights(bundle) -> list[dict[str, Any]]:
                 # through the DEQUANTIZE/QUANTIZE ops a static int8 output goes through
                 for ci in consumers.get(t, []):
                     c = sg.Operators(ci)
-                    code_c = _opcode(model, c)
+                    code_c = tfl.opcode(model, c)
                     if code_c == GELU:
                         return True
                     if code_c in (DEQUANTIZE, QUANTIZE) and depth < 3 and feeds_gelu(int(c.OutputsAsNumpy()[0]), depth + 1):
@@ -116,34 +70,34 @@ def read_bundle_weights(bundle) -> list[dict[str, Any]]:
                 return False
             for oi in range(sg.OperatorsLength()):
                 op = sg.Operators(oi)
-                code = _opcode(model, op)
+                code = tfl.opcode(model, op)
                 if code not in (FULLY_CONNECTED, EMBEDDING_LOOKUP):
                     continue
                 ins = [int(i) for i in op.InputsAsNumpy()]
                 outs = [int(i) for i in op.OutputsAsNumpy()]
                 wi = ins[1]
                 pi = producer.get(wi)
-                if pi is not None and _opcode(model, sg.Operators(pi)) == DEQUANTIZE:
+                if pi is not None and tfl.opcode(model, sg.Operators(pi)) == DEQUANTIZE:
                     wi = int(sg.Operators(pi).InputsAsNumpy()[0])  # weight-only: the integer tensor
                 w = sg.Tensors(wi)
-                wname = _name(w)
+                wname = tfl.tensor_name(w)
                 is_gate = None
                 if code == FULLY_CONNECTED and "gate_proj" in wname:
                     is_gate = feeds_gelu(outs[0])
-                scope = _name(sg.Tensors(outs[0]))
+                scope = tfl.tensor_name(sg.Tensors(outs[0]))
                 module = module_name_for(wname, scope, is_gate, sec.name)
                 entry: dict[str, Any] = {
                     "section": sec.name, "signature": sigs[si], "module": module, "weight": wname,
                     "op": "FULLY_CONNECTED" if code == FULLY_CONNECTED else "EMBEDDING_LOOKUP",
                     "shape": [int(x) for x in w.ShapeAsNumpy()], "type": int(w.Type()), "buffer": int(w.Buffer()),
                 }
-                s, zp, qd = _scales(w)
+                s, zp, qd = tfl.scales(w)
                 entry["scales"], entry["quantized_dimension"] = s, qd
-                entry["raw"] = _buffer_bytes(model, mv, w.Buffer())
+                entry["raw"] = tfl.buffer_bytes(model, mv, w.Buffer())
                 if code == FULLY_CONNECTED:
                     for side, ti in (("input", ins[0]), ("output", outs[0])):
                         t = sg.Tensors(ti)
-                        s2, z2, _ = _scales(t)
+                        s2, z2, _ = tfl.scales(t)
                         entry[f"{side}_type"] = int(t.Type())
                         entry[f"{side}_scale"] = None if s2 is None or len(s2) != 1 else np.float32(s2[0])
                         entry[f"{side}_zero_point"] = None if z2 is None or len(z2) != 1 else int(z2[0])
