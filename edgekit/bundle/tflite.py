@@ -15,29 +15,13 @@ FULLY_CONNECTED = 9
 QUANTIZE = 114
 GELU = 150
 
-# TensorType of the TFLite schema -> (name, bits)
-TENSOR_TYPES = {
-    0: ("FLOAT32", 32),
-    1: ("FLOAT16", 16),
-    2: ("INT32", 32),
-    3: ("UINT8", 8),
-    4: ("INT64", 64),
-    5: ("STRING", None),
-    6: ("BOOL", 8),
-    7: ("INT16", 16),
-    8: ("COMPLEX64", 64),
-    9: ("INT8", 8),
-    10: ("FLOAT64", 64),
-    11: ("COMPLEX128", 128),
-    12: ("UINT64", 64),
-    13: ("RESOURCE", None),
-    14: ("VARIANT", None),
-    15: ("UINT32", 32),
-    16: ("UINT16", 16),
-    17: ("INT4", 4),
-    18: ("BFLOAT16", 16),
-    19: ("INT2", 2),
-}
+# TensorType of the TFLite schema, by its code 0, 1, 2, ... -> (name, bits)
+TENSOR_TYPES = dict(enumerate([
+    ("FLOAT32", 32), ("FLOAT16", 16), ("INT32", 32), ("UINT8", 8), ("INT64", 64), ("STRING", None),
+    ("BOOL", 8), ("INT16", 16), ("COMPLEX64", 64), ("INT8", 8), ("FLOAT64", 64), ("COMPLEX128", 128),
+    ("UINT64", 64), ("RESOURCE", None), ("VARIANT", None), ("UINT32", 32), ("UINT16", 16), ("INT4", 4),
+    ("BFLOAT16", 16), ("INT2", 2),
+]))
 INT_TYPE_BITS = {9: 8, 17: 4, 19: 2}  # TensorType INT8, INT4, INT2 -> bits
 
 
