@@ -470,20 +470,11 @@ def parse_trace_dir(path: str | Path, native_warmup: int = 0) -> RunTrace:
     if error is None and source is None:
         error = "no benchmark output recognised in runner.out / runner.err"
 
-    return RunTrace(
-        start=start,
-        init_ms=init_ms,
-        iterations=iterations,
-        mem=parse_mem_tsv(d / "mem.tsv", warnings),
-        thermal=parse_thermal_tsv(d / "thermal.tsv", warnings),
-        cpufreq=parse_cpufreq_tsv(d / "cpufreq.tsv", warnings),
-        harness=harness,
-        exit_status=exit_status,
-        error=error,
-        source=source,
-        summary=summary,
-        warnings=warnings,
-    )
+    samples = {name: parse(d / f"{name}.tsv", warnings)
+               for name, parse in (("mem", parse_mem_tsv), ("thermal", parse_thermal_tsv),
+                                   ("cpufreq", parse_cpufreq_tsv))}
+    return RunTrace(start=start, init_ms=init_ms, iterations=iterations, harness=harness, exit_status=exit_status,
+                    error=error, source=source, summary=summary, warnings=warnings, **samples)
 
 
 # --- decode windows ----------------------------------------------------------------------

@@ -302,19 +302,10 @@ def _from_dict(data: Mapping[str, Any], source: str) -> Scheme:
         if not isinstance(note, str):
             raise _err(source, f"{key}.note", f"must be a string, got {note!r}")
         rules.append(Rule(pattern, _bits(r["bits"], source, f"{key}.bits"), note))
-    return Scheme(
-        name=name,
-        description=description,
-        version=version,
-        weight_rules=tuple(rules),
-        default_weight_bits=default_bits,
-        activations=activations,
-        outputs=outputs,
-        weight_granularity=granularity,
-        float_dtype=float_dtype,
-        kv_cache=kv_cache,
-        resolved_for=resolved_for,
-    )
+    return Scheme(name=name, description=description, version=version, weight_rules=tuple(rules),
+                  default_weight_bits=default_bits, activations=activations, outputs=outputs,
+                  weight_granularity=granularity, float_dtype=float_dtype, kv_cache=kv_cache,
+                  resolved_for=resolved_for)
 
 
 # ================================================================ helpers

@@ -497,6 +497,17 @@ def section(title: str, rows: Sequence[Row], head: tuple[str, str, str, str], no
 
 
 # ------------------------------------------------------------------ misc
+def run_options(ap, *, reps: int, warmup: int | None = 1, prefill: int | None = None, decode: int | None = None,
+                prefill_help: str | None = None, decode_help: str | None = None) -> None:
+    """The bench-run options every benchmark takes: --reps, --warmup (unless ``warmup`` is None),
+    --prefill and --decode (None: the script picks per model)."""
+    ap.add_argument("--reps", type=int, default=reps)
+    if warmup is not None:
+        ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--prefill", type=int, default=prefill, help=prefill_help)
+    ap.add_argument("--decode", type=int, default=decode, help=decode_help)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width-div", type=int, default=None, help="default: 4 for e2b, 1 for tiny")
     ap.add_argument("--dist", type=Path, default=None,
                     help="where builds are looked for / written (default .cache/bench-build/dist-MODEL-wK)")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--prefill", type=int, default=None, help="default 128 (e2b), 24 (tiny)")
-    ap.add_argument("--decode", type=int, default=None, help="default 64 (e2b), 32 (tiny)")
+    C.run_options(ap, reps=5, prefill_help="default 128 (e2b), 24 (tiny)", decode_help="default 64 (e2b), 32 (tiny)")
     ap.add_argument("--base-bundle", type=Path, help="tiny bundle for the runner's fixed memory (default: built)")
     ap.add_argument("--backend", choices=["auto", "litert_lm", "interpreter"],
                     help="runner backend passed to edgekit bench (default: the host profile's)")

@@ -263,10 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width-div", type=int, default=None)
     ap.add_argument("--devices", default="host,rpi5-standin,pixel8-standin")
     ap.add_argument("--modes", default="cold,warm")
-    ap.add_argument("--reps", type=int, default=5)
+    C.run_options(ap, reps=5, warmup=None, prefill=128, decode=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prefill", type=int, default=128)
-    ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sources", action="store_true",
                     help="time the pieces of the old gap apart (sampler CPU, stream callback, TTFT definition)")

@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
     ap.add_argument("--width-div", type=int, default=None)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--prefill", type=int, default=None)
-    ap.add_argument("--decode", type=int, default=None)
+    C.run_options(ap, reps=3)
     ap.add_argument("--backend", choices=["auto", "litert_lm", "interpreter"],
                     help="runner backend passed to edgekit bench (default: the host profile's)")
     ap.add_argument("--device", default="host")
