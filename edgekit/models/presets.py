@@ -418,32 +418,22 @@ def _text(
     }
 
 
-E2B = Preset(
-    name="e2b",
-    description="Gemma 4 E2B (35 layers, hidden 1536, 20 KV-shared double-wide layers; text + vision + audio)",
-    text=_text(
-        vocab=262_144, hidden=1536, intermediate=6144, layers=35, heads=8, kv_heads=1, head_dim=256,
-        global_head_dim=512, period=5, sliding_window=512, ple=256, kv_shared=20, double_wide=True,
-        max_pos=131_072,
-    ),
-    vision=_VISION_FULL,
-    audio=_AUDIO_FULL,
-    top=_TOP_GEMMA,
-    bit_map="e2b",
-)
+def _released(name: str, description: str, **text: Any) -> Preset:
+    """A released Gemma 4 size: the full vision and audio towers, Gemma's top, its own bit map;
+    ``text`` holds what differs between the sizes (the rest is shared by E2B and E4B)."""
+    shared = dict(vocab=262_144, heads=8, head_dim=256, global_head_dim=512, sliding_window=512, ple=256,
+                  max_pos=131_072)
+    return Preset(name=name, description=description, text=_text(**shared, **text), vision=_VISION_FULL,
+                  audio=_AUDIO_FULL, top=_TOP_GEMMA, bit_map=name)
 
-E4B = Preset(
-    name="e4b",
-    description="Gemma 4 E4B (42 layers, hidden 2560, 18 KV-shared layers; text + vision + audio)",
-    text=_text(
-        vocab=262_144, hidden=2560, intermediate=10240, layers=42, heads=8, kv_heads=2, head_dim=256,
-        global_head_dim=512, period=6, sliding_window=512, ple=256, kv_shared=18, double_wide=False,
-        max_pos=131_072,
-    ),
-    vision=_VISION_FULL,
-    audio=_AUDIO_FULL,
-    top=_TOP_GEMMA,
-    bit_map="e4b",
+
+E2B = _released(
+    "e2b", "Gemma 4 E2B (35 layers, hidden 1536, 20 KV-shared double-wide layers; text + vision + audio)",
+    hidden=1536, intermediate=6144, layers=35, kv_heads=1, period=5, kv_shared=20, double_wide=True,
+)
+E4B = _released(
+    "e4b", "Gemma 4 E4B (42 layers, hidden 2560, 18 KV-shared layers; text + vision + audio)",
+    hidden=2560, intermediate=10240, layers=42, kv_heads=2, period=6, kv_shared=18, double_wide=False,
 )
 
 TINY = Preset(
