@@ -206,12 +206,7 @@ class Run:
 
     def to_dict(self) -> dict:
         return {
-            "role": self.role,
-            "phase": self.phase,
-            "index": self.index,
-            "order": self.order,
-            "status": self.status,
-            "error": self.error,
+            **{k: getattr(self, k) for k in ("role", "phase", "index", "order", "status", "error")},
             "metrics": dict(self.metrics),
             "token_ms": list(self.token_ms),
             "mem_fields": list(MemPoint.FIELDS),
