@@ -783,8 +783,7 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
 
     why = _too_big_for_interpreter(interpreter_bytes(cand_bundle, False), interpreter_bytes(baseline_bundle, True))
     if why:
-        st.run("quality", f"{cand_bundle.name} vs this baseline: skipped, {why}", lambda: None)
-        res = {"skipped": why}
+        res = _engine_quality(st, cand_bundle, baseline_bundle, why)
     else:
         res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle,
                           baseline_bundle))
@@ -838,6 +837,22 @@ def _too_big_for_interpreter(*need: int) -> str | None:
     return None
 
 
+def _engine_quality(st: _Stages, candidate: Path, baseline_bundle: Path, why: str) -> dict[str, Any]:
+    """The quality record by LiteRT-LM engine scoring (each bundle in its own child, one after the
+    other) when the interpreter route does not fit; a failure of the engine is recorded, not raised."""
+    from edgekit.build import quality_engine as qe
+
+    def run() -> dict[str, Any]:
+        try:
+            return qe.evaluate_engine(candidate, baseline_bundle)
+        except EdgekitError as exc:
+            return {"skipped": f"{why}; engine scoring failed: {exc}", "method": qe.METHOD}
+
+    res = dict(st.run("quality", f"{candidate.name} vs {baseline_bundle.name}: engine scoring ({why})", run))
+    res["interpreter_skipped"] = why
+    return res
+
+
 def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str, Any] | None:
     """manifest["quality"] against an fp16 build of the same source, when one exists."""
     import importlib.util
@@ -862,9 +877,8 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
 
     why = _too_big_for_interpreter(interpreter_bytes(candidate, False), interpreter_bytes(baseline_bundle, True))
     if why:
-        st.run("quality", f"vs {baseline_bundle.name}: skipped, {why}", lambda: None)
-        return {"skipped": why, "baseline": {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}}
-    res = st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle)
-    res = dict(res)
+        res = _engine_quality(st, candidate, baseline_bundle, why)
+    else:
+        res = dict(st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle))
     res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
     return res

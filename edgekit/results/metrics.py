@@ -77,6 +77,15 @@ _METRIC_LIST = (
            "(candidate)", "candidate top-1 accuracy", EVAL),
     Metric("top1_accuracy_baseline", "", HIGHER, "share of positions whose top-1 token is the text's next token "
            "(FP16 baseline)", "baseline top-1 accuracy", EVAL),
+    # engine-scoring route (edgekit/build/quality_engine.py): per-token log-likelihoods only
+    Metric("nll_candidate", "nats", LOWER, "mean negative log-likelihood per token of the candidate bundle",
+           "candidate NLL", EVAL),
+    Metric("nll_baseline", "nats", LOWER, "mean negative log-likelihood per token of the FP16 baseline",
+           "baseline NLL", EVAL),
+    Metric("logprob_delta_mean", "nats", LOWER, "mean |log p(candidate) - log p(FP16)| of the text's tokens",
+           "mean log-prob delta", EVAL),
+    Metric("logprob_delta_max", "nats", LOWER, "largest |log p(candidate) - log p(FP16)| of the text's tokens",
+           "max log-prob delta", EVAL),
 )
 
 REGISTRY: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRIC_LIST})

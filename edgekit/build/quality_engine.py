@@ -1,0 +1,135 @@
+"""The build's quality stage through LiteRT-LM's CPU engine, for bundles too big for the interpreter.
+
+The interpreter route (``edgekit.quality.evaluate``) reads both bundles' sections into memory
+and dequantizes fp16 weights to float32 (~28 GB for full-size E2B wNa8o8 + fp16). This route
+scores the same windows of the same evaluation text, teacher-forced, with the engine
+(``edgekit.runtime.scoring``): the candidate in one child process, then the baseline in another,
+so at most one bundle is loaded at a time and the builder holds none.
+
+Windows are those of the interpreter route (``edgekit.quality.windows``: ``[BOS] + 127`` tokens
+of the shipped held-out text, at most 2048 scored tokens, tokenized by the baseline bundle's own
+Hugging Face tokenizer). Each window's tokens are decoded to text, the engine re-tokenizes it
+(``run_text_scoring`` takes text) and the record says in how many windows the engine's tokens
+equal the window's (``windows_same_tokens``).
+
+The engine gives only the log-likelihood of each scored token, so the record holds
+``ppl_ratio``, ``ppl_candidate``, ``ppl_baseline``, ``nll_candidate``, ``nll_baseline``,
+``logprob_delta_mean``, ``logprob_delta_max`` (names in ``edgekit.results.metrics``);
+``top1_agreement`` and ``kl_mean`` need whole distributions and are absent (listed under
+``absent`` with the reason), so a threshold on them is undecided, never passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit import quality as ql
+from edgekit.errors import CheckpointError, NotComparable, UsageError
+from edgekit.runtime import scoring as sc
+
+METHOD = "engine_scoring"
+SCHEMA = 1
+HELD = ("ppl_ratio", "ppl_candidate", "ppl_baseline", "nll_candidate", "nll_baseline",
+        "logprob_delta_mean", "logprob_delta_max")
+ABSENT = {
+    "top1_agreement": "the engine's run_text_scoring returns the log-likelihood of the given tokens only, no logits",
+    "kl_mean": "the engine's run_text_scoring returns the log-likelihood of the given tokens only, "
+               "not the next-token distribution",
+}
+
+
+def _tokenizer(bundle: Path):
+    from tokenizers import Tokenizer
+
+    from edgekit.runtime.litertlm_file import read_hf_tokenizer_json
+
+    text = read_hf_tokenizer_json(bundle)
+    if text is None:
+        raise CheckpointError(f"{bundle} carries no Hugging Face tokenizer", hint="build it with `edgekit build`")
+    tok = Tokenizer.from_str(text)
+    bos = tok.token_to_id("<bos>")
+    if bos is None:
+        raise CheckpointError(f"the tokenizer of {bundle} has no <bos> token")
+    return tok, bos
+
+
+def _cache_length(bundle: Path) -> int | None:
+    """The KV cache length the bundle was built with (its manifest's build record), when known."""
+    try:
+        rec = json.loads((bundle.parent / "manifest.json").read_text())
+        v = rec.get("build", {}).get("cache_length")
+        return int(v) if v else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def evaluate_engine(
+    candidate: str | os.PathLike,
+    baseline: str | os.PathLike,
+    text: str | os.PathLike | None = None,
+    max_tokens: int | None = ql.DEFAULT_MAX_TOKENS,
+    seq_len: int = ql.DEFAULT_SEQ_LEN,
+    threads: int | None = None,
+    timeout: float = sc.SCORING_TIMEOUT_S,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Candidate vs baseline by engine scoring; returns the manifest's ``quality`` record.
+
+    ``text``/``max_tokens``/``seq_len`` as in :func:`edgekit.quality.evaluate`; ``threads``: the
+    engine's CPU threads (default: the engine's); ``timeout``: per child, in seconds.
+    """
+    say = progress or (lambda s: None)
+    cand, base = ql.resolve_bundle(candidate), ql.resolve_bundle(baseline)
+    body = ql.load_eval_text(text)
+    t0 = time.time()
+    tok, bos = _tokenizer(base)
+    caps = [c for c in (_cache_length(cand), _cache_length(base)) if c]
+    if caps and seq_len > min(caps):
+        say(f"quality: seq_len {seq_len} capped at the bundles' cache length {min(caps)}")
+        seq_len = min(caps)
+    wins = ql.windows(tok.encode(body, add_special_tokens=False).ids, bos, seq_len, max_tokens)
+    if not wins:
+        raise UsageError("the evaluation text gives no tokens to score", hint="pass a longer text")
+    texts = [tok.decode(w[1:], skip_special_tokens=False) for w in wins]
+    # [BOS] + the window's tokens, plus slack for a re-tokenization that comes out a little longer
+    max_num = seq_len + 8 if not caps else min(seq_len + 8, min(caps))
+    runs = {}
+    for role, path in (("candidate", cand), ("baseline", base)):
+        say(f"quality: engine scoring {len(texts)} windows with the {role} ({path.name})")
+        try:
+            runs[role] = sc.score_texts(path, texts, threads=threads, max_num_tokens=max_num, timeout=timeout)
+        except sc.ScoringError as exc:
+            raise CheckpointError(str(exc), hint="check that the bundle loads: `edgekit inspect` and the "
+                                  "build's engine verify") from exc
+        say(f"quality: {role} scored in {runs[role]['seconds']:.1f} s")
+    c, b = runs["candidate"], runs["baseline"]
+    if c["ids"] != b["ids"]:
+        raise NotComparable("the candidate's and the baseline's engines tokenize the evaluation text differently",
+                            hint="compare two builds of the same model")
+    try:
+        figures = sc.compare_scores(c["scores"], b["scores"])
+    except sc.ScoringError as exc:
+        raise NotComparable(str(exc)) from exc
+    same = sum(1 for w, ids in zip(wins, c["ids"]) if ids == list(w[1:]))
+    result: dict[str, Any] = {"schema": SCHEMA, "method": METHOD, "metrics": list(HELD),
+                              "absent": dict(ABSENT)}
+    result.update(figures)
+    result.update({
+        "eval_text_sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        "eval_text": str(text) if isinstance(text, os.PathLike) else ("edgekit/data/eval.txt" if text is None
+                                                                       else "<given>"),
+        "windows": len(wins),
+        "windows_same_tokens": same,
+        "seq_len": seq_len,
+        "tokenizer": f"{base} (tokenizer section)",
+        "runtime": sc.RUNTIME,
+        "children": {role: {k: r.get(k) for k in ("seconds", "init_s", "score_s", "peak_rss_bytes")}
+                     for role, r in runs.items()},
+        "seconds": round(time.time() - t0, 3),
+    })
+    return result
