@@ -234,6 +234,8 @@ def make_random_checkpoint(
     seed: int = 0,
     width_div: int = 1,
     dtype: str = "float32",
+    *,
+    reuse: bool = False,
 ) -> Path:
     """Write a shape-exact random-weight checkpoint of ``preset`` to ``out_dir``.
 
@@ -243,6 +245,8 @@ def make_random_checkpoint(
     ``edgekit_checkpoint.json`` recording seed, width_div, dtype and weight sha256.
     Same preset, seed, width_div and dtype give byte-identical files. The folder is
     built under a temporary name and renamed into place when complete.
+    With ``reuse``, an ``out_dir`` that already holds the same random checkpoint (same preset,
+    seed, width_div, dtype, torch version, weight shapes) is returned as it is.
     """
     import torch
 
@@ -251,6 +255,8 @@ def make_random_checkpoint(
         raise UsageError(f"checkpoint dtype must be one of {', '.join(sorted(_TORCH_TO_ST))}, got {dtype!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+    if reuse and _holds_random_checkpoint(p, Path(out_dir), seed, width_div, dtype):
+        return Path(out_dir)
     t0 = time.monotonic()
     model = p.meta_model(width_div)
     torch_dtype = getattr(torch, dtype)
@@ -325,19 +331,16 @@ def _check_free_space(out_dir: Path, need: int) -> None:
             f"{free / 1e9:.2f} GB free", hint="free disk space, choose another folder, or use a larger --width-div")
 
 
-def ensure_random_checkpoint(
-    preset: str | Preset,
-    out_dir: str | os.PathLike,
-    seed: int = 0,
-    width_div: int = 1,
-    dtype: str = "float32",
-) -> Path:
-    """Reuse ``out_dir`` if it holds the same random checkpoint (same preset, seed,
-    width_div, dtype, torch version, weight size), otherwise (re)make it."""
+def ensure_random_checkpoint(preset: str | Preset, out_dir: str | os.PathLike, **options: Any) -> Path:
+    """``make_random_checkpoint(preset, out_dir, reuse=True, **options)``: reuse ``out_dir`` if it
+    holds the same random checkpoint, otherwise (re)make it."""
+    return make_random_checkpoint(preset, out_dir, reuse=True, **options)
+
+
+def _holds_random_checkpoint(p: Preset, out: Path, seed: int, width_div: int, dtype: str) -> bool:
+    """Does ``out`` hold the random checkpoint these settings make (torch version and weight shapes included)?"""
     import torch
 
-    p = get_preset(preset)
-    out = Path(out_dir)
     meta_path = out / EDGEKIT_META_FILE
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -351,10 +354,10 @@ def ensure_random_checkpoint(
         if same and weights.is_file():
             header = read_safetensors_header(weights)
             if {k: e.shape for k, e in header.items()} == p.expected_shapes(width_div):
-                return out
+                return True
     except (OSError, ValueError, CheckpointError, AttributeError):
         pass
-    return make_random_checkpoint(p, out, seed=seed, width_div=width_div, dtype=dtype)
+    return False
 
 
 def _make_readable(folder: Path) -> None:
