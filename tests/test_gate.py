@@ -13,6 +13,7 @@ from edgekit.report.junit import render_junit
 from edgekit.results.compare import compare_result
 from edgekit.results.gate import (
     ABSOLUTE, FAIL, PASS, RELATIVE, UNDECIDED, evaluate, merge_thresholds, parse_threshold, parse_thresholds,
+    resolve_thresholds,
 )
 from edgekit.results.records import load_result
 from fixtures_results import FIXTURES
@@ -187,3 +188,38 @@ def test_quality_scored_on_too_few_tokens_is_undecided(tmp_path):
     p.write_text(json.dumps(d))
     g = evaluate(load_result(p), parse_thresholds(["top1_agreement>=0.90"]), None)
     assert g.exit_code == 4 and "20 scored tokens (at least 100 needed)" in g.checks[0].message
+
+
+def test_bench_request_refuses_conflicts_before_any_work(tmp_path):
+    from edgekit.bench.gated import BenchRequest, run_gated_bench
+
+    with pytest.raises(UsageError, match="exactly one of --bundle"):
+        run_gated_bench(BenchRequest("no-such-device"))
+    with pytest.raises(UsageError, match="exclude each other"):
+        BenchRequest("host", bundle=tmp_path / "a", baseline=tmp_path / "b", no_baseline=True).check()
+    with pytest.raises(UsageError, match="bad threshold"):  # syntax before the profile is even looked up
+        run_gated_bench(BenchRequest("no-such-device", bundle=tmp_path / "a", fail_on=("decode_tps=3",)))
+    with pytest.raises(TypeError):
+        BenchRequest.from_options({"device": "host", "bogus": 1})
+
+
+def test_resolve_thresholds_drops_relative_profile_thresholds_without_baseline():
+    notes: list[str] = []
+    ts = resolve_thresholds(("decode_tps:-3%",), "pixel8", has_baseline=False, note=notes.append)
+    texts = [t.text for t in ts]
+    assert "decode_tps:-3%" in texts  # the command line's stays (it gates undecided without a baseline)
+    assert "peak_anon_mb:+10%" not in texts and "top1_agreement>=0.95" in texts
+    assert any("relative thresholds are not applied" in n for n in notes)
+    assert resolve_thresholds((), "no-such-profile", True, note=notes.append) == []
+    assert "no thresholds from device profile" in notes[-1]
+
+
+def test_gate_stored_is_what_the_gate_command_decides(tmp_path, capsys):
+    from edgekit.bench.gated import gate_stored
+
+    path = FIXTURES / "synth-pixel8-wna8o8-vs-fp16"
+    stored = gate_stored(path, ("decode_tps:-5%",), junit=tmp_path / "j.xml", note=lambda s: None)
+    code = main(["gate", str(path), "--fail-on", "decode_tps:-5%", "--json"])
+    assert code == stored.exit_code
+    assert json.loads(capsys.readouterr().out) == stored.context.gate.to_dict()
+    assert len(list(ET.parse(tmp_path / "j.xml").getroot().iter("testcase"))) == len(stored.thresholds) > 1
