@@ -107,3 +107,19 @@ def build_tiny_multimodal_bundle(out_root: Path | None = None) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multimodal_bundle() -> Path:
     return build_tiny_multimodal_bundle()
+
+
+@pytest.fixture()
+def build_tempdirs(monkeypatch) -> list[str]:
+    """The temporary folders the build pipeline makes (tempfile.mkdtemp), recorded as it makes them."""
+    from edgekit.build import pipeline
+
+    made: list[str] = []
+    real_mkdtemp = pipeline.tempfile.mkdtemp
+
+    def mkdtemp(*a, **k):
+        made.append(real_mkdtemp(*a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", mkdtemp)
+    return made

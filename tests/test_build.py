@@ -69,7 +69,8 @@ def test_bundle_sizes_follow_the_bits(tiny_bundles, tiny_float_bundle, tiny_mani
 
 
 # ------------------------------------------------------------------ atomic output
-def test_failed_build_leaves_nothing_and_keeps_previous_output(tiny_bundles, tmp_path, monkeypatch, cache_env):
+def test_failed_build_leaves_nothing_and_keeps_previous_output(tiny_bundles, tmp_path, monkeypatch, cache_env,
+                                                              build_tempdirs):
     from edgekit.build import pipeline
     from edgekit.build import quantize
 
@@ -82,14 +83,7 @@ def test_failed_build_leaves_nothing_and_keeps_previous_output(tiny_bundles, tmp
         raise RuntimeError("simulated toolchain crash while packing")
 
     monkeypatch.setattr(quantize, "repack", boom)
-    made: list[str] = []
-    real_mkdtemp = pipeline.tempfile.mkdtemp
-
-    def mkdtemp(*a, **k):
-        made.append(real_mkdtemp(*a, **k))
-        return made[-1]
-
-    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", mkdtemp)
+    made = build_tempdirs
     with pytest.raises(BuildError, match="repack failed in the toolchain") as ei:
         pipeline.build("tiny", scheme="fp16", text_only=True, output=out, verify_engine=False, quality=False)
     assert sorted(p.name for p in out.iterdir()) == ["tiny-fp16-text"]  # no partial folder left

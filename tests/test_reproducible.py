@@ -234,8 +234,8 @@ def test_cli_build_terminal_carries_only_edgekit_and_the_log_has_the_toolchain(t
     assert "==== edgekit" in text and "[quantize]" in text  # the stages give the toolchain's lines context
 
 
-def test_failing_stage_names_the_kept_log(tiny_bundles, tmp_path, capfd, monkeypatch, cache_env):
-    from edgekit.build import pipeline, quantize
+def test_failing_stage_names_the_kept_log(tiny_bundles, tmp_path, capfd, monkeypatch, cache_env, build_tempdirs):
+    from edgekit.build import quantize
 
     def noisy_crash(*a, **k):
         print("python-level noise from the toolchain")
@@ -244,14 +244,7 @@ def test_failing_stage_names_the_kept_log(tiny_bundles, tmp_path, capfd, monkeyp
         raise RuntimeError("simulated packing crash")
 
     monkeypatch.setattr(quantize, "repack", noisy_crash)
-    made: list[str] = []
-    real_mkdtemp = pipeline.tempfile.mkdtemp
-
-    def mkdtemp(*a, **k):
-        made.append(real_mkdtemp(*a, **k))
-        return made[-1]
-
-    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", mkdtemp)
+    made = build_tempdirs
     code = main(["build", "tiny", "--text-only", "--scheme", "fp16", "--no-quality", "--output", str(tmp_path)])
     cap = capfd.readouterr()
     assert code == 7, cap.err
