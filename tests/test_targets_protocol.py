@@ -30,6 +30,12 @@ class Host:
     def close(self):
         self.sock.close()
 
+    def __enter__(self) -> "Host":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def send(self, cmd, a0, a1, data=b""):
         self.sock.sendall(struct.pack("<6I", cmd, a0, a1, len(data), sum(data) & 0xFFFFFFFF,
                                       cmd ^ 0xFFFFFFFF) + data)
@@ -88,8 +94,7 @@ def emulators(tmp_path_factory):
 
 
 def test_handshake_banner_and_old_host_checksums(emulators):
-    h = Host(emulators["plain"]["port"], version=0x01000000, maxdata=4096)
-    try:
+    with Host(emulators["plain"]["port"], version=0x01000000, maxdata=4096) as h:
         cmd, version, maxdata, banner = h.connect()
         assert cmd == A_CNXN and version == 0x01000000
         assert maxdata >= 4096
@@ -102,23 +107,17 @@ def test_handshake_banner_and_old_host_checksums(emulators):
         assert (cmd, host_id) == (A_OKAY, 7)
         cmd, a0, a1, data = h.recv()  # recv() asserts the checksum for this old host
         assert (cmd, a0, a1, data) == (A_WRTE, dev_id, 7, b"checksum\n")
-    finally:
-        h.close()
 
 
 def test_unknown_service_is_refused_with_clse(emulators):
-    h = Host(emulators["plain"]["port"])
-    try:
+    with Host(emulators["plain"]["port"]) as h:
         h.connect()
         assert h.open(3, "framebuffer:")[:3] == (A_CLSE, 0, 3)
         assert h.open(4, "shellfoo:x")[:3] == (A_CLSE, 0, 4)
-    finally:
-        h.close()
 
 
 def test_one_unacknowledged_wrte_per_stream(emulators):
-    h = Host(emulators["plain"]["port"], maxdata=4096)
-    try:
+    with Host(emulators["plain"]["port"], maxdata=4096) as h:
         h.connect()
         _, dev_id, _, _ = h.open(1, "exec:head -c 20000 /dev/zero")
         got = 0
@@ -135,13 +134,10 @@ def test_one_unacknowledged_wrte_per_stream(emulators):
             h.send(A_OKAY, 1, dev_id)
         assert got == 20000 and writes >= 5
         h.send(A_CLSE, 1, dev_id)
-    finally:
-        h.close()
 
 
 def test_inbound_wrte_is_acknowledged_and_clse_answered(emulators):
-    h = Host(emulators["plain"]["port"])
-    try:
+    with Host(emulators["plain"]["port"]) as h:
         h.connect()
         _, dev_id, _, _ = h.open(5, "shell:cat")
         h.send(A_WRTE, 5, dev_id, b"ping\n")
@@ -156,14 +152,11 @@ def test_inbound_wrte_is_acknowledged_and_clse_answered(emulators):
                 assert (cmd, a0, a1) == (A_OKAY, dev_id, 5)
         h.send(A_CLSE, 5, dev_id)
         assert h.recv()[:3] == (A_CLSE, dev_id, 5)
-    finally:
-        h.close()
 
 
 def test_sync_requests_packed_in_one_wrte(emulators):
-    h = Host(emulators["plain"]["port"])
     sandbox = Path(emulators["plain"]["sandbox"])
-    try:
+    with Host(emulators["plain"]["port"]) as h:
         h.connect()
         _, dev_id, _, _ = h.open(9, "sync:")
         path = b"/data/local/tmp/packed/a b.txt,33188"
@@ -193,13 +186,10 @@ def test_sync_requests_packed_in_one_wrte(emulators):
             closed = cmd == A_CLSE
         ident, mode, size, mtime = struct.unpack("<4sIII", reply[:16])
         assert ident == b"STAT" and size == len(body) and mtime == 1_700_000_000 and mode & 0o100000
-    finally:
-        h.close()
 
 
 def test_auth_never_accepted(emulators):
-    h = Host(emulators["never"]["port"])
-    try:
+    with Host(emulators["never"]["port"]) as h:
         cmd, kind, _, token = h.connect()
         assert (cmd, kind, len(token)) == (A_AUTH, 1, 20)
         h.send(A_AUTH, 2, 0, os.urandom(256))  # a signature from a key the phone does not know
@@ -209,29 +199,21 @@ def test_auth_never_accepted(emulators):
         assert h.silent(0.5)  # the "Allow USB debugging?" prompt is never answered
         h.send(A_OPEN, 1, 0, b"shell:id\0")
         assert h.silent(0.3)  # no streams before authorisation
-    finally:
-        h.close()
 
 
 def test_auth_accepted_after_public_key(emulators):
-    h = Host(emulators["accept"]["port"])
-    try:
+    with Host(emulators["accept"]["port"]) as h:
         cmd, kind, _, _ = h.connect()
         assert (cmd, kind) == (A_AUTH, 1)
         h.send(A_AUTH, 3, 0, b"QAAAA... fake public key\0")
         cmd, _, _, banner = h.recv()
         assert cmd == A_CNXN and b"Pixel 8" in banner
-    finally:
-        h.close()
 
 
 def test_offline_never_answers(emulators):
-    h = Host(emulators["offline"]["port"])
-    try:
+    with Host(emulators["offline"]["port"]) as h:
         h.send(A_CNXN, 0x01000001, 256 * 1024, b"host::\0")
         assert h.silent(0.5)
-    finally:
-        h.close()
 
 
 def test_output_mapping_survives_chunk_boundaries():
@@ -254,12 +236,9 @@ def test_a_failing_service_still_closes_its_stream(emulators):
     sandbox = Path(emulators["plain"]["sandbox"])
     moved = sandbox.with_name("moved_away")
     sandbox.rename(moved)  # the shell cannot start in a missing folder
-    h = Host(emulators["plain"]["port"])
-    try:
+    with Host(emulators["plain"]["port"]) as h:
         h.connect()
         cmd, dev_id, host_id, _ = h.open(11, "shell:echo never")
         assert (cmd, host_id) == (A_OKAY, 11)
         assert h.recv()[:3] == (A_CLSE, dev_id, 11)  # not a hang
-    finally:
-        h.close()
         moved.rename(sandbox)
