@@ -1,5 +1,8 @@
 """The one registry of metrics: name, unit, which way is better, where the figure comes from.
 
+The table itself is data, ``metrics.toml`` beside this module (a new metric is one table there);
+this module reads it once and gives the views below.
+
 Every figure edgekit names is registered here once, and every reader takes its unit and
 direction from here: the bench records and their views, the gate's threshold language,
 ``edgekit eval`` and ``edgekit sweep`` (quality figures), and the benchmark scripts.
@@ -19,7 +22,9 @@ Sources:
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
@@ -49,44 +54,24 @@ class Metric:
         return self.direction == HIGHER
 
 
-_METRIC_LIST = (
-    Metric("init_ms", "ms", LOWER, "engine/model load time before the first prompt", "init time"),
-    Metric("ttft_ms", "ms", LOWER, "time to first token: prefill plus the first decode step", "time to first token"),
-    Metric("prefill_tps", "tok/s", HIGHER, "prompt tokens processed per second", "prefill"),
-    Metric("decode_tps", "tok/s", HIGHER, "generated tokens per second", "decode"),
-    Metric("token_p50_ms", "ms", LOWER, "median per-token decode latency", "p50 token latency"),
-    Metric("token_p90_ms", "ms", LOWER, "90th percentile per-token decode latency", "p90 token latency"),
-    Metric("token_p99_ms", "ms", LOWER, "99th percentile per-token decode latency", "p99 token latency"),
-    Metric("peak_rss_mb", "MB", LOWER, "peak resident set size (VmHWM), includes mmap'd weights", "peak RSS"),
-    Metric("peak_anon_mb", "MB", LOWER, "peak anonymous resident memory (RssAnon)", "peak anonymous memory"),
-    Metric("peak_file_mb", "MB", LOWER, "peak file-backed resident memory (RssFile)", "peak file-backed memory"),
-    Metric("peak_pss_mb", "MB", LOWER, "peak proportional set size (smaps_rollup Pss)", "peak PSS"),
-    Metric("ppl_ratio", "x", LOWER, "perplexity relative to the FP16 baseline (manifest quality)", "perplexity ratio",
-           QUALITY),
-    Metric("top1_agreement", "", HIGHER, "share of positions whose top-1 token equals FP16's (manifest quality)",
-           "top-1 agreement", QUALITY),
-    Metric("kl_mean", "nats", LOWER, "mean KL divergence from FP16's next-token distribution (manifest quality)",
-           "mean KL", QUALITY),
-    Metric("ppl_candidate", "", LOWER, "perplexity of the candidate bundle on the evaluation text",
-           "candidate perplexity", EVAL),
-    Metric("ppl_baseline", "", LOWER, "perplexity of the FP16 baseline on the evaluation text",
-           "baseline perplexity", EVAL),
-    Metric("kl_max", "nats", LOWER, "largest per-position KL divergence from FP16's next-token distribution",
-           "max KL", EVAL),
-    Metric("top1_accuracy_candidate", "", HIGHER, "share of positions whose top-1 token is the text's next token "
-           "(candidate)", "candidate top-1 accuracy", EVAL),
-    Metric("top1_accuracy_baseline", "", HIGHER, "share of positions whose top-1 token is the text's next token "
-           "(FP16 baseline)", "baseline top-1 accuracy", EVAL),
-    # engine-scoring route (edgekit/build/quality_engine.py): per-token log-likelihoods only
-    Metric("nll_candidate", "nats", LOWER, "mean negative log-likelihood per token of the candidate bundle",
-           "candidate NLL", EVAL),
-    Metric("nll_baseline", "nats", LOWER, "mean negative log-likelihood per token of the FP16 baseline",
-           "baseline NLL", EVAL),
-    Metric("logprob_delta_mean", "nats", LOWER, "mean |log p(candidate) - log p(FP16)| of the text's tokens",
-           "mean log-prob delta", EVAL),
-    Metric("logprob_delta_max", "nats", LOWER, "largest |log p(candidate) - log p(FP16)| of the text's tokens",
-           "max log-prob delta", EVAL),
-)
+TABLE = Path(__file__).with_name("metrics.toml")  # the registry's data: one table per metric
+
+
+def _load(path: Path = TABLE) -> tuple[Metric, ...]:
+    """The metrics of ``path`` in file order; a malformed table is a bug in edgekit, refused at import."""
+    with open(path, "rb") as f:
+        table = tomllib.load(f)
+    out = []
+    for name, t in table.items():
+        m = Metric(name, t["unit"], t["direction"], t["description"], t["label"], t["source"])
+        if m.direction not in (HIGHER, LOWER) or m.source not in (RUN, QUALITY, EVAL) or set(t) != _KEYS:
+            raise ValueError(f"{path}: malformed metric [{name}]: {t!r}")
+        out.append(m)
+    return tuple(out)
+
+
+_KEYS = {"unit", "direction", "label", "source", "description"}
+_METRIC_LIST = _load()
 
 REGISTRY: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRIC_LIST})
 # what a bench result holds (and lists in its "metrics" table)
