@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
@@ -88,9 +87,8 @@ def test_compare_scores_figures():
 
 @pytest.fixture
 def forced_engine_route(monkeypatch):
-    """The interpreter route reported too big; the engine route on fewer tokens (speed)."""
+    """The interpreter route reported too big (the engine route runs with its defaults)."""
     monkeypatch.setattr(pl, "_too_big_for_interpreter", lambda *need: "forced by the test")
-    monkeypatch.setattr(qe, "evaluate_engine", functools.partial(qe.evaluate_engine, max_tokens=MAX_TOKENS))
 
 
 def _check_engine_record(q, baseline):
@@ -101,7 +99,7 @@ def _check_engine_record(q, baseline):
     for name in q["metrics"]:
         assert name in REGISTRY and name in EVAL_METRICS
         assert isinstance(q[name], float) and math.isfinite(q[name]), name
-    assert q["tokens"] == MAX_TOKENS and q["windows_same_tokens"] == q["windows"] == 5
+    assert q["tokens"] == qe.ENGINE_MAX_TOKENS and q["windows_same_tokens"] == q["windows"] == 2
     assert q["ppl_ratio"] > 1.0 and q["logprob_delta_mean"] > 0  # wNa8o8 loses something vs fp16
     for name in ("top1_agreement", "kl_mean"):
         assert q.get(name) is None and name in q["absent"]

@@ -7,8 +7,9 @@ scores the same windows of the same evaluation text, teacher-forced, with the en
 so at most one bundle is loaded at a time and the builder holds none.
 
 Windows are those of the interpreter route (``edgekit.quality.windows``: ``[BOS] + 127`` tokens
-of the shipped held-out text, at most 2048 scored tokens, tokenized by the baseline bundle's own
-Hugging Face tokenizer). Each window's tokens are decoded to text, the engine re-tokenizes it
+of the shipped held-out text, tokenized by the baseline bundle's own Hugging Face tokenizer), but
+only the first two (254 scored tokens, :data:`ENGINE_MAX_TOKENS`): the engine scores one decode
+step per token. Each window's tokens are decoded to text, the engine re-tokenizes it
 (``run_text_scoring`` takes text) and the record says in how many windows the engine's tokens
 equal the window's (``windows_same_tokens``).
 
@@ -22,18 +23,23 @@ The engine gives only the log-likelihood of each scored token, so the record hol
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from edgekit import quality as ql
-from edgekit.errors import CheckpointError, NotComparable, UsageError
+from edgekit.errors import CheckpointError, EdgekitError, NotComparable, UsageError
+from edgekit.results.manifest import read_beside
 from edgekit.runtime import scoring as sc
 
 METHOD = "engine_scoring"
 SCHEMA = 1
+# run_text_scoring runs one decode step per scored token (measured at full-size E2B: 128 tokens
+# of wNa8o8 in 94 s, about its decode rate), so 2048 tokens would take ~40 min with the fp16
+# baseline (0.87 tok/s); two full windows keep the stage to minutes and above the 100 tokens a
+# quality figure needs (edgekit.results.basis.MIN_QUALITY_TOKENS).
+ENGINE_MAX_TOKENS = 2 * (ql.DEFAULT_SEQ_LEN - 1)
 HELD = ("ppl_ratio", "ppl_candidate", "ppl_baseline", "nll_candidate", "nll_baseline",
         "logprob_delta_mean", "logprob_delta_max")
 ABSENT = {
@@ -61,18 +67,18 @@ def _tokenizer(bundle: Path):
 def _cache_length(bundle: Path) -> int | None:
     """The KV cache length the bundle was built with (its manifest's build record), when known."""
     try:
-        rec = json.loads((bundle.parent / "manifest.json").read_text())
-        v = rec.get("build", {}).get("cache_length")
-        return int(v) if v else None
-    except (OSError, ValueError, TypeError, AttributeError):
+        m = read_beside(bundle)[1]
+    except EdgekitError:
         return None
+    v = (m.build or {}).get("cache_length") if m is not None else None
+    return v if isinstance(v, int) and v > 0 else None
 
 
 def evaluate_engine(
     candidate: str | os.PathLike,
     baseline: str | os.PathLike,
     text: str | os.PathLike | None = None,
-    max_tokens: int | None = ql.DEFAULT_MAX_TOKENS,
+    max_tokens: int | None = ENGINE_MAX_TOKENS,
     seq_len: int = ql.DEFAULT_SEQ_LEN,
     threads: int | None = None,
     timeout: float = sc.SCORING_TIMEOUT_S,
@@ -80,7 +86,8 @@ def evaluate_engine(
 ) -> dict[str, Any]:
     """Candidate vs baseline by engine scoring; returns the manifest's ``quality`` record.
 
-    ``text``/``max_tokens``/``seq_len`` as in :func:`edgekit.quality.evaluate`; ``threads``: the
+    ``text``/``max_tokens``/``seq_len`` as in :func:`edgekit.quality.evaluate` (but at most
+    :data:`ENGINE_MAX_TOKENS` scored tokens by default); ``threads``: the
     engine's CPU threads (default: the engine's); ``timeout``: per child, in seconds.
     """
     say = progress or (lambda s: None)
