@@ -129,3 +129,16 @@ def test_one_registry_serves_bench_eval_and_sweep():
         from edgekit.results.metrics import metric
 
         metric("speed")
+
+
+def test_a_malformed_metric_table_is_refused(tmp_path):
+    from edgekit.results import metrics
+
+    bad = tmp_path / "metrics.toml"
+    bad.write_text('[speed]\nunit = "x"\ndirection = "faster"\nlabel = "s"\nsource = "run"\ndescription = "d"\n')
+    with pytest.raises(ValueError, match="malformed metric"):
+        metrics._load(bad)
+    bad.write_text('[speed]\nunit = "x"\ndirection = "higher"\nlabel = "s"\nsource = "run"\n')
+    with pytest.raises((ValueError, KeyError)):
+        metrics._load(bad)
+    assert [m.name for m in metrics._load()] == list(metrics.REGISTRY)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.gate import gate_options
+from edgekit.cli.options import gate_options
 
 
 @click.command("bench")
