@@ -174,3 +174,10 @@ def test_decode_peak_of_a_decode_shorter_than_the_sampling_interval(tmp_path):
     assert t.decode_peak() == 5000
     late = parse_trace_dir(_decode_trace(tmp_path / "c", [(2000, 1000), (2700, 6000)], decode_ms=10.0))
     assert late.decode_peak() is None
+
+
+def test_runner_end_record_is_kept():
+    t = parse_trace_dir(FIX / "runner_ok")
+    assert t.end.get("event") == "end" and t.end.get("status") == "ok"
+    crashed = parse_trace_dir(FIX / "runner_crash")
+    assert crashed.end == {} and "end record" in crashed.error

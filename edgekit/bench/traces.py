@@ -88,6 +88,7 @@ class RunTrace:
     source: str | None = None  # "runner" (JSONL) | "native" | None (nothing recognisable)
     summary: dict = field(default_factory=dict)  # native: the binary's own medians, as printed
     warnings: list[str] = field(default_factory=list)
+    end: dict = field(default_factory=dict)  # runner: its end record ({"event": "end", "status", "t"}), {} if none
 
     @property
     def ok(self) -> bool:
@@ -194,13 +195,13 @@ def parse_harness_tsv(path: Path) -> dict:
 # --- runner JSONL -----------------------------------------------------------------------
 
 
-def parse_runner_jsonl(text: str, warnings: list[str]) -> tuple[dict, float | None, list[Iteration], str | None, bool]:
-    """-> (start record, init_ms, iterations, error message, saw end record)."""
+def parse_runner_jsonl(text: str, warnings: list[str]) -> tuple[dict, float | None, list[Iteration], str | None, dict]:
+    """-> (start record, init_ms, iterations, error message, end record: {} when there is none)."""
     start: dict = {}
     init_ms = None
     iterations: list[Iteration] = []
     error = None
-    ended = False
+    end: dict = {}
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
@@ -241,10 +242,10 @@ def parse_runner_jsonl(text: str, warnings: list[str]) -> tuple[dict, float | No
         elif ev == "error":
             error = str(rec.get("message", "runner reported an error"))
         elif ev == "end":
-            ended = True
+            end = rec
             if rec.get("status") not in (None, "ok"):
                 error = error or f"runner ended with status {rec.get('status')!r}"
-    return start, init_ms, iterations, error, ended
+    return start, init_ms, iterations, error, end
 
 
 # --- native litert_lm_main --benchmark output ----------------------------------------
@@ -443,13 +444,14 @@ def parse_trace_dir(path: str | Path, native_warmup: int = 0) -> RunTrace:
     init_ms = None
     iterations: list[Iteration] = []
     summary: dict = {}
+    end: dict = {}
     error = None
     source = None
 
     if _looks_like_jsonl(out):
         source = "runner"
-        start, init_ms, iterations, error, ended = parse_runner_jsonl(out, warnings)
-        if error is None and not ended:
+        start, init_ms, iterations, error, end = parse_runner_jsonl(out, warnings)
+        if error is None and not end:
             error = "runner output ends without an end record (killed or crashed)"
             if exit_status not in (None, 0):
                 error += f"; exit status {exit_status}"
@@ -474,7 +476,7 @@ def parse_trace_dir(path: str | Path, native_warmup: int = 0) -> RunTrace:
                for name, parse in (("mem", parse_mem_tsv), ("thermal", parse_thermal_tsv),
                                    ("cpufreq", parse_cpufreq_tsv))}
     return RunTrace(start=start, init_ms=init_ms, iterations=iterations, harness=harness, exit_status=exit_status,
-                    error=error, source=source, summary=summary, warnings=warnings, **samples)
+                    error=error, source=source, summary=summary, warnings=warnings, end=end, **samples)
 
 
 # --- decode windows ----------------------------------------------------------------------

@@ -43,30 +43,6 @@ import _common as C  # noqa: E402
 TARGET = C.target("<=", 5.0)
 
 
-def read_jsonl(p: Path) -> list[dict]:
-    out = []
-    try:
-        for line in p.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def read_kv(p: Path) -> dict:
-    d = {}
-    try:
-        for line in p.read_text().splitlines():
-            k, _, v = line.partition("\t")
-            d[k.strip()] = v.strip()
-    except OSError:
-        pass
-    return d
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
@@ -121,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in dirs:
         tdir = folder / d
         tr = parse_trace_dir(tdir, native_warmup=a.warmup if a.mode == "warm" else 0)
-        h = read_kv(tdir / "harness.tsv")
+        h = tr.harness
         if not (tr.iterations and tr.init_ms is not None and h.get("start_epoch_ms") and h.get("end_epoch_ms")):
             raise SystemExit(f"error: incomplete trace in {tdir}")
         nruns += 1
@@ -134,20 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         if tr.source != "runner":  # a native binary's log has no timestamps to split the process's time by
             native = True
             continue
-        recs = read_jsonl(tdir / "runner.out")
-        start = next((x for x in recs if x.get("event") == "start"), None)
-        its = [x for x in recs if x.get("event") == "run"]
+        start, end, its = tr.start, tr.end, tr.iterations  # the runner's records, as edgekit parsed them
         start_ms += start["t"] * 1000 - h0
-        first = min(x["t_start"] for x in its) * 1000
+        first = min(x.t_start for x in its) * 1000
         # start.t .. first run start = sha256 + init_ms + session set-up before run 1
         sha_ms += max(0.0, first - start["t"] * 1000 - tr.init_ms)
         runner_rest_ms += (h1 - h0) - (first - h0) - pd
-        end = next((x for x in recs if x.get("event") == "end"), None)
-        if end and end.get("t"):  # the runner stamps its end record: split its tail from its exit
-            last = max(x["t_end"] for x in its)
+        if end.get("t"):  # the runner stamps its end record: split its tail from its exit
+            last = max(x.t_end for x in its)
             tail_in_runner_ms += end["t"] * 1000 - last * 1000
             exit_ms += h1 - end["t"] * 1000
-            between_in_runner_ms += (last - min(x["t_start"] for x in its)) * 1000 - pd
+            between_in_runner_ms += (last - min(x.t_start for x in its)) * 1000 - pd
     runtime_s = runtime_ms / 1000
     overhead = wall / runtime_s - 1
     session_out = wall - harness_ms / 1000
