@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.bench.session import BenchOutcome, BenchPlan, stderr_progress
-from edgekit.errors import NotComparable, UsageError
+from edgekit.errors import EXIT_OK, NotComparable, UsageError
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class GatedBench:
     @property
     def exit_code(self) -> int:
         gate = self.context.gate
-        return gate.exit_code if gate is not None else 0
+        return gate.exit_code if gate is not None else EXIT_OK
 
 
 def significance_note(reps: int, has_baseline: bool, thresholds) -> str | None:
@@ -147,7 +147,7 @@ class StoredGate:
     @property
     def exit_code(self) -> int:
         gate = self.context.gate
-        return gate.exit_code if gate is not None else 0
+        return gate.exit_code if gate is not None else EXIT_OK
 
 
 def gate_stored(path: Path, fail_on: tuple[str, ...] = (), profile_thresholds: bool = True,
