@@ -70,6 +70,15 @@ def sidecar_fields(t: Any, remote: str) -> list[str]:
     return res.stdout.split() if res.exit_code == 0 else []
 
 
+def pid_alive(pid: int) -> bool:
+    """Does ``pid`` run (a zombie does not)? Read from /proc here, not with the stand-ins' own helper."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_online(profile: Any, seconds: float = 20, **opts: Any) -> Any:
     """Open a transport to ``profile``, retrying while the device is away (after a dropped link)."""
     from edgekit.devices import open_transport
@@ -87,6 +96,14 @@ def wait_online(profile: Any, seconds: float = 20, **opts: Any) -> Any:
             time.sleep(0.3)
 
 
+def _info(key: str, kind: Any = str, default: Any = None, doc: str | None = None) -> property:
+    """A StandIn property read from its section of state.json (``default`` when absent, else required)."""
+    def get(self: "StandIn") -> Any:
+        return kind(self.info[key] if default is None else self.info.get(key, default))
+
+    return property(get, doc=doc or f"``{key}`` of this stand-in's state.")
+
+
 @dataclass
 class StandIn:
     kind: str                      # "ssh" | "adb"
@@ -99,35 +116,14 @@ class StandIn:
     info: dict[str, Any] = field(default_factory=dict)   # this stand-in's section of state.json
 
     # ssh
-    @property
-    def host(self) -> str:
-        return self.info.get("host", "127.0.0.1")
-
-    @property
-    def user(self) -> str:
-        return self.info["user"]
-
-    @property
-    def key(self) -> Path:
-        return Path(self.info["key"])
-
-    @property
-    def known_hosts(self) -> Path:
-        return Path(self.info["known_hosts"])
-
-    @property
-    def work_dir(self) -> str:
-        return self.info.get("work_dir", "/data/local/tmp/edgekit")
-
+    host = _info("host", default="127.0.0.1")
+    user = _info("user")
+    key = _info("key", Path)
+    known_hosts = _info("known_hosts", Path)
+    work_dir = _info("work_dir", default="/data/local/tmp/edgekit")
     # adb
-    @property
-    def serial(self) -> str:
-        return self.info["serial"]
-
-    @property
-    def sandbox(self) -> Path:
-        """Host folder standing in for the phone's /data/local/tmp."""
-        return Path(self.info["sandbox"])
+    serial = _info("serial")
+    sandbox = _info("sandbox", Path, doc="Host folder standing in for the phone's /data/local/tmp.")
 
     def host_path(self, device_path: str) -> Path:
         """Where a /data/local/tmp/... device path lives on this machine."""
@@ -227,22 +223,23 @@ def _drop_big_files(folder: Path, limit: int = 8 * 1024 * 1024) -> None:
                 path.unlink()
 
 
+def _serve(kind: str, root: Path) -> Iterator[StandIn]:
+    """One stand-in for the session: started, yielded, stopped, the disk its pushed bundles took freed."""
+    _need(kind)
+    target = _bring_up(kind, root)
+    yield target
+    stand.down(root, which=(kind,))
+    _drop_big_files(target.sandbox if kind == "adb" else Path(target.work_dir))
+
+
 @pytest.fixture(scope="session")
 def ssh_target(targets_dir: Path) -> Iterator[StandIn]:
-    _need("ssh")
-    target = _bring_up("ssh", targets_dir)
-    yield target
-    stand.down(targets_dir, which=("ssh",))
-    _drop_big_files(Path(target.work_dir))
+    yield from _serve("ssh", targets_dir)
 
 
 @pytest.fixture(scope="session")
 def adb_target(targets_dir: Path) -> Iterator[StandIn]:
-    _need("adb")
-    target = _bring_up("adb", targets_dir)
-    yield target
-    stand.down(targets_dir, which=("adb",))
-    _drop_big_files(target.sandbox)
+    yield from _serve("adb", targets_dir)
 
 
 def _stand_in_profile(target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -253,16 +250,16 @@ def _stand_in_profile(target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
     return load_profile(target.profile_name)
 
 
-@pytest.fixture()
-def adb_profile(adb_target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The Pixel 8 stand-in's DeviceProfile (EDGEKIT_PROFILES set, ANDROID_SERIAL unset)."""
-    return _stand_in_profile(adb_target, monkeypatch)
+def _profile_fixture(kind: str, what: str) -> Any:
+    def fixture(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+        return _stand_in_profile(request.getfixturevalue(f"{kind}_target"), monkeypatch)
+
+    fixture.__doc__ = f"The {what} stand-in's DeviceProfile (EDGEKIT_PROFILES set, ANDROID_SERIAL unset)."
+    return pytest.fixture(name=f"{kind}_profile")(fixture)
 
 
-@pytest.fixture()
-def ssh_profile(ssh_target: StandIn, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The Raspberry Pi 5 stand-in's DeviceProfile (EDGEKIT_PROFILES set)."""
-    return _stand_in_profile(ssh_target, monkeypatch)
+adb_profile = _profile_fixture("adb", "Pixel 8")
+ssh_profile = _profile_fixture("ssh", "Raspberry Pi 5")
 
 
 def read_state(target: StandIn) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import time
 
 import adbutils
 import pytest
+from fixtures_targets import pid_alive
 
 
 def _adb() -> str:
@@ -247,17 +248,9 @@ def test_closing_a_stream_ends_its_process(dev):
     assert os.path.exists(f"/proc/{pid}")
     c.close()
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not pid_alive(pid)
 
 
 def _raw_send_failure(dev, remote: str, data: bytes) -> str:

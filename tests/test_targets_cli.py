@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from fixtures_targets import pid_alive
 
 
 def _adb() -> str:
@@ -30,14 +31,6 @@ def _run(state: Path, *args: str, timeout: float = 120) -> subprocess.CompletedP
     env = dict(os.environ, EDGEKIT_TARGETS_DIR=str(state))
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _adb_devices() -> str:
@@ -65,7 +58,7 @@ def test_up_status_down(state):
     assert lines[-1] == f"export EDGEKIT_PROFILES={shlex.quote(str(state / 'profiles'))}"
     st = json.loads((state / "state.json").read_text())
     ssh_pid, adb_pid, serial = st["ssh"]["pid"], st["adb"]["pid"], st["adb"]["serial"]
-    assert _alive(ssh_pid) and _alive(adb_pid)
+    assert pid_alive(ssh_pid) and pid_alive(adb_pid)
     assert f"{serial}\tdevice" in _adb_devices()
     for name in ("rpi5-standin", "pixel8-standin"):
         with open(state / "profiles" / f"{name}.toml", "rb") as f:
@@ -90,17 +83,17 @@ def test_up_status_down(state):
     holder = subprocess.Popen([_adb(), "-s", serial, "shell", "echo $$; exec sleep 300"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     remote_pid = int(holder.stdout.readline())
-    assert _alive(remote_pid)
+    assert pid_alive(remote_pid)
 
     down = _run(state, "down")
     assert down.returncode == 0, down.stderr
     deadline = time.monotonic() + 10
-    while (_alive(ssh_pid) or _alive(adb_pid)) and time.monotonic() < deadline:
+    while (pid_alive(ssh_pid) or pid_alive(adb_pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(ssh_pid) and not _alive(adb_pid)
-    while _alive(remote_pid) and time.monotonic() < deadline:
+    assert not pid_alive(ssh_pid) and not pid_alive(adb_pid)
+    while pid_alive(remote_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(remote_pid)  # no orphans
+    assert not pid_alive(remote_pid)  # no orphans
     holder.wait(timeout=20)
     assert serial not in _adb_devices()
     assert not (state / "profiles" / "pixel8-standin.toml").exists()
@@ -114,13 +107,13 @@ def test_up_restarts_a_dead_stand_in(state):
     st = json.loads((state / "state.json").read_text())
     os.kill(st["adb"]["pid"], 9)
     deadline = time.monotonic() + 10
-    while _alive(st["adb"]["pid"]) and time.monotonic() < deadline:
+    while pid_alive(st["adb"]["pid"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     status = _run(state, "status")
     assert status.returncode == 3 and "NOT RUNNING" in status.stdout
     assert _run(state, "up").returncode == 0
     st2 = json.loads((state / "state.json").read_text())
-    assert st2["adb"]["pid"] != st["adb"]["pid"] and _alive(st2["adb"]["pid"])
+    assert st2["adb"]["pid"] != st["adb"]["pid"] and pid_alive(st2["adb"]["pid"])
     assert st2["ssh"]["pid"] == st["ssh"]["pid"]
     assert f"{st2['adb']['serial']}\tdevice" in _adb_devices()
 
@@ -146,13 +139,13 @@ def test_stand_ins_do_not_outlive_a_killed_session(state):
         assert owner.stdout.readline().strip() == "up"
         st = json.loads((state / "state.json").read_text())
         pids = [st["ssh"]["pid"], st["adb"]["pid"], st["watchdog"]["pid"]]
-        assert all(_alive(p) for p in pids)
+        assert all(pid_alive(p) for p in pids)
     finally:
         owner.kill()
         owner.wait(timeout=10)
     deadline = time.monotonic() + 20
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)
+    assert not any(pid_alive(p) for p in pids)
     assert st["adb"]["serial"] not in _adb_devices()
     assert "watchdog" not in json.loads((state / "state.json").read_text())
