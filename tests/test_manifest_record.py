@@ -119,3 +119,41 @@ def test_manifest_file_and_folder_rule_live_in_one_module():
     # the check reads what it claims: the home module has both
     home_consts = {n.value for n in ast.walk(ast.parse(home.read_text())) if isinstance(n, ast.Constant)}
     assert "manifest.json" in home_consts and "text" in home_consts
+
+
+# ------------------------------------------------------------------ eval and sweep records
+
+
+def test_quality_result_reads_evaluate_and_manifest_shapes_and_writes_them_back_unchanged():
+    from edgekit.results.evaluation import QualityResult
+
+    ev = {"schema": 1, "ppl_ratio": 1.25, "top1_agreement": 0.5, "kl_mean": 0.1, "ppl_candidate": 50.0,
+          "ppl_baseline": 40.0, "tokens": 254, "eval_text_sha256": "ab" * 32, "kl_max": 2.0,
+          "top1_accuracy_candidate": 0.2, "top1_accuracy_baseline": 0.3, "windows": 2, "candidate": "c.litertlm",
+          "baseline": "b.litertlm", "gate": {"passed": True}}
+    q = QualityResult.from_dict(ev)
+    assert (q.ppl_ratio, q.top1_agreement, q.tokens, q.kl_max, q.baseline) == (1.25, 0.5, 254, 2.0, "b.litertlm")
+    assert json.dumps(q.to_dict()) == json.dumps(ev)  # same keys, same order
+    stored = {**ev, "baseline": {"bundle": "dist/tiny-fp16-text/x.litertlm", "sha256": "cd" * 32}}
+    assert QualityResult.from_dict(stored).baseline is None  # the manifest's record names the baseline apart
+    with pytest.raises(ConfigError, match="no ppl_ratio, top1_agreement"):
+        QualityResult.from_dict({"skipped": "the interpreter would not fit"})
+
+
+def test_sweep_result_writes_the_json_it_always_wrote():
+    from edgekit.results.evaluation import SweepResult, SweepRow
+
+    row = SweepRow(kind="group", scheme="s", layers=(0, 1), label="0-1", layer_types=("sliding_attention",) * 2,
+                   decode_layers=(1,), ppl_ratio=1.1, top1_agreement=0.9, kl_mean=0.01, ppl_candidate=11.0,
+                   bundle="b", bundle_bytes=10, build_seconds=1.0, reused=False, ppl_increase_vs_reference=0.01,
+                   tolerates_2bit=True)
+    res = SweepResult(model="tiny", scheme="wNa8o8", reference_mlp_bits=4, groups=((0, 1),), decode_layers=(1,),
+                      tolerance=0.02, fp16_bundle="f", ppl_fp16=10.0, tokens=254, eval_text_sha256="ab",
+                      weights_sha256=None, rows=(row,), seconds=3.0)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert list(d) == ["model", "scheme", "reference_mlp_bits", "groups", "decode_layers", "tolerance", "fp16_bundle",
+                       "ppl_fp16", "tokens", "eval_text_sha256", "weights_sha256", "rows", "seconds"]
+    assert list(d["rows"][0]) == ["kind", "scheme", "layers", "label", "layer_types", "decode_layers", "ppl_ratio",
+                                  "top1_agreement", "kl_mean", "ppl_candidate", "bundle", "bundle_bytes",
+                                  "build_seconds", "reused", "ppl_increase_vs_reference", "tolerates_2bit"]
+    assert d["groups"] == [[0, 1]] and d["rows"][0]["layers"] == [0, 1] and d["rows"][0]["tolerates_2bit"] is True

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgekit.errors import UsageError
+from edgekit.results.evaluation import SweepResult, SweepRow
 
 Progress = Callable[[str], None]
 
@@ -97,7 +98,7 @@ def variant_schemes(base, preset, groups: Sequence[Sequence[int]], mlp_bits: int
     return ref, out, mlp_bits
 
 
-def _reusable(out_root: Path, name: str, scheme, weights_sha256: str | None) -> Path | None:
+def _reusable(out_root: Path, name: str, scheme, weights_sha256: dict[str, str] | None) -> Path | None:
     """The bundle of an earlier build of the same scheme and weights in ``out_root``, if any."""
     from edgekit.results import manifest as mf
 
@@ -114,7 +115,7 @@ def _reusable(out_root: Path, name: str, scheme, weights_sha256: str | None) -> 
     return b if b.is_file() else None
 
 
-def _weights_sha256(preset, checkpoint) -> str | None:
+def _weights_sha256(preset, checkpoint) -> dict[str, str] | None:
     """Identity of the weights the builds will use (None: random weights, never reused)."""
     from edgekit.models.checkpoint import load_checkpoint
 
@@ -141,11 +142,12 @@ def run_sweep(
     seq_len: int = 128,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Build the reference and one variant per layer group, score each against FP16; return the table."""
     from edgekit import quality
     from edgekit.build.pipeline import build
     from edgekit.models.presets import get_preset
+    from edgekit.results.evaluation import QualityResult
     from edgekit.results.manifest import bundle_name
     from edgekit.schemes import load_scheme
 
@@ -181,47 +183,28 @@ def run_sweep(
     runs = [("reference", (), ref)] + [("group", g, s) for g, s in variants]
     if include_scheme:
         runs.append(("scheme", tuple(preset.decode_layers), base))
-    rows = []
-    ref_ppl = None
+    rows: list[SweepRow] = []
+    ref = None  # the reference build's evaluation
     for kind, layers, s in runs:
         bundle, reused, secs = built(s)
         say(f"sweep: scoring {bundle.name} against {fp16_bundle.name}")
-        q = quality.evaluate(bundle, fp16_bundle, text=text, max_tokens=max_tokens, seq_len=seq_len)
-        row = {
-            "kind": kind,
-            "scheme": s.name,
-            "layers": list(layers),
-            "label": _row_label(kind, layers, base.name, ref_bits),
-            "layer_types": [preset.layer_types[i] for i in layers],
-            "decode_layers": [i for i in layers if i in preset.decode_layers],
-            "ppl_ratio": q["ppl_ratio"],
-            "top1_agreement": q["top1_agreement"],
-            "kl_mean": q["kl_mean"],
-            "ppl_candidate": q["ppl_candidate"],
-            "bundle": str(bundle),
-            "bundle_bytes": bundle.stat().st_size,
-            "build_seconds": secs,
-            "reused": reused,
-        }
+        q = QualityResult.from_dict(quality.evaluate(bundle, fp16_bundle, text=text, max_tokens=max_tokens,
+                                                     seq_len=seq_len))
+        rows.append(SweepRow(
+            kind=kind, scheme=s.name, layers=tuple(layers), label=_row_label(kind, layers, base.name, ref_bits),
+            layer_types=tuple(preset.layer_types[i] for i in layers),
+            decode_layers=tuple(i for i in layers if i in preset.decode_layers),
+            ppl_ratio=q.ppl_ratio, top1_agreement=q.top1_agreement, kl_mean=q.kl_mean, ppl_candidate=q.ppl_candidate,
+            bundle=str(bundle), bundle_bytes=bundle.stat().st_size, build_seconds=secs, reused=reused,
+        ))
         if kind == "reference":
-            ref_ppl = q["ppl_candidate"]
-            ppl_baseline, tokens, sha_text = q["ppl_baseline"], q["tokens"], q["eval_text_sha256"]
-        rows.append(row)
-    for row in rows:
-        row["ppl_increase_vs_reference"] = row["ppl_candidate"] / ref_ppl - 1.0
-        row["tolerates_2bit"] = (row["ppl_increase_vs_reference"] <= tolerance) if row["kind"] == "group" else None
-    return {
-        "model": preset.name,
-        "scheme": base.name,
-        "reference_mlp_bits": ref_bits,
-        "groups": [list(g) for g in gs],
-        "decode_layers": list(preset.decode_layers),
-        "tolerance": tolerance,
-        "fp16_bundle": str(fp16_bundle),
-        "ppl_fp16": ppl_baseline,
-        "tokens": tokens,
-        "eval_text_sha256": sha_text,
-        "weights_sha256": sha,
-        "rows": rows,
-        "seconds": round(time.monotonic() - t0, 1),
-    }
+            ref = q
+    rows = [dataclasses.replace(r, ppl_increase_vs_reference=r.ppl_candidate / ref.ppl_candidate - 1.0) for r in rows]
+    rows = [dataclasses.replace(r, tolerates_2bit=(r.ppl_increase_vs_reference <= tolerance) if r.kind == "group"
+                                else None) for r in rows]
+    return SweepResult(
+        model=preset.name, scheme=base.name, reference_mlp_bits=ref_bits, groups=tuple(tuple(g) for g in gs),
+        decode_layers=tuple(preset.decode_layers), tolerance=tolerance, fp16_bundle=str(fp16_bundle),
+        ppl_fp16=ref.ppl_baseline, tokens=ref.tokens, eval_text_sha256=ref.eval_text_sha256, weights_sha256=sha,
+        rows=tuple(rows), seconds=round(time.monotonic() - t0, 1),
+    )

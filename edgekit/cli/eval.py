@@ -12,17 +12,20 @@ from edgekit.quality import fmt_figure as _fmt
 
 
 def render_table(result: dict) -> str:
+    from edgekit.results.evaluation import QualityResult
+
+    q = QualityResult.from_dict(result)
     rows = [
-        ("perplexity (candidate)", result["ppl_candidate"]),
-        ("perplexity (baseline)", result["ppl_baseline"]),
-        ("ppl_ratio", result["ppl_ratio"]),
-        ("top1_agreement", result["top1_agreement"]),
-        ("kl_mean (nats)", result["kl_mean"]),
-        ("kl_max (nats)", result["kl_max"]),
-        ("top-1 accuracy (candidate)", result["top1_accuracy_candidate"]),
-        ("top-1 accuracy (baseline)", result["top1_accuracy_baseline"]),
-        ("tokens scored", result["tokens"]),
-        ("eval text sha256", result["eval_text_sha256"][:16]),
+        ("perplexity (candidate)", q.ppl_candidate),
+        ("perplexity (baseline)", q.ppl_baseline),
+        ("ppl_ratio", q.ppl_ratio),
+        ("top1_agreement", q.top1_agreement),
+        ("kl_mean (nats)", q.kl_mean),
+        ("kl_max (nats)", q.kl_max),
+        ("top-1 accuracy (candidate)", q.top1_accuracy_candidate),
+        ("top-1 accuracy (baseline)", q.top1_accuracy_baseline),
+        ("tokens scored", q.tokens),
+        ("eval text sha256", q.eval_text_sha256[:16]),
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {_fmt(v)}" for k, v in rows)

@@ -8,27 +8,28 @@ from pathlib import Path
 import click
 
 from edgekit.errors import EXIT_OK
+from edgekit.results.evaluation import SweepResult
 
 
-def render_table(res: dict) -> str:
+def render_table(res: "SweepResult") -> str:
     head = ("2-bit MLPs", "types", "ppl_ratio", "top1", "KL", "ppl vs ref", "verdict")
     lines = []
-    for r in res["rows"]:
-        types = "".join("F" if t == "full_attention" else "s" for t in r["layer_types"])
-        if r["decode_layers"]:
-            types += f" kv-shared:{len(r['decode_layers'])}"
-        verdict = {True: "tolerates", False: "sensitive", None: "-"}[r["tolerates_2bit"]]
-        lines.append((r["label"], types or "-", f"{r['ppl_ratio']:.4f}", f"{r['top1_agreement']:.3f}",
-                      f"{r['kl_mean']:.4f}", f"{100 * r['ppl_increase_vs_reference']:+.2f}%", verdict))
+    for r in res.rows:
+        types = "".join("F" if t == "full_attention" else "s" for t in r.layer_types)
+        if r.decode_layers:
+            types += f" kv-shared:{len(r.decode_layers)}"
+        verdict = {True: "tolerates", False: "sensitive", None: "-"}[r.tolerates_2bit]
+        lines.append((r.label, types or "-", f"{r.ppl_ratio:.4f}", f"{r.top1_agreement:.3f}",
+                      f"{r.kl_mean:.4f}", f"{100 * r.ppl_increase_vs_reference:+.2f}%", verdict))
     widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*row) for row in lines]
     out.append(
-        f"fp16 perplexity {res['ppl_fp16']:.3f} over {res['tokens']} tokens; reference = {res['scheme']} with every "
-        f"MLP at {res['reference_mlp_bits']} bits; 'tolerates' = perplexity within "
-        f"{100 * res['tolerance']:.1f}% of the reference; types: s sliding, F full attention; "
-        f"{res['scheme']} puts layers {res['decode_layers']} (KV-shared) at 2 bits"
+        f"fp16 perplexity {res.ppl_fp16:.3f} over {res.tokens} tokens; reference = {res.scheme} with every "
+        f"MLP at {res.reference_mlp_bits} bits; 'tolerates' = perplexity within "
+        f"{100 * res.tolerance:.1f}% of the reference; types: s sliding, F full attention; "
+        f"{res.scheme} puts layers {list(res.decode_layers)} (KV-shared) at 2 bits"
     )
     return "\n".join(out)
 
@@ -69,6 +70,6 @@ def command(model, checkpoint, scheme, groups, group_size, mlp_bits, tolerance, 
         progress=lambda s: click.echo(s, err=True),
     )
     if out is not None:
-        atomic_write_json(out, res)
-    click.echo(json.dumps(res, indent=2) if as_json else render_table(res))
+        atomic_write_json(out, res.to_dict())
+    click.echo(json.dumps(res.to_dict(), indent=2) if as_json else render_table(res))
     return EXIT_OK
