@@ -312,8 +312,11 @@ def export_tower(model_dir: str | os.PathLike, tower: str, work_dir: str | os.Pa
 
 def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
                    towers: tuple[str, ...] = ("vision", "audio"),
-                   log: Callable[[str], None] | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+                   log: Callable[[str], None] | None = None,
+                   failed_log_dir: str | os.PathLike | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
     """Parent side: one ``python -m edgekit.build.encoders`` child per tower.
+
+    A failed child's log is copied to ``failed_log_dir`` (when given) and named in the error.
 
     Returns ``({section: float32 .tflite}, record)``; the record has each child's
     sections, what it loaded, its wall time and its peak RSS (``ru_maxrss`` of the child).
@@ -352,6 +355,12 @@ def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
         result = out / "encoders.json"
         if code != 0 or not result.is_file():
             why = (f"killed by signal {-code} (out of memory?)" if code < 0 else _failure_line(_tail(logf)))
+            if failed_log_dir is not None:
+                import shutil
+
+                kept = Path(failed_log_dir) / f"failed-{tower}-{os.getpid()}.log"
+                shutil.copyfile(logf, kept)
+                logf = kept
             raise BuildError(f"{tower} encoder conversion failed: {why} (log: {logf})")
         child = json.loads(result.read_text())
         for sec, path in child["files"].items():
@@ -364,6 +373,85 @@ def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
             log(f"{tower}: {len(child['files'])} section(s) in {seconds:.0f} s, "
                 f"child peak RSS {rusage.ru_maxrss / 2**20:.2f} GiB")
     return files, rec
+
+
+TOWERS_CODE_VERSION = 1  # bump when the tower conversion's output changes
+
+
+def towers_key(source_identity: dict[str, Any], towers: tuple[str, ...]) -> str:
+    """Cache key of the towers' float sections: the weights, the towers, the toolchain, this code."""
+    import hashlib
+    import json
+
+    from edgekit.build.export import toolchain_versions
+
+    blob = json.dumps({"source": source_identity, "towers": list(towers), "toolchain": toolchain_versions(),
+                       "code": TOWERS_CODE_VERSION, "vision_soft_tokens": VISION_SOFT_TOKENS,
+                       "audio_frames": AUDIO_FRAMES}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cached_towers(model_dir: str | os.PathLike, source_identity: dict[str, Any], cache_dir: str | os.PathLike,
+                  towers: tuple[str, ...] = ("vision", "audio"),
+                  log: Callable[[str], None] | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """:func:`convert_towers` through the cache, one entry per tower (``<cache>/encoders/<key>/``).
+
+    The record merges the towers'; a tower taken from the cache keeps the record its
+    conversion wrote (seconds, peak RSS) with ``cached: true``.
+    """
+    files: dict[str, Path] = {}
+    rec: dict[str, Any] = {"route": "streamed: one child per tower, only the tower's weights loaded",
+                           "sections": {}, "skipped": {}, "towers": {}}
+    for tower in towers:
+        f, r = _cached_tower(model_dir, source_identity, Path(cache_dir) / "encoders", tower, log)
+        files.update(f)
+        rec["sections"].update(r["sections"])
+        rec["skipped"].update(r["skipped"])
+        rec["towers"].update(r["towers"])
+    return files, rec
+
+
+def _cached_tower(model_dir, source_identity: dict[str, Any], root: Path, tower: str,
+                  log) -> tuple[dict[str, Path], dict[str, Any]]:
+    import fcntl
+    import json
+    import shutil
+    import tempfile
+
+    from edgekit.fsutil import atomic_write_json
+
+    root.mkdir(parents=True, exist_ok=True)
+    key = towers_key(source_identity, (tower,))
+    entry = root / key
+    with open(root / f".{key}.lock", "w") as lock:  # one conversion per key at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (entry / "towers.json").is_file():
+            saved = json.loads((entry / "towers.json").read_text())
+            files = {sec: entry / name for sec, name in saved["files"].items()}
+            if all(f.is_file() for f in files.values()):
+                rec = saved["record"]
+                for t in rec["towers"].values():
+                    t.update(cached=True, key=key)
+                return files, rec
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=root))
+        try:
+            files, rec = convert_towers(model_dir, work / "convert", (tower,), log, failed_log_dir=root)
+            for sec, f in files.items():
+                os.replace(f, work / f"{sec}.tflite")
+            shutil.rmtree(work / "convert", ignore_errors=True)
+            for t in rec["towers"].values():
+                t.update(source=source_identity)
+            atomic_write_json(work / "towers.json", {"files": {sec: f"{sec}.tflite" for sec in files},
+                                                     "record": rec})
+            if entry.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            os.replace(work, entry)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+        for t in rec["towers"].values():
+            t.update(cached=False, key=key)
+        return {sec: entry / f"{sec}.tflite" for sec in files}, rec
 
 
 def append_sections(toml: str | os.PathLike, sections: dict[str, Path]) -> None:

@@ -137,6 +137,10 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         fill_rss = int(1.0 * 2**30 + 2.2 * largest)
         engine_rss = int(1.6 * bundle_bytes)
         peak = max(export_rss, fill_rss, engine_rss, int(1.5 * 2**30))
+        if not text_only:
+            # one tower-conversion child per tower (edgekit/build/encoders.py): at full E2B the
+            # vision child (168.5 M params) peaked at 4.22 GiB, ~1.3 GiB + 18.6 B per tower param
+            peak = max(peak, int(1.3 * 2**30 + 18.6 * max(counts["vision"], counts["audio"])))
         float_bytes = 0
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
@@ -579,7 +583,7 @@ def _build(
             tower_rec: dict[str, Any] | None = None
             if streamed and not text_only:  # towers: one child each, only the tower's own weights loaded
                 tower_files, tower_rec = st.run("export", "vision/audio towers (one child process per tower)",
-                                                enc.convert_towers, ckpt_dir, work / "towers")
+                                                enc.cached_towers, ckpt_dir, source_identity, cache)
                 enc.append_sections(toml, tower_files)
             all_secs = qz.section_files(toml)
             # vision/audio sections (edgekit/build/encoders.py): weight-only, quantized on their own
@@ -744,7 +748,8 @@ def _build(
             builder_peak = _self_peak_rss()
             export_peak = exp.record.get("peak_rss_bytes") if not exp.cached else None
             build_rec["builder_peak_rss_bytes"] = builder_peak
-            tower_peak = max((t["peak_rss_bytes"] for t in (tower_rec or {}).get("towers", {}).values()), default=0)
+            tower_peak = max((t["peak_rss_bytes"] for t in (tower_rec or {}).get("towers", {}).values()
+                              if not t.get("cached")), default=0)  # a cached tower's child did not run here
             build_rec["peak_rss_bytes"] = max(builder_peak, export_peak or 0, tower_peak)
             build_rec["seconds"] = round(time.monotonic() - t_start, 3)
             build_rec["stages_s"] = st.times
