@@ -6,17 +6,14 @@ import hashlib
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from fixtures_targets import blob as write_blob
 
+from edgekit import tomlio
 from edgekit.cli.main import main
-
-
-def _blob(path: Path, n: int, seed: int = 0) -> str:
-    data = (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n]
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_bad_profile_exits_5(monkeypatch, tmp_path, capsys):
@@ -24,7 +21,7 @@ def test_bad_profile_exits_5(monkeypatch, tmp_path, capsys):
                                        '[cpu]\nthreads = -1\n')
     monkeypatch.setenv("EDGEKIT_PROFILES", str(tmp_path))
     blob = tmp_path / "b.bin"
-    _blob(blob, 10)
+    write_blob(blob, 10)
     assert main(["push", str(blob), "--device", "bad"]) == 5
     err = capsys.readouterr().err
     assert "bad.toml" in err and "cpu.threads" in err and "Traceback" not in err
@@ -32,7 +29,7 @@ def test_bad_profile_exits_5(monkeypatch, tmp_path, capsys):
 
 def test_unknown_device_exits_2(tmp_path, capsys):
     blob = tmp_path / "b.bin"
-    _blob(blob, 10)
+    write_blob(blob, 10)
     assert main(["push", str(blob), "--device", "nokia3310"]) == 2
     assert "pixel8" in capsys.readouterr().err
     assert main(["push", str(tmp_path / "missing.litertlm"), "--device", "host"]) == 2
@@ -41,7 +38,7 @@ def test_unknown_device_exits_2(tmp_path, capsys):
 def test_push_to_host_sent_then_skipped(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # host work_dir is ~/.cache/edgekit/work
     blob = tmp_path / "tiny.litertlm"
-    digest = _blob(blob, 1_234_567, seed=3)
+    digest = write_blob(blob, 1_234_567, seed=3)
     assert main(["push", str(blob), "--device", "host", "--no-check", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["sent"] and r["sha256"] == digest and r["bytes"] == 1_234_567
@@ -57,7 +54,7 @@ def test_push_rehash_ignores_the_sidecar(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
     blob = tmp_path / "r.litertlm"
-    digest = _blob(blob, 300_000, seed=5)
+    digest = write_blob(blob, 300_000, seed=5)
     assert main(["push", str(blob), "--device", "host", "--no-check", "--json"]) == 0
     dest = Path(json.loads(capsys.readouterr().out)["remote"])
     # corrupt the device copy and forge a sidecar that matches its new stat
@@ -121,7 +118,7 @@ def test_devices_shows_both_standins_reachable(both, capsys):
 def test_push_cli_to_both_standins(both, tmp_path, capsys):
     ssh_t, adb_t = both
     blob = tmp_path / "bundle.litertlm"
-    digest = _blob(blob, 3_000_000, seed=9)
+    digest = write_blob(blob, 3_000_000, seed=9)
     for target in (ssh_t, adb_t):
         assert main(["push", str(blob), "--device", target.profile_name, "--no-check", "--json"]) == 0
         r = json.loads(capsys.readouterr().out)
@@ -135,15 +132,12 @@ def test_push_cli_to_both_standins(both, tmp_path, capsys):
 @pytest.mark.targets
 def test_setup_creates_venv_on_ssh_standin(ssh_target, tmp_path, monkeypatch, capsys):
     """A profile whose runner venv is missing: --offline refuses, --reuse-packages-from installs it."""
-    src = ssh_target.profile_path.read_text()
-    import tomllib
-
-    prof = tomllib.loads(src)
+    prof = tomllib.loads(ssh_target.profile_path.read_text())
     venv_py = f"{prof['work_dir']}/venv-setup-test/bin/python"
     name = "pi-setup-test"
-    text = src.replace(f'name = "{ssh_target.profile_name}"', f'name = "{name}"')
-    text = text.replace(json.dumps(prof["runner"]["python"]), json.dumps(venv_py))
-    (tmp_path / f"{name}.toml").write_text(text)
+    prof["name"] = name
+    prof["runner"]["python"] = venv_py
+    (tmp_path / f"{name}.toml").write_text(tomlio.dumps(prof))
     monkeypatch.setenv("EDGEKIT_PROFILES", str(tmp_path))
     assert main(["setup", "--device", name, "--offline"]) == 3
     assert "lacks" in capsys.readouterr().err
@@ -168,19 +162,16 @@ def test_setup_pushes_native_binary_to_adb_standin(adb_target, monkeypatch, caps
 
 @pytest.mark.targets
 def test_unknown_host_key_cli_exit_3(ssh_target, tmp_path, monkeypatch, capsys):
-    text = ssh_target.profile_path.read_text()
-    import tomllib
-
-    kh = tomllib.loads(text)["ssh"]["known_hosts"]
+    prof = tomllib.loads(ssh_target.profile_path.read_text())
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     name = "pi-newkey"
-    text = text.replace(f'name = "{ssh_target.profile_name}"', f'name = "{name}"').replace(json.dumps(kh),
-                                                                                        json.dumps(str(empty)))
-    (tmp_path / f"{name}.toml").write_text(text)
+    prof["name"] = name
+    prof["ssh"]["known_hosts"] = str(empty)
+    (tmp_path / f"{name}.toml").write_text(tomlio.dumps(prof))
     monkeypatch.setenv("EDGEKIT_PROFILES", str(tmp_path))
     blob = tmp_path / "b.bin"
-    _blob(blob, 1000)
+    write_blob(blob, 1000)
     assert main(["push", str(blob), "--device", name, "--no-check"]) == 3
     err = capsys.readouterr().err
     assert "unknown host key" in err and "--accept-new-host-key" in err
