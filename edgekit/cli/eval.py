@@ -50,12 +50,13 @@ def render_table(result: dict) -> str:
               help="quality threshold, e.g. 'ppl_ratio<=1.10' or 'top1_agreement>=0.90' (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the JSON result here")
-def command(bundle, baseline, text, tokenizer, max_tokens, seq_len, threads, fail_on, as_json, out) -> int:
+def command(bundle, baseline, fail_on, threads, as_json, out, **options) -> int:
     from edgekit.fsutil import atomic_write_json
     from edgekit.quality import run_eval
 
-    result, gate = run_eval(bundle, baseline, fail_on, text=text, max_tokens=max_tokens, seq_len=seq_len,
-                            tokenizer=tokenizer, num_threads=threads, progress=lambda s: click.echo(s, err=True))
+    # text, tokenizer, max_tokens, seq_len: evaluate()'s keyword arguments under the same names
+    result, gate = run_eval(bundle, baseline, fail_on, num_threads=threads, progress=lambda s: click.echo(s, err=True),
+                            **options)
     if out is not None:
         atomic_write_json(out, result)
     if as_json:

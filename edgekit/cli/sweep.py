@@ -55,20 +55,16 @@ def render_table(res: "SweepResult") -> str:
 @click.option("--no-scheme-row", is_flag=True, help="do not also build the scheme as shipped")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the JSON result here")
-def command(model, checkpoint, scheme, groups, group_size, mlp_bits, tolerance, text_only, output, text,
-            max_tokens, no_scheme_row, as_json, out) -> int:
+def command(model, mlp_bits, no_scheme_row, text, as_json, out, **options) -> int:
     from edgekit.build.sweep import run_sweep
     from edgekit.errors import UsageError
     from edgekit.fsutil import atomic_write_json
 
     if text is not None and not text.is_file():
         raise UsageError(f"evaluation text not found: {text}", hint="pass an existing UTF-8 text file")
-    res = run_sweep(
-        model, checkpoint=checkpoint, scheme=scheme, groups=groups, group_size=group_size,
-        mlp_bits=int(mlp_bits) if mlp_bits else None, include_scheme=not no_scheme_row, text_only=text_only,
-        output=output, text=text, max_tokens=max_tokens, tolerance=tolerance,
-        progress=lambda s: click.echo(s, err=True),
-    )
+    # the other options are run_sweep()'s keyword arguments under the same names
+    res = run_sweep(model, mlp_bits=int(mlp_bits) if mlp_bits else None, include_scheme=not no_scheme_row, text=text,
+                    progress=lambda s: click.echo(s, err=True), **options)
     if out is not None:
         atomic_write_json(out, res.to_dict())
     click.echo(json.dumps(res.to_dict(), indent=2) if as_json else render_table(res))
