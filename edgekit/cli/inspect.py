@@ -25,8 +25,9 @@ def command(bundle: Path, as_json: bool, scheme: str | None, manifest_path: Path
         click.echo(format_text(report, violations if checked else None))
         if checked.get("manifest"):  # QAT build: exactness and agreement of a QAT build
             from edgekit.bundle.exactness import format_qat
+            from edgekit.results.manifest import read_manifest
 
-            qrec = json.loads(Path(checked["manifest"]).read_text()).get("qat")
+            qrec = read_manifest(checked["manifest"], strict=False).qat
             if qrec:
                 click.echo(format_qat(qrec))
         if not checked.get("scheme"):
