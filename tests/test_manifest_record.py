@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -100,8 +101,8 @@ def _code_files():
 
 
 def test_manifest_file_and_folder_rule_live_in_one_module():
-    """No module but edgekit/results/manifest.py names manifest.json in code or glues "-text"
-    into a name (docstrings and comments may mention both)."""
+    """No module but edgekit/results/manifest.py names manifest.json in code, parses a manifest
+    with json.load(s) or glues "-text" into a name (docstrings and comments may mention them)."""
     home = ROOT / "edgekit" / "results" / "manifest.py"
     found = []
     for p in _code_files():
@@ -115,6 +116,11 @@ def test_manifest_file_and_folder_rule_live_in_one_module():
             s = n.value
             if s == "manifest.json" or s == "-text" or (id(n) in pieces and s.endswith("-text")):
                 found.append(f"{p.relative_to(ROOT)}:{n.lineno}: {s!r}")
+        for n in ast.walk(tree):  # json.load(s) of anything named like a manifest
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("load", "loads") \
+                    and isinstance(n.func.value, ast.Name) and n.func.value.id == "json" \
+                    and re.search(r"manifest|mpath", ast.unparse(n.args[0]) if n.args else "", re.I):
+                found.append(f"{p.relative_to(ROOT)}:{n.lineno}: {ast.unparse(n)}")
     assert found == []
     # the check reads what it claims: the home module has both
     home_consts = {n.value for n in ast.walk(ast.parse(home.read_text())) if isinstance(n, ast.Constant)}
