@@ -266,18 +266,7 @@ def _one_error_line(err: str) -> str:
 # a multimodal build on the streamed route: tests/test_streamed_encoders.py
 
 
-@pytest.mark.slow
-def test_streamed_route_with_a_qat_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
-    import qat_helpers as H
-
-    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
-    code = _cli("build", "tiny", "--checkpoint", str(H.random_checkpoint("tiny")), "--text-only",
-                "--route", "streamed", "--output", str(tmp_path / "dist"), "--no-quality")
-    err = capsys.readouterr().err
-    assert code == 2, err
-    line = _one_error_line(err)
-    assert "QAT" in line and "streamed" in line
-    assert not (tmp_path / "cache" / "exports").exists() or not any((tmp_path / "cache" / "exports").iterdir())
+# A QAT checkpoint on the streamed route is built exactly: tests/test_streamed_qat.py.
 
 
 # ------------------------------------------------------------------ 2. the stand-in export
