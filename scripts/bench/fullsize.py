@@ -68,10 +68,13 @@ def read_build(dist: Path, model: str, scheme: str) -> dict | None:
 def bench(model: str, dist: Path, reps: int, prefill: int, decode: int, warmup: int = 1) -> tuple[dict, dict, Path]:
     w = C.find_bundle(dist, model, "wNa8o8")
     f = C.find_bundle(dist, model, "fp16")
-    if w is None or f is None:
-        raise SystemExit(f"error: need both {name_of(model, 'wNa8o8')} and {name_of(model, 'fp16')} in {dist}")
+    if w is None:
+        raise SystemExit(f"error: no {name_of(model, 'wNa8o8')} in {dist}")
+    # without an fp16 build (full E4B fp16 needs more memory than this machine has to run),
+    # the candidate is benched alone: its own figures, no ratios
+    base = ["--baseline", str(f)] if f is not None else ["--no-baseline"]
     out = dist / "bench"
-    argv = C.edgekit_argv("bench", "--device", "host", "--bundle", str(w), "--baseline", str(f),
+    argv = C.edgekit_argv("bench", "--device", "host", "--bundle", str(w), *base,
                           "--warmup", str(warmup), "--reps", str(reps), "--prefill", str(prefill), "--decode", str(decode),
                           "--no-profile-thresholds", "--json", "--output", str(out))
     C.log("running " + " ".join(argv))
@@ -81,7 +84,7 @@ def bench(model: str, dist: Path, reps: int, prefill: int, decode: int, warmup: 
     except ValueError:
         raise SystemExit(f"error: bench failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-3:]}")
     folder = Path(data["folder"]) if "folder" in data else max(out.iterdir(), key=lambda p: p.stat().st_mtime)
-    return C.medians(data, folder, "candidate"), C.medians(data, folder, "baseline"), folder
+    return C.medians(data, folder, "candidate"), (C.medians(data, folder, "baseline") if f is not None else None), folder
 
 
 def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
