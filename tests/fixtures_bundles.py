@@ -41,8 +41,8 @@ def code_key() -> str:
 
 def build_tiny_bundles(out_root: Path | None = None) -> dict[str, Path]:
     """Build (or reuse) the tiny text-only bundles; returns scheme -> bundle path."""
-    from edgekit.bundle.manifest import MANIFEST_FILE
-    from edgekit.build.pipeline import build, bundle_name
+    from edgekit.build.pipeline import build
+    from edgekit.results.manifest import MANIFEST_FILE, bundle_name
 
     root = out_root or bundle_cache_root() / "test-bundles" / code_key()
     out: dict[str, Path] = {}
@@ -92,8 +92,8 @@ def tiny_float_bundle(tiny_bundles, tiny_manifests) -> Path:
 
 def build_tiny_multimodal_bundle(out_root: Path | None = None) -> Path:
     """Build (or reuse) the tiny wNa8o8 bundle WITH vision/audio sections (edgekit/build/encoders.py)."""
-    from edgekit.bundle.manifest import MANIFEST_FILE
-    from edgekit.build.pipeline import build, bundle_name
+    from edgekit.build.pipeline import build
+    from edgekit.results.manifest import MANIFEST_FILE, bundle_name
 
     root = out_root or bundle_cache_root() / "test-bundles" / code_key()
     name = bundle_name("tiny", "wNa8o8", False)
