@@ -155,7 +155,9 @@ def test_streamed_multimodal_build(streamed_mm):
         if ckpt is not None and ckpt.is_dir():  # every tensor of the tower, no other
             want = [k for k in read_safetensors_headers(ckpt) if k.startswith(tuple(t["loaded"]["prefixes"]))]
             assert t["loaded"]["tensors"] == len(want)
-        assert 0 < t["peak_rss_bytes"] <= m["build"]["peak_rss_bytes"]
+        assert t["peak_rss_bytes"] > 0
+        if not t["cached"]:  # a child that ran in this build counts in its peak
+            assert t["peak_rss_bytes"] <= m["build"]["peak_rss_bytes"]
     assert towers["vision"]["loaded"]["tensors"] + towers["audio"]["loaded"]["tensors"] < \
         towers["vision"]["loaded"]["checkpoint_tensors"]
 
