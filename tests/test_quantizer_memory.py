@@ -70,3 +70,27 @@ def test_an_empty_qsv_entry_still_gets_the_upstream_check(tmp_path):
     with sm.fast_array_compare(), lean_qsv_check() as st, pytest.raises(ValueError, match="Missing QSVs"):
         sm.quantize_standin_static(src, tmp_path / "x.tflite", plans, qsv)
     assert st == {"checks": 1, "skipped": 0}
+
+
+@pytest.mark.slow
+def test_compiled_recipe_patterns_match_the_same_scopes(tmp_path):
+    """Patterns compiled once (E4B's 552-entry recipe thrashed re's 512-entry cache): same bytes."""
+    from ai_edge_quantizer import recipe_manager
+
+    from edgekit.build import quantize as qz
+    from edgekit.build import streamed as sm
+    from edgekit.build.quantizer_memory import compiled_recipe_patterns, lean_quantizer
+
+    src, plans, qsv = _inputs(tmp_path)
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    with sm.fast_array_compare(), lean_quantizer():
+        shim = recipe_manager.re
+        sm.quantize_standin_static(src, a, plans, qsv)
+    with sm.fast_array_compare():
+        sm.quantize_standin_static(src, b, plans, qsv)
+    assert recipe_manager.re is not shim  # restored
+    assert _sha(a) == _sha(b)
+    patterns = {e["regex"] for e in qz.static_recipe(plans, True)}
+    assert set(p for p, _ in shim._compiled) <= patterns | {".*"} and len(shim._compiled) >= 1
+    with compiled_recipe_patterns():
+        assert recipe_manager.re.search("a.c", "xabcx") and not recipe_manager.re.search("^b", "abc")

@@ -298,10 +298,10 @@ def quantize_static(
     """
     from ai_edge_quantizer import quantizer
 
-    from edgekit.build.quantizer_memory import lean_qsv_check
+    from edgekit.build.quantizer_memory import lean_quantizer
 
     recipe = static_recipe(plans, symmetric_act)
-    with float_graph_io(range_update), lean_qsv_check():
+    with float_graph_io(range_update), lean_quantizer():
         q = quantizer.Quantizer(str(tflite_in))
         q.load_quantization_recipe(recipe)
         qsv = q.calibrate(calibration, num_threads=num_threads)
@@ -312,9 +312,12 @@ def quantize_static(
 def quantize_weights(tflite_in: str | os.PathLike, tflite_out: str | os.PathLike, recipe: list[dict]) -> None:
     from ai_edge_quantizer import quantizer
 
-    q = quantizer.Quantizer(str(tflite_in))
-    q.load_quantization_recipe(recipe)
-    res = q.quantize()
+    from edgekit.build.quantizer_memory import compiled_recipe_patterns
+
+    with compiled_recipe_patterns():
+        q = quantizer.Quantizer(str(tflite_in))
+        q.load_quantization_recipe(recipe)
+        res = q.quantize()
     _export(res, tflite_out)
 
 

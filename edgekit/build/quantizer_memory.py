@@ -21,6 +21,7 @@ weight buffers of that section.)
 from __future__ import annotations
 
 import contextlib
+import re
 
 
 @contextlib.contextmanager
@@ -45,3 +46,46 @@ def lean_qsv_check():
         yield skipped
     finally:
         cls._ensure_model_qsv_sufficient = orig  # noqa: SLF001
+
+
+class _CompiledPatterns:
+    """``re`` for ai-edge-quantizer's recipe manager with every scope pattern compiled once.
+
+    ``RecipeManager.get_quantization_configs`` calls ``re.search(scope_regex, scope)`` for
+    every op against every recipe entry. A per-module recipe of full E4B holds more
+    patterns than ``re``'s own cache keeps (512), so each call recompiled its pattern:
+    the static recipe on E4B's stand-in spent minutes in ``re._compiler.compile``.
+    """
+
+    def __init__(self):
+        self._compiled: dict[tuple[str, int], re.Pattern] = {}
+
+    def search(self, pattern, string, flags=0):
+        key = (pattern, flags)
+        p = self._compiled.get(key)
+        if p is None:
+            p = self._compiled[key] = re.compile(pattern, flags)
+        return p.search(string)
+
+    def __getattr__(self, name):
+        return getattr(re, name)
+
+
+@contextlib.contextmanager
+def compiled_recipe_patterns():
+    """Within: the recipe manager matches scopes with patterns compiled once (same matches)."""
+    from ai_edge_quantizer import recipe_manager
+
+    orig = recipe_manager.re
+    recipe_manager.re = _CompiledPatterns()
+    try:
+        yield
+    finally:
+        recipe_manager.re = orig
+
+
+@contextlib.contextmanager
+def lean_quantizer():
+    """Both: no interpreter for the qsv check, and scope patterns compiled once."""
+    with lean_qsv_check() as stats, compiled_recipe_patterns():
+        yield stats

@@ -180,9 +180,9 @@ def quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges 
     takes the checkpoint's bit widths and SRQ activation scales (:func:`quantize_standin_qat`),
     and ``ranges`` is not used; its SRQ record is in ``plans["_srq"]``.
     """
-    from edgekit.build.quantizer_memory import lean_qsv_check  # the quantizer without its 10 GiB check
+    from edgekit.build.quantizer_memory import lean_quantizer  # no 10 GiB qsv check, patterns compiled once
 
-    with fast_array_compare(), lean_qsv_check():
+    with fast_array_compare(), lean_quantizer():
         return _quantize_sections(secs, scheme, work, ranges, run, qat_ckpt)
 
 
