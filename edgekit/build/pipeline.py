@@ -476,6 +476,7 @@ def _build(
     from edgekit.build import encoders as enc
     from edgekit.build import export as ex
     from edgekit.build import quantize as qz
+    from edgekit.build import strategies
     from edgekit.bundle import inspect as insp
     from edgekit.bundle import lock as lk
     from edgekit.fsutil import atomic_dir
@@ -595,61 +596,15 @@ def _build(
                 enc_replaced, enc_q = enc.quantize_encoders(all_secs, sch, work, st.run)
                 replaced.update(enc_replaced)
                 encoders_rec = {"export": tower_rec or exp.record.get("encoders"), "quantization": enc_q}
-            if streamed:
-                chunks = None
-                if not sch.is_float and sch.static_activations and qat_build is None:  # QAT: SRQ scales
-                    texts, calib_rec = calib_texts, dict(calib_info)
-                    ids = _tokenize(float_bundle, texts, limit=1 << 20)
-                    chunks = sm.calibration_chunks(ids, min(128, prefill * 4))
-                filled, streamed_rec = sm.build_sections(
-                    secs, ckpt_dir, sch, work, int(preset.vocab_size), st.run, chunks,
-                    progress=lambda msg: progress("fill", msg, None) if progress else None, qat=qat_build)
-                replaced.update(filled)
-                if calib_rec is not None:
-                    calib_rec.update(streamed_rec.get("calibration", {}))
-            elif sch.is_float:
-                if sch.float_dtype == "float16":
-                    recipe = qz.fp16_recipe()
-                    for sec, path in secs.items():
-                        dst = work / f"{sec}.tflite"
-                        st.run("quantize", f"{sec}: float16 weights", qz.quantize_weights, path, dst, recipe)
-                        replaced[sec] = dst
-            elif qat_build is not None and qat_build.exact:  # QAT: checkpoint integers + SRQ scales
-                plans = {sec: qz.plan_section(path, sec, sch.bits_for) for sec, path in secs.items()}
-                replaced.update(qat_build.quantize(secs, plans, work, st.run))
-            else:
-                plans = {sec: qz.plan_section(path, sec, sch.bits_for) for sec, path in secs.items()}
-                if sch.static_activations:
-                    texts, calib_rec = calib_texts, dict(calib_info)
-                    ids = _tokenize(float_bundle, texts, limit=cache_length - decode_steps - 1)
-                    feeds = st.run("calibrate", f"{len(ids)} prompts through the float signatures",
-                                   qz.record_calibration, float_bundle, ids, decode_steps,
-                                   max_samples=calibration_samples)
-                    calib_rec["samples"] = {k: len(v) for k, v in feeds.items()}
-                    calib_rec["decode_steps"] = decode_steps
-                    calib_rec["max_samples_per_signature"] = calibration_samples
-                    calib_rec["activations"] = {"granularity": "per-tensor", "symmetric": True, "range": "min/max"}
-                    dst = work / "tf_lite_prefill_decode.tflite"
-                    st.run("quantize", "prefill/decode: static int8 activations, N-bit weights",
-                           qz.quantize_static, secs["tf_lite_prefill_decode"], dst,
-                           plans["tf_lite_prefill_decode"], feeds)
-                    replaced["tf_lite_prefill_decode"] = dst
-                    del feeds
-                else:
-                    dst = work / "tf_lite_prefill_decode.tflite"
-                    st.run("quantize", "prefill/decode: N-bit weights (dynamic activations)",
-                           qz.quantize_weights, secs["tf_lite_prefill_decode"], dst,
-                           qz.dynamic_recipe(plans["tf_lite_prefill_decode"]))
-                    replaced["tf_lite_prefill_decode"] = dst
-                for sec in secs:
-                    if sec == "tf_lite_prefill_decode":
-                        continue
-                    rec = qz.embedding_recipe(plans[sec]) + qz.dynamic_recipe(plans[sec])
-                    if not rec:
-                        continue
-                    dst = work / f"{sec}.tflite"
-                    st.run("quantize", f"{sec}: channel-wise weights", qz.quantize_weights, secs[sec], dst, rec)
-                    replaced[sec] = dst
+            # the text sections: one strategy per kind (edgekit/build/strategies.py)
+            kind = strategies.kind_of(sch, qat_build, streamed)
+            job = strategies.QuantizeJob(
+                secs=secs, scheme=sch, work=work, run=st.run, float_bundle=float_bundle, ckpt_dir=ckpt_dir,
+                vocab=int(preset.vocab_size), prefill=prefill, cache_length=cache_length, decode_steps=decode_steps,
+                calibration_samples=calibration_samples, calib_texts=calib_texts, calib_info=calib_info,
+                qat_build=qat_build, tokenize=_tokenize, progress=progress)
+            text_replaced, calib_rec = strategies.quantize_text(kind, job)
+            replaced.update(text_replaced)
             bundle = tmp / f"{name}.litertlm"
             softcap = _softcap(ckpt_dir)
             meta = {"edgekit.scheme": sch.name, "edgekit.preset": preset.name, "edgekit.width_div": int(wd)}
