@@ -35,10 +35,10 @@ from edgekit.runtime import scoring as sc
 
 METHOD = "engine_scoring"
 SCHEMA = 1
-# run_text_scoring runs one decode step per scored token (measured at full-size E2B: 128 tokens
-# of wNa8o8 in 94 s, about its decode rate), so 2048 tokens would take ~40 min with the fp16
-# baseline (0.87 tok/s); two full windows keep the stage to minutes and above the 100 tokens a
-# quality figure needs (edgekit.results.basis.MIN_QUALITY_TOKENS).
+# run_text_scoring scores at about the engine's decode rate (measured at full-size E2B, 254 tokens:
+# wNa8o8 50 s, fp16 168 s, i.e. 5.1 and 1.5 tok/s), so the interpreter route's 2048 tokens would
+# keep the fp16 child busy for ~23 min at that rate; two full windows keep the stage to minutes
+# and above the 100 tokens a quality figure needs (edgekit.results.basis.MIN_QUALITY_TOKENS).
 ENGINE_MAX_TOKENS = 2 * (ql.DEFAULT_SEQ_LEN - 1)
 HELD = ("ppl_ratio", "ppl_candidate", "ppl_baseline", "nll_candidate", "nll_baseline",
         "logprob_delta_mean", "logprob_delta_max")
