@@ -44,7 +44,7 @@ from pathlib import Path
 FLOORS: dict[str, int] = {
     "edgekit.cli": 6,
     "edgekit.__main__": 6,
-    "edgekit.build": 5,
+    "edgekit.builder": 5,
     "edgekit.bundle": 4,
     "edgekit.schemes": 3,
     "edgekit.bench": 3,

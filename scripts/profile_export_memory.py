@@ -1,6 +1,6 @@
 """Per-stage peak RSS of edgekit's litert-torch export child (build-memory profiling).
 
-Runs the same ``export_hf.export(...)`` call as ``python -m edgekit.build.export``
+Runs the same ``export_hf.export(...)`` call as ``python -m edgekit.builder.export``
 in this process, with a 0.1 s RSS sampler thread and enter/exit markers around
 the exporter's stages (wrapped, not changed):
 
@@ -143,8 +143,8 @@ def install(p: Profile) -> None:
 
 def build_main(a) -> int:
     """Builder-side profile: ``pipeline.build`` with each ``_Stages.run`` call (stage + message) wrapped."""
-    from edgekit.build import pipeline
-    from edgekit.build import quantize as qz
+    from edgekit.builder import pipeline
+    from edgekit.builder import quantize as qz
 
     p = Profile()
     orig = pipeline._Stages.run
@@ -159,7 +159,7 @@ def build_main(a) -> int:
     if a.plain_export:  # reuse an export cached before lightweight conversion became the default
         import functools
 
-        from edgekit.build import export as ex
+        from edgekit.builder import export as ex
         ex.ExportOptions = functools.partial(ex.ExportOptions, lightweight_conversion=False)
     p.wrap(qz, "plan_section", "builder: plan_section")
     err = None
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.lightweight or a.lightweight_all:
         kwargs.update(experimental_lightweight_conversion=True)
     if a.lightweight_all:
-        from edgekit.build.export import lightweight_everywhere
+        from edgekit.builder.export import lightweight_everywhere
         lw = lightweight_everywhere()  # kept referenced: a collected generator would undo it
         lw.__enter__()  # for the rest of this process
     err = None

@@ -2,7 +2,7 @@
 
 ``tiny_bundles`` -> {"wNa8o8": Path, "fp16": Path}: text-only bundles of the tiny
 preset (shipped checkpoint, or seed-0 random weights while none is shipped),
-built by ``edgekit.build.pipeline.build``. They are cached under
+built by ``edgekit.builder.pipeline.build``. They are cached under
 ``$EDGEKIT_CACHE`` (default ``<repo>/.cache/edgekit``) in ``test-bundles/<key>``,
 where the key hashes the source files of the build path (build, bundle, runtime,
 schemes, models) and the shipped tiny assets, so any code change rebuilds them and
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("edgekit/build", "edgekit/bundle", "edgekit/runtime", "edgekit/schemes", "edgekit/models")
+CODE_DIRS = ("edgekit/builder", "edgekit/bundle", "edgekit/runtime", "edgekit/schemes", "edgekit/models")
 SCHEMES = ("fp16", "wNa8o8")  # fp16 first: it is the baseline of the other
 
 
@@ -41,7 +41,7 @@ def code_key() -> str:
 
 def build_tiny_bundles(out_root: Path | None = None) -> dict[str, Path]:
     """Build (or reuse) the tiny text-only bundles; returns scheme -> bundle path."""
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
     from edgekit.results.manifest import MANIFEST_FILE, bundle_name
 
     root = out_root or bundle_cache_root() / "test-bundles" / code_key()
@@ -71,7 +71,7 @@ def tiny_manifests(tiny_bundles) -> dict[str, dict]:
 @pytest.fixture(scope="session")
 def tiny_source():
     """(checkpoint folder, CheckpointInfo) of the source the tiny bundles are built from."""
-    from edgekit.build.pipeline import make_random_source, plan_source
+    from edgekit.builder.pipeline import make_random_source, plan_source
     from edgekit.models.presets import get_preset
 
     preset = get_preset("tiny")
@@ -91,8 +91,8 @@ def tiny_float_bundle(tiny_bundles, tiny_manifests) -> Path:
 
 
 def build_tiny_multimodal_bundle(out_root: Path | None = None) -> Path:
-    """Build (or reuse) the tiny wNa8o8 bundle WITH vision/audio sections (edgekit/build/encoders.py)."""
-    from edgekit.build.pipeline import build
+    """Build (or reuse) the tiny wNa8o8 bundle WITH vision/audio sections (edgekit/builder/encoders.py)."""
+    from edgekit.builder.pipeline import build
     from edgekit.results.manifest import MANIFEST_FILE, bundle_name
 
     root = out_root or bundle_cache_root() / "test-bundles" / code_key()
@@ -112,7 +112,7 @@ def tiny_multimodal_bundle() -> Path:
 @pytest.fixture()
 def build_tempdirs(monkeypatch) -> list[str]:
     """The temporary folders the build pipeline makes (tempfile.mkdtemp), recorded as it makes them."""
-    from edgekit.build import pipeline
+    from edgekit.builder import pipeline
 
     made: list[str] = []
     real_mkdtemp = pipeline.tempfile.mkdtemp

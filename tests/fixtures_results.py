@@ -6,7 +6,7 @@ pure logic can be tested without a device; ``host-*`` ones were captured from a
 real `edgekit bench` on this machine's ``host`` profile and are kept in the schema
 they were written in (schema 1: read with bases recounted). Regenerate the synthetic
 ones with ``python tests/fixtures_results.py``; regenerate golden outputs with
-``EDGEKIT_REGEN_GOLDEN=1 pytest tests/test_report_golden.py``.
+``EDGEKIT_REGEN_GOLDEN=1 pytest tests/unit/test_report_golden.py``.
 """
 
 from __future__ import annotations

@@ -316,7 +316,7 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: Manifest | dict
         if msg and (msg, "") not in seen:
             seen.add((msg, ""))
             v.append(msg)
-        # vision/audio sections are weight-only (edgekit/build/encoders.py: no image/audio calibration set)
+        # vision/audio sections are weight-only (edgekit/builder/encoders.py: no image/audio calibration set)
         if static and w["op"] == "FULLY_CONNECTED" and kind == "int" and w["section"] not in ENCODER_SECTIONS:
             if w.get("activations") != "static_int8":
                 m2 = f"activations of {_describe(w)} ({w['signature']}) are {w.get('activations')}, not static int8"

@@ -17,7 +17,7 @@ _LINEAR_RE = re.compile(r"Linear_([A-Za-z0-9_]+?);")
 _MODULE_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
-# vision/audio sections (edgekit/build/encoders.py) -> HF module prefix of their weights
+# vision/audio sections (edgekit/builder/encoders.py) -> HF module prefix of their weights
 ENCODER_SECTIONS = {
     "tf_lite_vision_encoder": "model.vision_tower",
     "tf_lite_vision_adapter": "model.embed_vision",

@@ -52,8 +52,8 @@ def command(model: str, scheme: str | None, output: Path, no_quality: bool, veri
     Progress goes to stderr; the bundle path is printed on stdout. The toolchain's
     output goes to a log file in the build's work folder (kept when a stage fails).
     """
-    from edgekit.build.pipeline import build
-    from edgekit.build.toolchain_log import StageProgress
+    from edgekit.builder.pipeline import build
+    from edgekit.builder.toolchain_log import StageProgress
     from edgekit.models.presets import get_preset
 
     preset = get_preset(model)
@@ -82,7 +82,7 @@ def command(model: str, scheme: str | None, output: Path, no_quality: bool, veri
 
 
 def _verify(model: str, manifest: Path, progress, kwargs: dict) -> int:
-    from edgekit.build.pipeline import verify_lock
+    from edgekit.builder.pipeline import verify_lock
     from edgekit.bundle.lock import format_rows
     from edgekit.errors import InspectionFailed
 

@@ -56,7 +56,7 @@ def render_table(res: "SweepResult") -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the JSON result here")
 def command(model, mlp_bits, no_scheme_row, text, as_json, out, **options) -> int:
-    from edgekit.build.sweep import run_sweep
+    from edgekit.builder.sweep import run_sweep
     from edgekit.errors import UsageError
     from edgekit.fsutil import atomic_write_json
 

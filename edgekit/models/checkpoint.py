@@ -440,7 +440,7 @@ def write_tokenizer(preset: str | Preset, out: str | os.PathLike) -> str:
     return "synthetic"
 
 
-_write_tokenizer = write_tokenizer  # old private name (edgekit/build/qat.py uses it)
+_write_tokenizer = write_tokenizer  # old private name (edgekit/builder/qat.py uses it)
 
 
 def write_synthetic_tokenizer(out: str | os.PathLike, vocab_size: int) -> None:

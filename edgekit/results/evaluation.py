@@ -3,7 +3,7 @@
 :class:`QualityResult` reads what :func:`edgekit.quality.evaluate` returns (and the build's
 quality step stores as the manifest's ``quality``): the figures every reader uses as fields,
 every other key kept in ``extra``. :class:`SweepResult` / :class:`SweepRow` are what
-:func:`edgekit.build.sweep.run_sweep` returns. ``to_dict()`` gives the JSON each has always
+:func:`edgekit.builder.sweep.run_sweep` returns. ``to_dict()`` gives the JSON each has always
 written, key for key and in the same order.
 """
 

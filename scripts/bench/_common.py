@@ -512,7 +512,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def other_big_jobs(patterns: Sequence[str] = ("build e2b", "edgekit.build.export", "export_hf", "build e4b")) -> list[str]:
+def other_big_jobs(patterns: Sequence[str] = ("build e2b", "edgekit.builder.export", "export_hf", "build e4b")) -> list[str]:
     """Command lines of other processes (not ours) that look like a big build/export."""
     mine = set(tree_pids(os.getpid())) | {os.getppid()}
     out = []
@@ -554,7 +554,7 @@ def edgekit_argv(*args: str) -> list[str]:
 # ------------------------------------------------------------------ builds
 _BUILD_SHIM = r"""
 import sys
-from edgekit.build.pipeline import build
+from edgekit.builder.pipeline import build
 from edgekit.errors import EdgekitError
 model, scheme, wd, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 def progress(stage, msg, secs):
@@ -575,7 +575,7 @@ def has_build_cli() -> bool:
 def build_argv(model: str, scheme: str, width_div: int, output: Path) -> tuple[list[str], str]:
     """argv of `edgekit build MODEL --random-weights --width-div K --text-only --scheme S --output OUT`.
 
-    Falls back to calling ``edgekit.build.pipeline.build`` with the same arguments while
+    Falls back to calling ``edgekit.builder.pipeline.build`` with the same arguments while
     the ``build`` CLI command has not landed (returns a note saying so).
     """
     if has_build_cli():
@@ -586,7 +586,7 @@ def build_argv(model: str, scheme: str, width_div: int, output: Path) -> tuple[l
                             "--scheme", scheme, out_flag, str(output))
         return argv, "`" + " ".join(["edgekit", *argv[1:]]) + "`"
     argv = [str(VENV_BIN / "python"), "-c", _BUILD_SHIM, model, scheme, str(width_div), str(output)]
-    return argv, ("edgekit.build.pipeline.build(random_weights=True, text_only=True, ...) through a 10-line shim "
+    return argv, ("edgekit.builder.pipeline.build(random_weights=True, text_only=True, ...) through a 10-line shim "
                   "(the `edgekit build` CLI command had not landed)")
 
 

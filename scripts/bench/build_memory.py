@@ -64,7 +64,7 @@ class ExportLogProbe:
             except OSError:
                 continue
             args = [x.decode(errors="replace") for x in argv]
-            if "edgekit.build.export" in args and "--output-dir" in args:
+            if "edgekit.builder.export" in args and "--output-dir" in args:
                 return Path(args[args.index("--output-dir") + 1]).parent / "export.log"
         return None
 

@@ -165,7 +165,7 @@ def main() -> int:
     if a.write:
         body = C.section(f"fullsize-{a.model}: full-size {a.model} text-only, built and run here (no extrapolation)",
                          rows, ("metric", "wNa8o8 / time", "fp16 / exit", "value"), notes=notes + [
-                             "builds: the streamed route (edgekit/build/streamed.py): stand-in export with shared "
+                             "builds: the streamed route (edgekit/builder/streamed.py): stand-in export with shared "
                              "decoder weights, activation ranges from the checkpoint's text forward, quantized "
                              "stand-in, checkpoint weights written in; peak RSS = whole process tree, sampled 0.2 s",
                              f"bench: edgekit bench --device host, cold mode, {a.reps} reps + {a.warmup} warmup, prefill "

@@ -1,0 +1,844 @@
+"""``edgekit build``: preset + source + scheme -> ``dist/<model>-<scheme>[-text]/`` (bundle + manifest).
+
+Stages (each reported to ``progress`` with its duration):
+``source`` (validate the checkpoint or make/reuse random weights), ``estimate``
+(memory and disk needed vs available; refuse unless ``force``), ``export``
+(litert-torch, child process, cached), ``unpack``, ``calibrate`` (wNa8o8 only),
+``quantize``, ``repack``, ``verify`` (the bundle loads and generates tokens with
+the interpreter and, in a child process, the LiteRT-LM CPU engine), ``inspect``
+(read back, check against the scheme and preset), ``quality`` (wNa8o8 vs an fp16
+build of the same source, when one exists), ``manifest``.
+
+Everything lands in a temporary folder that is renamed into place only at the
+end (:func:`edgekit.fsutil.atomic_dir`), so a failed or interrupted build leaves
+nothing that looks complete.
+
+The whole build runs inside a :class:`edgekit.builder.toolchain_log.ToolchainLog`:
+what the toolchain prints (Python and native, fds 1 and 2) goes to
+``toolchain.log`` in the build's work folder under the cache; ``progress`` is
+called with the terminal restored. The work folder is removed after a success;
+when a stage fails, only the log is kept and the error names it.
+
+Reproducible: the same inputs, options and toolchain give a byte-identical bundle.
+The header's uuid and creation time are derived from the inputs
+(:func:`edgekit.bundle.lock.fixed_header`), the export child runs with a fixed hash
+seed, and ``manifest["lock"]`` records inputs, options, toolchain, CPU and the
+sha256 of the bundle, its header and every section; :func:`verify_lock` rebuilds
+and compares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.errors import BuildError, CheckpointError, EdgekitError, OutputNotWritable, ResourceError, UsageError
+from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
+
+Progress = Callable[[str, str, float | None], None]
+"""progress(stage, message, seconds): seconds is None when a stage starts."""
+
+GIB = 1024**3
+EXPORT_RSS_BYTES_PER_PARAM = 10.0  # measured: ~10 B/param (toolchain notes: 805 M params -> 8.1-10.3 GB)
+EXPORT_RSS_BASE = int(1.3 * GIB)  # tiny model export peaks at ~1.3 GB (imports of torch/tf/transformers)
+QUANTIZE_RSS_PER_FLOAT_BYTE = 3.0  # flatbuffer unpack + quantized copy + calibration state
+SOFTCAP_KEY = "edgekit.final_logit_softcapping"
+
+
+@dataclasses.dataclass
+class BuildResult:
+    bundle: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    params: int
+    peak_rss_bytes: int
+    disk_bytes: int
+    float_bundle_bytes: int
+    bundle_bytes: int
+    mem_available_bytes: int | None
+    disk_free_bytes: int | None
+    export_cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _gb(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f} GB"
+
+
+def mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _existing_parent(p: Path) -> Path:
+    p = p.resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _bits_of(scheme, module: str) -> float:
+    b = scheme.bits_for(module)
+    if b is None:
+        return 16.0 if getattr(scheme, "float_dtype", "float32") == "float16" else 32.0
+    return float(b)
+
+
+def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, export_cached: bool,
+             cache_dir: Path, random_checkpoint_bytes: int = 0, streamed: bool = False) -> Estimate:
+    counts = preset.param_counts(width_div)
+    params = counts["text"] if text_only else counts["total"]
+    p = "model.language_model"
+    bundle_bits = (
+        counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")
+        + counts["ple"] * _bits_of(scheme, f"{p}.embed_tokens_per_layer")
+        + counts["decoder"] * _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")
+        + counts.get("ple_projection", 0) * _bits_of(scheme, f"{p}.per_layer_model_projection")
+    )
+    if not text_only:
+        bundle_bits += counts["vision"] * _bits_of(scheme, "model.vision_tower.encoder") + counts["audio"] * _bits_of(
+            scheme, "model.audio_tower.layers.0"
+        )
+    bundle_bytes = int(bundle_bits / 8)
+    float_bytes = 4 * params
+    export_rss = 0 if export_cached else int(EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * params)
+    quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
+    peak = max(export_rss, quant_rss)
+    if streamed:
+        # Per-stage model of the streamed route, fitted on full-size E2B (docs/build-memory.md):
+        # stand-in export child 3.72 GiB (tied groups ~4 layers' weights); builder while filling
+        # the largest section: its bytes held, serialized and written (fp16: 11.8 GiB for a
+        # 4.7 GB section); the engine verify child maps the whole bundle and, for float16
+        # weights, unpacks them (fp16 tree peak 15.7 GiB for 10.1 GB).
+        layer = counts["decoder"] / max(1, preset.num_layers)
+        export_rss = int(1.3 * 2**30 + 12 * 4 * layer)
+        bits = {"ple": _bits_of(scheme, f"{p}.embed_tokens_per_layer"),
+                "decoder": _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")}
+        largest = max(counts["ple"] * bits["ple"], (counts["decoder"] + counts["embedding"]) * bits["decoder"]) / 8
+        fill_rss = int(1.0 * 2**30 + 2.2 * largest)
+        engine_rss = int(1.6 * bundle_bytes)
+        peak = max(export_rss, fill_rss, engine_rss, int(1.5 * 2**30))
+        if not text_only:
+            # one tower-conversion child per tower (edgekit/builder/encoders.py), measured at full E2B:
+            # vision (168.5 M params) 4.22 GiB, audio (307.2 M) 6.89 GiB: ~1.3 GiB + 19.5 B per tower param
+            peak = max(peak, int(1.3 * 2**30 + 19.5 * max(counts["vision"], counts["audio"])))
+        float_bytes = 0
+    # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
+    disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
+    free = None
+    try:
+        free = shutil.disk_usage(_existing_parent(output_dir)).free
+        if not export_cached:
+            free = min(free, shutil.disk_usage(_existing_parent(cache_dir)).free)
+    except OSError:
+        pass
+    return Estimate(params, peak, disk, float_bytes, bundle_bytes, mem_available(), free, export_cached)
+
+
+def _self_peak_rss() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _Stages:
+    def __init__(self, progress: Progress | None, log=None):
+        self.progress = progress
+        self.times: dict[str, float] = {}
+        self.log = log  # ToolchainLog: stage boundaries are noted in it, a failed stage is recorded
+
+    def run(self, stage: str, message: str, fn, *args, **kwargs):
+        if self.progress:
+            self.progress(stage, message, None)
+        if self.log is not None:
+            self.log.note(f"[{stage}] {message}")
+        t0 = time.monotonic()
+        try:
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException as exc:
+                if self.log is not None:  # the log is kept and named when a stage fails
+                    self.log.failed_stage = stage
+                    self.log.note(f"[{stage}] failed: {type(exc).__name__}: {str(exc)[:500]}")
+                raise
+        except EdgekitError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ResourceError(f"disk full during {stage}: {exc}", hint="free disk space and rebuild") from exc
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise OutputNotWritable(f"cannot write during {stage}: {exc}") from exc
+            raise BuildError(f"{stage} failed: {exc}") from exc
+        except MemoryError as exc:
+            raise ResourceError(f"out of memory during {stage}") from exc
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise BuildError(f"{stage} failed in the toolchain: {type(exc).__name__}: {first}") from exc
+        dt = time.monotonic() - t0
+        self.times[stage] = round(self.times.get(stage, 0.0) + dt, 3)
+        if self.progress:
+            self.progress(stage, message, dt)
+        return out
+
+
+# ------------------------------------------------------------------ sources
+def _has_weights(d: Path | None) -> bool:
+    return bool(d) and d.is_dir() and any(d.glob("*.safetensors"))
+
+
+def plan_source(preset, checkpoint, random_weights: bool, seed: int, width_div: int, cache_dir: Path):
+    """-> (checkpoint folder, CheckpointInfo or None when random weights must still be made)."""
+    from edgekit.models.checkpoint import load_checkpoint
+
+    if checkpoint is not None and random_weights:
+        raise UsageError("--checkpoint and --random-weights exclude each other", hint="pass one of them")
+    if checkpoint is None and not random_weights:
+        shipped = getattr(preset, "shipped_checkpoint_dir", None)
+        if _has_weights(shipped):
+            checkpoint = shipped
+        elif preset.name == "tiny":
+            random_weights = True
+        else:
+            raise UsageError(
+                f"no weights for {preset.name}: pass --checkpoint DIR or --random-weights",
+                hint=f"e.g. `edgekit build {preset.name} --random-weights --width-div 4 --text-only`",
+            )
+    if checkpoint is not None:
+        from edgekit.builder.qat import precheck  # refuse a bad QAT checkpoint before reading weights
+
+        precheck(checkpoint, preset)
+        info = load_checkpoint(checkpoint, preset)
+        return Path(checkpoint), info  # a QAT checkpoint is swapped for its exact float by build()
+    d = cache_dir / "checkpoints" / f"{preset.name}-seed{seed}-w{width_div}-{random_dtype(preset, width_div)}"
+    if _has_weights(d):
+        return d, load_checkpoint(d, preset)
+    return d, None
+
+
+RANDOM_FLOAT32_MAX_BYTES = 24 * 10**9
+
+
+def _random_bytes(preset, width_div: int) -> int:
+    from edgekit.models.checkpoint import random_checkpoint_bytes
+
+    return random_checkpoint_bytes(preset, width_div, random_dtype(preset, width_div))
+
+
+def random_dtype(preset, width_div: int) -> str:
+    """The dtype of a random checkpoint: float32, or bfloat16 (the dtype Gemma 4 ships in)
+    when float32 would exceed 24 GB (full-size E4B: 31.8 GB float32, 15.9 GB bfloat16);
+    every float dtype goes through the same readers."""
+    from edgekit.models.checkpoint import random_checkpoint_bytes
+
+    return "float32" if random_checkpoint_bytes(preset, width_div) <= RANDOM_FLOAT32_MAX_BYTES else "bfloat16"
+
+
+def make_random_source(preset, d: Path, seed: int, width_div: int):
+    from edgekit.models.checkpoint import load_checkpoint, make_random_checkpoint
+
+    make_random_checkpoint(preset, d, seed=seed, width_div=width_div, dtype=random_dtype(preset, width_div))
+    return load_checkpoint(d, preset)
+
+
+def _calibration_texts(path) -> tuple[list[str], dict[str, Any]]:
+    """The calibration prompts (shipped set or ``--calibration FILE``) and their provenance."""
+    import hashlib
+
+    from edgekit.schemes.calibration import load_calibration
+
+    texts = load_calibration(path)
+    src = str(path) if path is not None else "edgekit.schemes.calibration (shipped)"
+    h = hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()
+    return texts, {"source": src, "prompts": len(texts), "sha256": h}
+
+
+def _tokenize(bundle: Path, texts: list[str], limit: int) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    from edgekit.runtime.litertlm_file import read_hf_tokenizer_json
+
+    js = read_hf_tokenizer_json(bundle)
+    if js is None:
+        raise BuildError(f"{bundle}: the export holds no Hugging Face tokenizer")
+    tok = Tokenizer.from_str(js)
+    bos = tok.token_to_id("<bos>")
+    out = []
+    for t in texts:
+        ids = tok.encode(t).ids
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids  # sequences start with BOS, as LiteRT-LM's engine feeds them
+        if ids:
+            out.append(ids[:limit])
+    return out
+
+
+# ------------------------------------------------------------------ build
+def build(
+    model: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> BuildResult:
+    """Build one bundle; returns its path, the manifest path and the manifest.
+
+    The toolchain's output (Python and native) goes to ``toolchain.log`` in the build's
+    work folder (``<cache>/.<model>.work-*``); ``progress`` runs with the terminal
+    restored. After a success the log moves to ``<cache>/logs/<name>.log`` (named in
+    ``manifest["build"]["toolchain_log"]``) and the work folder is removed; when a stage
+    fails, the log alone is kept in the work folder and the error message names it.
+
+    ``options`` are :func:`_build`'s keywords (checkpoint, random_weights, width_div, seed,
+    scheme, text_only, calibration, output, force, prefill, cache_length, decode_steps,
+    calibration_samples, verify_engine, quality, requantize, route).
+    """
+    from edgekit.builder import export as ex
+    from edgekit.builder.toolchain_log import LOG_FILE, ToolchainLog
+
+    cache = Path(cache_dir) if cache_dir else ex.cache_root()
+    work = _make_work(cache, model)
+    log = ToolchainLog(work / LOG_FILE)
+    keep_log = False
+    try:
+        with log:
+            res = _build(model, cache_dir=cache, progress=log.outside(progress), log=log, work_dir=work, **options)
+        final = getattr(log, "final_path", None)
+        if final is not None and log.path.is_file():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(log.path, final)
+        return res
+    except EdgekitError as exc:
+        if log.failed_stage is not None and log.path.is_file():
+            keep_log = True
+            exc.message = f"{exc.message} (toolchain log: {log.path})"
+        raise
+    finally:
+        if keep_log:
+            _clear_work(work, keep=log.path)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class LockCheck:
+    rows: list[dict[str, Any]]  # {what, name, status: MATCH|DIFF, detail} (edgekit.bundle.lock.compare)
+    rebuilt: Path | None  # the rebuilt bundle, kept when something differs
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "MATCH" for r in self.rows)
+
+
+def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                progress: Progress | None = None, **build_kwargs: Any) -> LockCheck:
+    """Rebuild with ``build_kwargs`` into a temporary folder and compare with ``manifest``'s lock.
+
+    A lock made with another toolchain (Python, platform, any package version) is
+    refused before building (NotComparable, with every difference). Another CPU model
+    is only noted: float builds do not depend on it, calibrated ones may. The rebuilt
+    bundle is removed when everything matches and kept (named in ``notes``) otherwise.
+    """
+    from edgekit.builder import export as ex
+    from edgekit.bundle import lock as lk
+    from edgekit.errors import ConfigError, NotComparable
+    from edgekit.results import manifest as mf
+
+    path = Path(manifest)
+    if path.is_dir() or path.suffix == ".litertlm":
+        found = mf.manifest_for_bundle(path)
+        if found is None:
+            raise ConfigError(f"{path}: no manifest.json beside it", hint="pass the manifest.json of a built bundle")
+        path = found
+    locked = mf.read_manifest(path).lock
+    if not isinstance(locked, dict) or locked.get("schema") != lk.LOCK_SCHEMA:
+        raise ConfigError(f"{path}: the manifest holds no lock (schema {lk.LOCK_SCHEMA})",
+                          hint="rebuild the bundle with this edgekit to get one")
+    diffs = lk.toolchain_differences(locked.get("toolchain") or {}, lk.toolchain())
+    if diffs:
+        raise NotComparable(
+            f"the lock in {path} was made with another toolchain ({len(diffs)} difference(s)): " + "; ".join(diffs),
+            hint="rebuild on the locked toolchain (the versions above), or build anew without --verify-lock",
+        )
+    notes: list[str] = []
+    here = lk.host()
+    if (locked.get("host") or {}).get("cpu_model") != here["cpu_model"]:
+        notes.append(f"CPU differs: {(locked.get('host') or {}).get('cpu_model')} (lock) vs {here['cpu_model']} "
+                     "(here); calibrated schemes may differ on another CPU")
+    le = ((locked.get("toolchain") or {}).get("edgekit") or {}).get("source_sha256")
+    if le and le != lk.edgekit_source_sha256():
+        notes.append("edgekit's source differs from the build that made the lock (same version, edited files)")
+    cache = Path(cache_dir) if cache_dir else ex.cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".verify-lock-", dir=cache))
+    keep = False
+    try:
+        build_kwargs.update(output=tmp, quality=False)
+        res = build(cache_dir=cache, progress=progress, **build_kwargs)
+        rows = lk.compare(locked, mf.Manifest.of(res.manifest).lock)
+        check = LockCheck(rows, None, notes)
+        if not check.ok:
+            keep = True
+            check.rebuilt = res.bundle
+            notes.append(f"rebuilt bundle kept in {res.bundle.parent}")
+        return check
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_work(cache: Path, model: str) -> Path:
+    """The build's work folder in the cache (toolchain log, unpacked and quantized sections)."""
+    import re
+
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", str(model))[:40]
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{tag}.work-", dir=cache))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(f"disk full: cannot create a work folder in {cache}") from exc
+        raise OutputNotWritable(f"cache folder {cache} is not writable: {exc.strerror}",
+                                hint="set EDGEKIT_CACHE to a writable folder") from exc
+
+
+def _clear_work(work: Path, keep: Path | None = None) -> None:
+    """Remove everything in the work folder but ``keep`` (the log of a failed build)."""
+    if not work.is_dir():
+        return
+    for p in work.iterdir():
+        if keep is not None and p == keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _planned_stages(sch, qat_build, quality: bool, verify_engine: bool) -> list[str]:
+    """The stage names a build goes through, in order (for a progress bar)."""
+    stages = ["source", "estimate", "export", "unpack"]
+    if sch.static_activations and not (qat_build is not None and qat_build.exact):
+        stages.append("calibrate")
+    stages += ["quantize", "repack", "verify", "inspect"]
+    if qat_build is not None:
+        stages.append("qat")
+    if quality and (sch.static_activations or sch.float_dtype == "float16"):
+        stages.append("quality")
+    return stages + ["manifest"]
+
+
+def _build(
+    model: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    width_div: int = 1,
+    seed: int = 0,
+    scheme: Any = "wNa8o8",
+    text_only: bool = False,
+    calibration: str | os.PathLike | None = None,
+    output: str | os.PathLike = "dist",
+    force: bool = False,
+    prefill: int | None = None,
+    cache_length: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    decode_steps: int = 8,
+    calibration_samples: int = 64,
+    verify_engine: bool = True,
+    quality: bool = True,
+    progress: Progress | None = None,
+    requantize: bool = False,
+    log=None,
+    work_dir: Path,
+    route: str = "auto",
+) -> BuildResult:
+    from edgekit.builder import encoders as enc
+    from edgekit.builder import export as ex
+    from edgekit.builder import quantize as qz
+    from edgekit.builder import strategies
+    from edgekit.bundle import inspect as insp
+    from edgekit.bundle import lock as lk
+    from edgekit.fsutil import atomic_dir
+    from edgekit.results import manifest as mf
+    from edgekit.models.presets import get_preset
+    from edgekit.schemes import load_scheme
+
+    t_start = time.monotonic()
+    st = _Stages(progress, log)
+    preset = get_preset(model)
+    sch = load_scheme(scheme, preset)
+    prefill = preset.default_prefill if prefill is None else prefill
+    cache_length = preset.default_cache_length if cache_length is None else cache_length
+    if prefill < 1 or cache_length < 2 or prefill >= cache_length:
+        raise UsageError(f"--prefill {prefill} must be >= 1 and below --cache-length {cache_length}")
+    if width_div < 1:
+        raise UsageError(f"--width-div must be a positive integer, got {width_div}")
+    cache = Path(cache_dir) if cache_dir else ex.cache_root()
+    out_root = Path(output)
+    # --- QAT checkpoints (edgekit/builder/qat.py): a quant_method 'gemma' checkpoint is validated before any
+    # long work, exported from its exact dequantized float and quantized exactly (or naively: requantize)
+    qat_build = None
+    if checkpoint is not None and not random_weights:
+        from edgekit.builder import qat as bq
+
+        if bq.is_qat_checkpoint(checkpoint):
+            qat_build = st.run("source", "QAT checkpoint: validate", bq.QatBuild.prepare,
+                               checkpoint, preset, cache, requantize=requantize, dequantize=False)
+            sch = qat_build.scheme(sch, preset)
+    if requantize and qat_build is None:
+        raise UsageError("--requantize applies only to a quant_method 'gemma' (QAT) checkpoint",
+                         hint="pass --checkpoint <QAT checkpoint folder>, or drop --requantize")
+    name = bundle_name(preset.name, sch.name, text_only)
+    out_dir = out_root / name
+    _check_writable(out_root)
+    date_epoch = lk.source_date_epoch()  # a bad SOURCE_DATE_EPOCH fails now
+    if log is not None:  # where the toolchain's log goes after a success (build() moves it)
+        log.final_path = cache / "logs" / f"{name}.log"
+    if progress is not None and hasattr(progress, "plan"):
+        progress.plan(_planned_stages(sch, qat_build, quality, verify_engine))
+    calib_texts: list[str] = []
+    calib_info: dict[str, Any] = {}
+    if sch.static_activations:  # a bad --calibration file fails now, not after the export
+        calib_texts, calib_info = _calibration_texts(calibration)
+
+    ckpt_dir, info = st.run("source", "validate checkpoint", plan_source, preset, checkpoint, random_weights, seed,
+                            width_div, cache)
+    source_dir = ckpt_dir  # the lock hashes the checkpoint given, not the QAT float derived from it
+    wd = info.width_div if info is not None else width_div
+    from edgekit.builder import streamed as sm
+
+    # full-width E2B/E4B: convert a stand-in and fill the real weights in (edgekit/builder/streamed.py)
+    streamed = sm.use_streamed(route, preset.name, wd)
+    if qat_build is not None and not streamed:  # classic QAT: export the exact dequantized float
+        ckpt_dir = st.run("source", "QAT checkpoint: exact dequantization", qat_build.dequantize, cache)
+    if streamed and requantize:  # streamed QAT reads the checkpoint's integers and SRQ scales as stored
+        raise UsageError("--requantize (the naive QAT path) runs on the classic route only",
+                         hint="add --route classic (needs more memory), or drop --requantize")
+    opts = ex.ExportOptions(text_only=text_only, prefill_length=prefill, cache_length=cache_length)
+    cached = False
+    if info is not None:
+        source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
+        key = ex.export_key(source_identity, opts)
+        cached = (cache / "exports" / key / "model.litertlm").is_file()
+    est = estimate(preset, wd, sch, text_only, out_root, cached, cache,
+                   random_checkpoint_bytes=0 if info is not None else _random_bytes(preset, wd),
+                   streamed=streamed)
+    if progress:
+        progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM (available "
+                 f"{_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk (free {_gb(est.disk_free_bytes)})", 0.0)
+    if not force:
+        if est.mem_available_bytes is not None and est.peak_rss_bytes > est.mem_available_bytes:
+            raise ResourceError(
+                f"building {name} needs about {_gb(est.peak_rss_bytes)} of memory "
+                f"({est.params:,} parameters), only {_gb(est.mem_available_bytes)} available",
+                hint="use --width-div to shrink the model, free memory, or pass --force",
+            )
+        if est.disk_free_bytes is not None and est.disk_bytes > est.disk_free_bytes:
+            raise ResourceError(
+                f"building {name} needs about {_gb(est.disk_bytes)} of disk, only {_gb(est.disk_free_bytes)} free",
+                hint="free disk space, choose another --output / EDGEKIT_CACHE, or pass --force",
+            )
+    if info is None:
+        info = st.run("source", f"random weights (seed {seed}, width_div {wd})", make_random_source, preset,
+                      ckpt_dir, seed, wd)
+        source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
+        key = ex.export_key(source_identity, opts)
+        cached = (cache / "exports" / key / "model.litertlm").is_file()
+
+    if streamed:
+        tie_bits = (load_scheme(preset.default_scheme, preset) if sch.is_float else sch).bits_for
+        # the stand-in is the text graph only; the towers are converted after unpack, one child each
+        exp = st.run("export", "litert-torch export_hf of the stand-in (shared weights, child process)",
+                     sm.export_standin, ckpt_dir, source_identity, dataclasses.replace(opts, text_only=True),
+                     tie_bits, cache)
+    else:
+        exp = st.run("export", "litert-torch export_hf (float32, child process)" + (" [cached]" if cached else ""),
+                     ex.export_checkpoint, ckpt_dir, source_identity, opts, cache_dir=cache)
+    float_bundle = exp.bundle
+
+    work = work_dir
+    try:
+        with atomic_dir(out_dir) as tmp:
+            toml = st.run("unpack", "litert-lm-builder unpack", qz.unpack, float_bundle, work / "unpacked")
+            tower_rec: dict[str, Any] | None = None
+            if streamed and not text_only:  # towers: one child each, only the tower's own weights loaded
+                tower_files, tower_rec = st.run("export", "vision/audio towers (one child process per tower)",
+                                                enc.cached_towers, ckpt_dir, source_identity, cache)
+                enc.append_sections(toml, tower_files)
+            all_secs = qz.section_files(toml)
+            # vision/audio sections (edgekit/builder/encoders.py): weight-only, quantized on their own
+            secs = {k: v for k, v in all_secs.items() if not enc.is_encoder_section(k)}
+            calib_rec: dict[str, Any] | None = None
+            replaced: dict[str, Path] = {}
+            encoders_rec: dict[str, Any] | None = None
+            if len(secs) != len(all_secs):
+                enc_replaced, enc_q = enc.quantize_encoders(all_secs, sch, work, st.run)
+                replaced.update(enc_replaced)
+                encoders_rec = {"export": tower_rec or exp.record.get("encoders"), "quantization": enc_q}
+            # the text sections: one strategy per kind (edgekit/builder/strategies.py)
+            kind = strategies.kind_of(sch, qat_build, streamed)
+            job = strategies.QuantizeJob(
+                secs=secs, scheme=sch, work=work, run=st.run, float_bundle=float_bundle, ckpt_dir=ckpt_dir,
+                vocab=int(preset.vocab_size), prefill=prefill, cache_length=cache_length, decode_steps=decode_steps,
+                calibration_samples=calibration_samples, calib_texts=calib_texts, calib_info=calib_info,
+                qat_build=qat_build, tokenize=_tokenize, progress=progress)
+            text_replaced, calib_rec = strategies.quantize_text(kind, job)
+            replaced.update(text_replaced)
+            bundle = tmp / f"{name}.litertlm"
+            softcap = _softcap(ckpt_dir)
+            meta = {"edgekit.scheme": sch.name, "edgekit.preset": preset.name, "edgekit.width_div": int(wd)}
+            if softcap:
+                meta[SOFTCAP_KEY] = float(softcap)
+            # the lock's identity: header uuid and date derived from inputs + options + toolchain
+            lock_inputs = {
+                "checkpoint": lk.checkpoint_inputs(source_dir, info.weights_sha256),
+                "scheme": lk.scheme_input(scheme, sch.to_dict()),
+                "calibration": lk.calibration_input(calibration, calib_info.get("sha256"), calib_rec is not None),
+            }
+            lock_options = {
+                "model": preset.name,
+                "random_weights": bool(info.is_random),
+                "seed": seed if info.is_random else None,
+                "width_div": int(wd),
+                "scheme": sch.name,
+                "text_only": bool(text_only),
+                "prefill_length": int(prefill),
+                "cache_length": int(cache_length),
+                "decode_steps": int(decode_steps),
+                "calibration_samples": int(calibration_samples),
+                "requantize": bool(requantize),
+                "route": "streamed" if streamed else "classic",
+                "qat": qat_build is not None,
+                "export": {**dataclasses.asdict(opts), "code_version": ex.EXPORT_CODE_VERSION,
+                           "hash_seed": ex.EXPORT_HASH_SEED, "task": "text_generation", "quantization_recipe": "none",
+                           "externalize_embedder": True, "split_cache": False},
+                "system_metadata": {k: meta[k] for k in sorted(meta)},
+                "source_date_epoch": date_epoch,
+            }
+            lock_tools = lk.toolchain()
+            ident = lk.identity(lock_inputs, lock_options, lock_tools)
+            with lk.fixed_header(ident["uuid"], ident["creation_timestamp"]):
+                st.run("repack", "litert-lm-builder", qz.repack, toml, bundle, replaced, meta)
+
+            from edgekit.builder import verify
+
+            prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
+            why = _too_big_for_interpreter(interpreter_bytes(bundle, sch.is_float and sch.float_dtype == "float16"))
+            if why:  # the engine check below still runs the bundle
+                runtime = {"interpreter": {"ok": None, "skipped": why}}
+                st.run("verify", f"interpreter: skipped, {why}", lambda: None)
+            else:
+                runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
+                                                 bundle, prompt)}
+            if verify_engine:
+                runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
+                                              bundle, min(16, prefill), 8, cache_length)
+
+            report = st.run("inspect", "read back", insp.inspect_bundle, bundle)
+            build_rec = {
+                "text_only": text_only,
+                "prefill_length": prefill,
+                "cache_length": cache_length,
+                "export": {"cached": exp.cached, "key": exp.record.get("key", key),  # the stand-in's when streamed
+                           "seconds": exp.record.get("seconds"), "peak_rss_bytes": exp.record.get("peak_rss_bytes")},
+                "calibration": calib_rec,
+                "encoders": encoders_rec,
+                "toolchain_log": str(log.final_path) if log is not None else None,
+                "estimate": est.to_dict(),
+                "stages_s": st.times,
+                "seconds": None,
+                "peak_rss_bytes": None,
+                "builder_peak_rss_bytes": None,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.monotonic() - t_start))),
+            }
+            manifest = mf.make_manifest(
+                name=name,
+                model={"preset": preset.name, "width_div": wd, "config": info.config,
+                       "param_counts": preset.param_counts(wd)},
+                source=info.source_record(),
+                scheme=sch.to_dict(),
+                build=build_rec,
+                toolchain=ex.toolchain_versions(),
+                report=report,
+                runtime=runtime,
+            )
+            manifest["lock"] = lk.make_lock(inputs=lock_inputs, options=lock_options, tools=lock_tools,
+                                            host_rec=lk.host(), ident=ident, bundle=bundle)
+            violations = insp.check(report, sch, preset, manifest)
+            if qat_build is not None:  # QAT: exactness read back, agreement with transformers
+                violations = qat_build.expected_violations(violations)
+                manifest["qat"] = st.run("qat", "exactness vs the checkpoint, agreement vs transformers",
+                                         qat_build.report, bundle)
+            if violations:
+                raise BuildError(
+                    f"the built bundle does not match scheme {sch.name}: {violations[0]}"
+                    + (f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""),
+                    hint="this is an edgekit/toolchain defect; rerun with EDGEKIT_DEBUG=1 and report it",
+                )
+            if quality and sch.static_activations:
+                q = _quality(st, out_root / bundle_name(preset.name, "fp16", text_only), bundle, info)
+                if q is not None:
+                    manifest["quality"] = q
+            builder_peak = _self_peak_rss()
+            export_peak = exp.record.get("peak_rss_bytes") if not exp.cached else None
+            build_rec["builder_peak_rss_bytes"] = builder_peak
+            tower_peak = max((t["peak_rss_bytes"] for t in (tower_rec or {}).get("towers", {}).values()
+                              if not t.get("cached")), default=0)  # a cached tower's child did not run here
+            build_rec["peak_rss_bytes"] = max(builder_peak, export_peak or 0, tower_peak)
+            build_rec["seconds"] = round(time.monotonic() - t_start, 3)
+            build_rec["stages_s"] = st.times
+            st.run("manifest", "write", mf.write_manifest, tmp / mf.MANIFEST_FILE, manifest)
+            for p_ in (tmp / mf.MANIFEST_FILE, bundle):
+                os.chmod(p_, 0o644)
+            os.chmod(tmp, 0o755)
+    finally:
+        _clear_work(work, keep=log.path if log is not None else None)
+    if quality and sch.is_float and sch.float_dtype == "float16":
+        # The baseline was built after its candidate: give the candidate its quality record now.
+        _backfill_quality(st, out_root / bundle_name(preset.name, preset.default_scheme, text_only),
+                          out_dir / f"{name}.litertlm", manifest)
+    return BuildResult(out_dir / f"{name}.litertlm", out_dir / mf.MANIFEST_FILE, manifest)
+
+
+def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, baseline_manifest: dict) -> None:
+    import importlib.util
+
+    from edgekit.results import manifest as mf
+
+    mpath = cand_dir / mf.MANIFEST_FILE
+    if importlib.util.find_spec("edgekit.quality") is None or not mpath.is_file():
+        return
+    try:
+        cand = mf.read_manifest(mpath)
+    except EdgekitError:
+        return
+    base = mf.Manifest.of(baseline_manifest)
+    if cand.quality or cand.bundle_file is None or cand.weights_sha256 != base.weights_sha256:
+        return
+    cand_bundle = cand_dir / cand.bundle_file
+    if not cand_bundle.is_file():
+        return
+    from edgekit import quality as ql
+
+    why = _too_big_for_interpreter(interpreter_bytes(cand_bundle, False), interpreter_bytes(baseline_bundle, True))
+    if why:
+        res = _engine_quality(st, cand_bundle, baseline_bundle, why)
+    else:
+        res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle,
+                          baseline_bundle))
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
+    mf.write_manifest(mpath, cand.replace(quality=res))
+
+
+def _softcap(ckpt_dir: Path) -> float | None:
+    import json
+
+    try:
+        cfg = json.loads((ckpt_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config", cfg)
+    v = text.get("final_logit_softcapping")
+    return float(v) if v else None
+
+
+def _check_writable(out_root: Path) -> None:
+    base = _existing_parent(out_root)
+    if not base.is_dir():
+        raise OutputNotWritable(f"output folder {out_root} cannot be created: {base} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"output folder {out_root} is not writable (checked {base})")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        fd, p = tempfile.mkstemp(prefix=".edgekit-write-test-", dir=out_root)
+        os.close(fd)
+        os.unlink(p)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(f"disk full: cannot write to {out_root}") from exc
+        raise OutputNotWritable(f"cannot write to output folder {out_root}: {exc.strerror}") from exc
+
+
+def interpreter_bytes(bundle: Path, float16_weights: bool) -> int:
+    """What ai-edge-litert's interpreter holds to run a bundle: its sections read into memory,
+    plus every float16 weight dequantized to float32 (twice its bytes) when the weights are fp16."""
+    n = Path(bundle).stat().st_size
+    return n * 3 if float16_weights else n
+
+
+def _too_big_for_interpreter(*need: int) -> str | None:
+    """Why the in-process interpreter checks cannot run here, or None when they fit."""
+    avail = mem_available()
+    total = sum(need)
+    if avail is not None and total > 0.8 * avail:
+        return (f"the interpreter would hold ~{_gb(total)} (sections in memory, float16 weights as float32), "
+                f"{_gb(avail)} available")
+    return None
+
+
+def _engine_quality(st: _Stages, candidate: Path, baseline_bundle: Path, why: str) -> dict[str, Any]:
+    """The quality record by LiteRT-LM engine scoring (each bundle in its own child, one after the
+    other) when the interpreter route does not fit; a failure of the engine is recorded, not raised."""
+    from edgekit.builder import quality_engine as qe
+
+    def run() -> dict[str, Any]:
+        try:
+            return qe.evaluate_engine(candidate, baseline_bundle)
+        except EdgekitError as exc:
+            return {"skipped": f"{why}; engine scoring failed: {exc}", "method": qe.METHOD}
+
+    res = dict(st.run("quality", f"{candidate.name} vs {baseline_bundle.name}: engine scoring ({why})", run))
+    res["interpreter_skipped"] = why
+    return res
+
+
+def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str, Any] | None:
+    """manifest["quality"] against an fp16 build of the same source, when one exists."""
+    import importlib.util
+
+    from edgekit.results import manifest as mf
+
+    if importlib.util.find_spec("edgekit.quality") is None:
+        return None
+    mpath = baseline_dir / mf.MANIFEST_FILE
+    if not mpath.is_file():
+        return None
+    try:
+        base = mf.read_manifest(mpath)
+    except EdgekitError:
+        return None
+    if base.weights_sha256 != info.weights_sha256 or base.bundle_file is None:
+        return None
+    baseline_bundle = baseline_dir / base.bundle_file
+    if not baseline_bundle.is_file():
+        return None
+    from edgekit import quality as ql
+
+    why = _too_big_for_interpreter(interpreter_bytes(candidate, False), interpreter_bytes(baseline_bundle, True))
+    if why:
+        res = _engine_quality(st, candidate, baseline_bundle, why)
+    else:
+        res = dict(st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle))
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
+    return res

@@ -1,0 +1,91 @@
+"""ai-edge-quantizer with less memory on large graphs, the same bytes out.
+
+``Quantizer.quantize(calibration_result)`` first runs ``_ensure_model_qsv_sufficient``:
+it builds a TFLite interpreter on the whole float model (XNNPack packs every weight of
+every op) only to list tensor names, and it can only fail when the calibration result
+holds an *empty* entry. The streamed route gives fixed ranges for every FC input and
+output (:func:`edgekit.builder.streamed.ranges_to_qsv`), never an empty one; the classic
+route's calibration writes min/max for every tensor it saw. On the full E2B stand-in's
+prefill/decode section (592 MB) that interpreter took the quantization to 9.65 GiB peak
+RSS, while every later phase (parameters, transformations, serialization) stayed under
+1 GiB (measured phase by phase, docs/build-memory.md).
+
+:func:`lean_qsv_check` skips the interpreter when no entry is empty, which is exactly
+when the upstream check cannot raise; with an empty entry it runs the upstream check.
+
+(Checked and not needed: ai-edge-quantizer computes a shared weight's quantized data
+once per buffer, not once per consuming op: 17 ``uniform_quantize`` calls for the 17
+weight buffers of that section.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+
+@contextlib.contextmanager
+def lean_qsv_check():
+    """Within: ``Quantizer.quantize`` checks a calibration result without an interpreter
+    when none of its entries is empty. The method is restored on exit."""
+    from ai_edge_quantizer import quantizer
+
+    cls = quantizer.Quantizer
+    orig = cls._ensure_model_qsv_sufficient  # noqa: SLF001
+    skipped = {"checks": 0, "skipped": 0}
+
+    def check(self, calibration_result):
+        skipped["checks"] += 1
+        if any(not v for v in calibration_result.values()):
+            return orig(self, calibration_result)
+        skipped["skipped"] += 1
+        return None
+
+    cls._ensure_model_qsv_sufficient = check  # noqa: SLF001
+    try:
+        yield skipped
+    finally:
+        cls._ensure_model_qsv_sufficient = orig  # noqa: SLF001
+
+
+class _CompiledPatterns:
+    """``re`` for ai-edge-quantizer's recipe manager with every scope pattern compiled once.
+
+    ``RecipeManager.get_quantization_configs`` calls ``re.search(scope_regex, scope)`` for
+    every op against every recipe entry. A per-module recipe of full E4B holds more
+    patterns than ``re``'s own cache keeps (512), so each call recompiled its pattern:
+    the static recipe on E4B's stand-in spent minutes in ``re._compiler.compile``.
+    """
+
+    def __init__(self):
+        self._compiled: dict[tuple[str, int], re.Pattern] = {}
+
+    def search(self, pattern, string, flags=0):
+        key = (pattern, flags)
+        p = self._compiled.get(key)
+        if p is None:
+            p = self._compiled[key] = re.compile(pattern, flags)
+        return p.search(string)
+
+    def __getattr__(self, name):
+        return getattr(re, name)
+
+
+@contextlib.contextmanager
+def compiled_recipe_patterns():
+    """Within: the recipe manager matches scopes with patterns compiled once (same matches)."""
+    from ai_edge_quantizer import recipe_manager
+
+    orig = recipe_manager.re
+    recipe_manager.re = _CompiledPatterns()
+    try:
+        yield
+    finally:
+        recipe_manager.re = orig
+
+
+@contextlib.contextmanager
+def lean_quantizer():
+    """Both: no interpreter for the qsv check, and scope patterns compiled once."""
+    with lean_qsv_check() as stats, compiled_recipe_patterns():
+        yield stats

@@ -1,0 +1,96 @@
+"""edgekit.builder.quantizer_memory: the quantizer without its interpreter check gives the same bytes.
+
+The upstream ``Quantizer._ensure_model_qsv_sufficient`` builds an interpreter on the whole
+float model (9.65 GiB on the full E2B stand-in) and can only fail on an empty qsv entry;
+``lean_qsv_check`` skips it exactly when no entry is empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from test_streamed import SEC_PD, _scheme, _standin
+
+
+def _inputs(tmp_path):
+    from edgekit.builder import streamed as sm
+
+    _res, _toml, secs = _standin("wNa8o8")
+    src = secs[SEC_PD]
+    plans = sm.op_plans(src, SEC_PD, _scheme("wNa8o8").bits_for)
+    mods = {p.module for p in plans}
+    ranges = {m: {"in_min": -3.0, "in_max": 3.0, "out_min": -6.0, "out_max": 5.0} for m in mods}
+    qsv = sm.ranges_to_qsv(src, SEC_PD, ranges, {p.module for p in plans if p.bits is not None})
+    return src, plans, qsv
+
+
+def _sha(p) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_lean_check_gives_the_same_bytes_and_skips_the_interpreter(tmp_path):
+    from ai_edge_quantizer.utils import tfl_interpreter_utils
+
+    from edgekit.builder import streamed as sm
+    from edgekit.builder.quantizer_memory import lean_qsv_check
+
+    src, plans, qsv = _inputs(tmp_path)
+    plain, lean = tmp_path / "plain.tflite", tmp_path / "lean.tflite"
+    with sm.fast_array_compare():
+        sm.quantize_standin_static(src, plain, plans, qsv)
+    made = []
+    orig = tfl_interpreter_utils.create_tfl_interpreter
+
+    def counting(*a, **k):
+        made.append(1)
+        return orig(*a, **k)
+
+    tfl_interpreter_utils.create_tfl_interpreter = counting
+    try:
+        with sm.fast_array_compare(), lean_qsv_check() as st:
+            sm.quantize_standin_static(src, lean, plans, qsv)
+    finally:
+        tfl_interpreter_utils.create_tfl_interpreter = orig
+    assert st == {"checks": 1, "skipped": 1}
+    assert made == []  # no interpreter was built for the check
+    assert _sha(lean) == _sha(plain)
+
+
+@pytest.mark.slow
+def test_an_empty_qsv_entry_still_gets_the_upstream_check(tmp_path):
+    from edgekit.builder import streamed as sm
+    from edgekit.builder.quantizer_memory import lean_qsv_check
+
+    src, plans, qsv = _inputs(tmp_path)
+    name = sorted(qsv)[0]
+    qsv[name] = {}
+    with sm.fast_array_compare(), lean_qsv_check() as st, pytest.raises(ValueError, match="Missing QSVs"):
+        sm.quantize_standin_static(src, tmp_path / "x.tflite", plans, qsv)
+    assert st == {"checks": 1, "skipped": 0}
+
+
+@pytest.mark.slow
+def test_compiled_recipe_patterns_match_the_same_scopes(tmp_path):
+    """Patterns compiled once (E4B's 552-entry recipe thrashed re's 512-entry cache): same bytes."""
+    from ai_edge_quantizer import recipe_manager
+
+    from edgekit.builder import quantize as qz
+    from edgekit.builder import streamed as sm
+    from edgekit.builder.quantizer_memory import compiled_recipe_patterns, lean_quantizer
+
+    src, plans, qsv = _inputs(tmp_path)
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    with sm.fast_array_compare(), lean_quantizer():
+        shim = recipe_manager.re
+        sm.quantize_standin_static(src, a, plans, qsv)
+    with sm.fast_array_compare():
+        sm.quantize_standin_static(src, b, plans, qsv)
+    assert recipe_manager.re is not shim  # restored
+    assert _sha(a) == _sha(b)
+    patterns = {e["regex"] for e in qz.static_recipe(plans, True)}
+    assert set(p for p, _ in shim._compiled) <= patterns | {".*"} and len(shim._compiled) >= 1
+    with compiled_recipe_patterns():
+        assert recipe_manager.re.search("a.c", "xabcx") and not recipe_manager.re.search("^b", "abc")
