@@ -136,7 +136,14 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         largest = max(counts["ple"] * bits["ple"], (counts["decoder"] + counts["embedding"]) * bits["decoder"]) / 8
         fill_rss = int(1.0 * 2**30 + 2.2 * largest)
         engine_rss = int(1.6 * bundle_bytes)
-        peak = max(export_rss, fill_rss, engine_rss, int(1.5 * 2**30))
+        # the interpreter verify (in the builder, when it fits): the builder's own ~3.5 GB, the sections
+        # read in, and XNNPack's packed copy of the prefill/decode weights (~1.75x their bytes); fitted on
+        # full E4B wNa8o8 (10.04 GiB, prefill/decode 2.31 GB) and full E2B QAT (7.72 GiB, 0.84 GB)
+        pd_bytes = (counts["decoder"] * bits["decoder"] + counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")) / 8
+        interp_fp16 = getattr(scheme, "float_dtype", None) == "float16"
+        interp_rss = 0 if _too_big_for_interpreter(bundle_bytes * (3 if interp_fp16 else 1)) else \
+            int(3.5e9 + bundle_bytes + 1.75 * pd_bytes)
+        peak = max(export_rss, fill_rss, engine_rss, interp_rss, int(1.5 * 2**30))
         if not text_only:
             # one tower-conversion child per tower (edgekit/builder/encoders.py), measured at full E2B:
             # vision (168.5 M params) 4.22 GiB, audio (307.2 M) 6.89 GiB: ~1.3 GiB + 19.5 B per tower param
