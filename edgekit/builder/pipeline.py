@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekit.errors import BuildError, CheckpointError, EdgekitError, OutputNotWritable, ResourceError, UsageError
+from edgekit.errors import BuildError, EdgekitError, OutputNotWritable, ResourceError, UsageError
 from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
 
 Progress = Callable[[str, str, float | None], None]
@@ -136,13 +136,13 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         largest = max(counts["ple"] * bits["ple"], (counts["decoder"] + counts["embedding"]) * bits["decoder"]) / 8
         fill_rss = int(1.0 * 2**30 + 2.2 * largest)
         engine_rss = int(1.6 * bundle_bytes)
-        # the interpreter verify (in the builder, when it fits): the builder's own ~3.5 GB, the sections
-        # read in, and XNNPack's packed copy of the prefill/decode weights (~1.75x their bytes); fitted on
-        # full E4B wNa8o8 (10.04 GiB, prefill/decode 2.31 GB) and full E2B QAT (7.72 GiB, 0.84 GB)
-        pd_bytes = (counts["decoder"] * bits["decoder"] + counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")) / 8
+        # the interpreter verify (in the builder, when it fits): ~1.5 GB of runtime, the sections read in,
+        # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
+        # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%, E2B multimodal +19%
+        pd_params = counts["decoder"] + counts["embedding"]  # the decoder layers and the lm_head
         interp_fp16 = getattr(scheme, "float_dtype", None) == "float16"
         interp_rss = 0 if _too_big_for_interpreter(bundle_bytes * (3 if interp_fp16 else 1)) else \
-            int(3.5e9 + bundle_bytes + 1.75 * pd_bytes)
+            int(1.5e9 + bundle_bytes + 1.05 * pd_params)
         peak = max(export_rss, fill_rss, engine_rss, interp_rss, int(1.5 * 2**30))
         if not text_only:
             # one tower-conversion child per tower (edgekit/builder/encoders.py), measured at full E2B:
@@ -169,6 +169,7 @@ class _Stages:
     def __init__(self, progress: Progress | None, log=None):
         self.progress = progress
         self.times: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}  # the builder's RSS high-water mark when each stage ended
         self.log = log  # ToolchainLog: stage boundaries are noted in it, a failed stage is recorded
 
     def run(self, stage: str, message: str, fn, *args, **kwargs):
@@ -200,6 +201,7 @@ class _Stages:
             raise BuildError(f"{stage} failed in the toolchain: {type(exc).__name__}: {first}") from exc
         dt = time.monotonic() - t0
         self.times[stage] = round(self.times.get(stage, 0.0) + dt, 3)
+        self.peaks[stage] = max(self.peaks.get(stage, 0), _self_peak_rss())
         if self.progress:
             self.progress(stage, message, dt)
         return out
@@ -648,19 +650,7 @@ def _build(
             with lk.fixed_header(ident["uuid"], ident["creation_timestamp"]):
                 st.run("repack", "litert-lm-builder", qz.repack, toml, bundle, replaced, meta)
 
-            from edgekit.builder import verify
-
-            prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
-            why = _too_big_for_interpreter(interpreter_bytes(bundle, sch.is_float and sch.float_dtype == "float16"))
-            if why:  # the engine check below still runs the bundle
-                runtime = {"interpreter": {"ok": None, "skipped": why}}
-                st.run("verify", f"interpreter: skipped, {why}", lambda: None)
-            else:
-                runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
-                                                 bundle, prompt)}
-            if verify_engine:
-                runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
-                                              bundle, min(16, prefill), 8, cache_length)
+            runtime = _verify_stage(st, bundle, sch, prefill, cache_length, verify_engine)
 
             report = st.run("inspect", "read back", insp.inspect_bundle, bundle)
             build_rec = {
@@ -712,9 +702,13 @@ def _build(
             build_rec["builder_peak_rss_bytes"] = builder_peak
             tower_peak = max((t["peak_rss_bytes"] for t in (tower_rec or {}).get("towers", {}).values()
                               if not t.get("cached")), default=0)  # a cached tower's child did not run here
-            build_rec["peak_rss_bytes"] = max(builder_peak, export_peak or 0, tower_peak)
+            quality_peak = max((c.get("peak_rss_bytes") or 0 for c in
+                                ((manifest.get("quality") or {}).get("children") or {}).values()), default=0)
+            build_rec["peak_rss_bytes"] = max(builder_peak, export_peak or 0, tower_peak, quality_peak)
             build_rec["seconds"] = round(time.monotonic() - t_start, 3)
             build_rec["stages_s"] = st.times
+            # where the builder's peak arose: its high-water mark after each stage (children: export, towers, quality)
+            build_rec["builder_rss_after_stage_bytes"] = dict(st.peaks)
             st.run("manifest", "write", mf.write_manifest, tmp / mf.MANIFEST_FILE, manifest)
             for p_ in (tmp / mf.MANIFEST_FILE, bundle):
                 os.chmod(p_, 0o644)
@@ -726,6 +720,25 @@ def _build(
         _backfill_quality(st, out_root / bundle_name(preset.name, preset.default_scheme, text_only),
                           out_dir / f"{name}.litertlm", manifest)
     return BuildResult(out_dir / f"{name}.litertlm", out_dir / mf.MANIFEST_FILE, manifest)
+
+
+def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: int, verify_engine: bool) -> dict:
+    """manifest["runtime"]: the bundle loaded and run in ai-edge-litert's interpreter (when it fits in
+    memory) and in the LiteRT-LM CPU engine (a child process)."""
+    from edgekit.builder import verify
+
+    prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
+    why = _too_big_for_interpreter(interpreter_bytes(bundle, sch.is_float and sch.float_dtype == "float16"))
+    if why:  # the engine check below still runs the bundle
+        runtime: dict[str, Any] = {"interpreter": {"ok": None, "skipped": why}}
+        st.run("verify", f"interpreter: skipped, {why}", lambda: None)
+    else:
+        runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
+                                         bundle, prompt)}
+    if verify_engine:
+        runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
+                                      bundle, min(16, prefill), 8, cache_length)
+    return runtime
 
 
 def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, baseline_manifest: dict) -> None:
