@@ -136,6 +136,22 @@ def _check_srq_roundtrip(scale: float) -> bool:
     zp, s = uqt.tensor_zp_scale_from_min_max(q["min"], q["max"], 8, True, qtyping.QuantGranularity.TENSORWISE)
     return np.float32(np.asarray(s).reshape(-1)[0]) == np.float32(scale) and int(np.asarray(zp).reshape(-1)[0]) == 0
 
+def _put_srq(qsv: dict, conflicts: dict, name: str, scale: float) -> None:
+    """qsv[name] = the bounds that give ``scale``; a tensor read by consumers with different SRQ
+    scales keeps the widest bounds and is noted in ``conflicts``."""
+    b = srq_bounds(scale)
+    prev = qsv.get(name)
+    if prev is not None and float(prev["max"][0]) != float(b["max"][0]):
+        conflicts.setdefault(name, set()).update({float(prev["max"][0]) / 127, scale})
+        b = {"min": np.minimum(prev["min"], b["min"]), "max": np.maximum(prev["max"], b["max"])}
+    qsv[name] = b
+
+
+def _conflict_notes(conflicts: dict) -> list[dict]:
+    return [{"what": f"activation {name}", "why": f"consumers' SRQ scales differ ({sorted(vals)}); one tensor "
+             "holds one scale: the widest kept", "carried": False} for name, vals in conflicts.items()]
+
+
 
 def srq_qsv(ckpt, fcs) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """qsv of every FULLY_CONNECTED input and output from the checkpoint's SRQ scales.
@@ -166,15 +182,8 @@ def srq_qsv(ckpt, fcs) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]
                 checked[sc] = _check_srq_roundtrip(sc)
                 if not checked[sc]:
                     roundtrip_bad.add(sc)
-            b = srq_bounds(sc)
-            prev = qsv.get(name)
-            if prev is not None and float(prev["max"][0]) != float(b["max"][0]):
-                conflicts.setdefault(name, set()).update({float(prev["max"][0]) / 127, sc})
-                b = {"min": np.minimum(prev["min"], b["min"]), "max": np.maximum(prev["max"], b["max"])}
-            qsv[name] = b
-    for name, vals in conflicts.items():
-        approximations.append({"what": f"activation {name}", "why": "consumers' SRQ scales differ "
-                               f"({sorted(vals)}); one tensor holds one scale: the widest kept", "carried": False})
+            _put_srq(qsv, conflicts, name, sc)
+    approximations.extend(_conflict_notes(conflicts))
     rec = {"activation_tensors_set": len(qsv), "scales_checked_roundtrip": len(checked),
            "roundtrip_failed": sorted(roundtrip_bad), "approximations": approximations}
     return qsv, rec
@@ -438,15 +447,8 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
             )
         if static:
             for name, s in ((iname, s_in), (oname, s_out)):
-                prev = qsv.get(name)
-                b = srq_bounds(s)
-                if prev is not None and float(prev["max"][0]) != float(b["max"][0]):
-                    conflicts.setdefault(name, set()).update({float(prev["max"][0]) / 127, s})
-                    b = {"min": np.minimum(prev["min"], b["min"]), "max": np.maximum(prev["max"], b["max"])}
-                qsv[name] = b
-    for name, vals in conflicts.items():
-        approximations.append({"what": f"activation {name}", "why": "consumers' SRQ scales differ "
-                               f"({sorted(vals)}); one tensor holds one scale: the widest kept", "carried": False})
+                _put_srq(qsv, conflicts, name, s)
+    approximations.extend(_conflict_notes(conflicts))
     recipe = rm.get_quantization_recipe()
     dst = work / f"{PD}.tflite"
     with qz.float_graph_io(), exact_weight_materializers(exact, weight_module.get):
