@@ -322,10 +322,9 @@ def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
     sections, what it loaded, its wall time and its peak RSS (``ru_maxrss`` of the child).
     """
     import json
-    import subprocess
     import sys
 
-    from edgekit.builder.export import EXPORT_HASH_SEED, _failure_line, _tail
+    from edgekit.builder.export import child_failure, run_conversion_child
     from edgekit.errors import BuildError
 
     work = Path(work_dir)
@@ -338,23 +337,10 @@ def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
         logf = work / f"{tower}.log"
         cmd = [sys.executable, "-m", "edgekit.builder.encoders", "--model", str(Path(model_dir).resolve()),
                "--tower", tower, "--output-dir", str(out)]
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["PYTHONHASHSEED"] = EXPORT_HASH_SEED
-        t0 = time.monotonic()
-        with open(logf, "wb") as lf:
-            proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
-            try:
-                _, status, rusage = os.wait4(proc.pid, 0)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-        code = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - t0
+        code, seconds, peak = run_conversion_child(cmd, logf)
         result = out / "encoders.json"
         if code != 0 or not result.is_file():
-            why = (f"killed by signal {-code} (out of memory?)" if code < 0 else _failure_line(_tail(logf)))
+            why = child_failure(code, logf)
             if failed_log_dir is not None:
                 import shutil
 
@@ -367,11 +353,11 @@ def convert_towers(model_dir: str | os.PathLike, work_dir: str | os.PathLike,
             files[sec] = Path(path)
         rec["sections"].update(child["record"]["sections"])
         rec["skipped"].update(child["record"]["skipped"])
-        rec["towers"][tower] = {"seconds": round(seconds, 3), "peak_rss_bytes": int(rusage.ru_maxrss) * 1024,
+        rec["towers"][tower] = {"seconds": round(seconds, 3), "peak_rss_bytes": peak,
                                 "loaded": child["record"].get("loaded")}
         if log is not None:
             log(f"{tower}: {len(child['files'])} section(s) in {seconds:.0f} s, "
-                f"child peak RSS {rusage.ru_maxrss / 2**20:.2f} GiB")
+                f"child peak RSS {peak / 2**30:.2f} GiB")
     return files, rec
 
 

@@ -133,6 +133,39 @@ def _failure_line(lines: list[str]) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
+def run_conversion_child(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
+    """Runs one conversion child (``cmd``) to its end; stdout and stderr go to ``log_path``.
+
+    The child gets ``TF_CPP_MIN_LOG_LEVEL=2`` (unless set) and ``PYTHONHASHSEED`` fixed to
+    :data:`EXPORT_HASH_SEED` (the stop-token order in the bundle, see above). It is waited for
+    with ``os.wait4`` so its own peak RSS is read from its rusage; an exception while waiting
+    (Ctrl-C) kills it. Returns ``(exit code, wall seconds, peak RSS bytes)``: the exit code as
+    ``os.waitstatus_to_exitcode`` gives it (negative: killed by that signal), the peak RSS
+    from ``ru_maxrss`` (KiB on Linux).
+    """
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONHASHSEED"] = EXPORT_HASH_SEED
+    t0 = time.monotonic()
+    with open(log_path, "wb") as lf:
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
+        try:
+            _, status, rusage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    seconds = time.monotonic() - t0
+    return os.waitstatus_to_exitcode(status), seconds, int(rusage.ru_maxrss) * 1024
+
+
+def child_failure(code: int, log_path: Path) -> str:
+    """Why a conversion child failed: the signal that killed it, else its traceback's exception line."""
+    if code < 0:
+        return f"killed by signal {-code} (out of memory?)"
+    return _failure_line(_tail(log_path))
+
+
 def export_checkpoint(
     checkpoint_dir: str | os.PathLike,
     source_identity: dict[str, Any],
@@ -191,30 +224,12 @@ def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: st
         if options.lightweight_conversion:
             cmd.append("--lightweight")
         cmd.extend(child_args)
-        t0 = time.monotonic()
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["PYTHONHASHSEED"] = EXPORT_HASH_SEED  # the stop-token order in the bundle (see above)
-        with open(logf, "wb") as lf:
-            proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
-            try:
-                _, status, rusage = os.wait4(proc.pid, 0)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - t0
-        peak = int(rusage.ru_maxrss) * 1024  # Linux: KiB
+        code, seconds, peak = run_conversion_child(cmd, logf)
         produced = out_dir / "model.litertlm"
-        if proc.returncode != 0 or not produced.is_file():
-            lines = _tail(logf)
+        if code != 0 or not produced.is_file():
+            why = child_failure(code, logf)
             kept = root / "exports" / f"failed-{key}.log"
             shutil.copyfile(logf, kept)
-            if proc.returncode and proc.returncode < 0:
-                why = f"killed by signal {-proc.returncode} (out of memory?)"
-            else:
-                why = _failure_line(lines)
             raise BuildError(f"litert-torch export failed: {why} (log: {kept})")
         rec = {
             "key": key,
