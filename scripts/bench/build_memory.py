@@ -107,7 +107,9 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
     shutil.rmtree(cache / "exports", ignore_errors=True)
     if not keep_checkpoint:
         shutil.rmtree(cache / "checkpoints", ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
+    # only this scheme's folder: an fp16 sibling built just before stays, so a wNa8o8 build then
+    # runs its quality stage against it (as `edgekit build --scheme fp16` then `edgekit build` do)
+    shutil.rmtree(out / C.text_bundle_name(model, scheme), ignore_errors=True)
     argv, how = C.build_argv(model, scheme, wd, out)
     env = dict(os.environ, EDGEKIT_CACHE=str(cache))
     C.log(f"build {model} --width-div {wd} --scheme {scheme} ({how}), cache {cache}")
@@ -143,6 +145,11 @@ def measure(model: str, scheme: str, wd: int, work: Path, keep_checkpoint: bool)
         "manifest_export_peak_rss": (b.get("export") or {}).get("peak_rss_bytes"),
         "manifest_builder_peak_rss": b.get("builder_peak_rss_bytes"),
         "stages_s": b.get("stages_s"), "bundle": str(bundle) if bundle else None,
+        # the build's own estimate before it started (edgekit.builder.pipeline.estimate), per stage
+        "estimate_peak_rss": (b.get("estimate") or {}).get("peak_rss_bytes"),
+        "estimate_stage": (b.get("estimate") or {}).get("peak_stage"),
+        "estimate_stages": (b.get("estimate") or {}).get("stages"),
+        "quality_ran": bool(man.quality if man else None),
         "bundle_bytes": bundle.stat().st_size if bundle else None, "how": how,
         "timeline": run.mem.timeline[:: max(1, len(run.mem.timeline) // 20000)],
         "export_sections": export_sections(cache),
@@ -214,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="e2b", choices=["e2b", "tiny"])
     ap.add_argument("--widths", default=None, help="comma-separated width divisors (default e2b: 8,4; tiny: 1)")
-    ap.add_argument("--scheme", default="wNa8o8")
+    ap.add_argument("--scheme", default="wNa8o8",
+                    help="comma-separated schemes, built in this order per width (fp16,wNa8o8: the wNa8o8 "
+                         "build then runs its quality stage against the fp16 sibling, as by default)")
     ap.add_argument("--try-2", dest="try2", action="store_true", help="also width-div 2 if the estimate fits")
     ap.add_argument("--work", type=Path, default=C.REPO / ".cache" / "bench-build")
     ap.add_argument("--fresh-checkpoint", action="store_true", help="regenerate the random checkpoint too")
@@ -238,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     for wd in widths:
         if a.model == "e2b":
             C.wait_for_quiet_machine()
-        results.append(measure(a.model, a.scheme, wd, a.work, not a.fresh_checkpoint))
-        r = results[-1]
-        C.log(f"w{wd}: {r['params']:,} params, peak {r['peak_tree_rss'] / C.GIB:.2f} GiB "
-              f"({r['bytes_per_param']:.2f} B/param) in {r['seconds']:.0f} s; at peak: {r['peak_stage']!r}")
+        for scheme in a.scheme.split(","):
+            results.append(measure(a.model, scheme, wd, a.work, not a.fresh_checkpoint))
+            r = results[-1]
+            C.log(f"w{wd} {scheme}: {r['params']:,} params, peak {r['peak_tree_rss'] / C.GIB:.2f} GiB "
+                  f"({r['bytes_per_param']:.2f} B/param) in {r['seconds']:.0f} s; at peak: {r['peak_stage']!r}")
 
     a0, b0 = fit([(r["params"], r["peak_tree_rss"]) for r in results])
     if a.try2 and a.model == "e2b" and 2 not in widths:
@@ -258,11 +268,21 @@ def main(argv: list[str] | None = None) -> int:
 
     measured = [r for r in results if "params" in r]
     full = text_params(a.model, 1)
+    est_rows = []
+    for r in measured:  # the build's estimate against its measured tree peak (issue 13: within 15%)
+        if r.get("estimate_peak_rss"):
+            est_rows.append(C.Row(
+                f"w{r['width_div']} {r.get('scheme', a.scheme)}: estimate / measured peak RSS"
+                + (" (with quality stage)" if r.get("quality_ran") else ""),
+                f"{r['estimate_peak_rss'] / C.GIB:.2f} GiB at {r.get('estimate_stage') or '?'}",
+                f"{r['peak_tree_rss'] / C.GIB:.2f} GiB", C.ratio(r["estimate_peak_rss"], r["peak_tree_rss"]),
+                C.target(C.WITHIN, 0.15)))
     est_full = a0 + b0 * full
     rows = []
     for r in measured:
         rows.append(C.Row(f"w{r['width_div']}: peak RSS of the build's process tree, GiB", f"{r['peak_tree_rss'] / C.GIB:.2f}",
                           f"{r['params'] / 1e6:.0f} M", r["bytes_per_param"], None, unit=" B/param"))
+    rows.extend(est_rows)
     rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
                       f"{a0 / C.GIB:.2f} GiB + {b0:.2f} B/param", f"{full / 1e6:.0f} M", est_full / C.GIB,
                       C.target("<=", TARGET_GIB), unit=" GiB"))

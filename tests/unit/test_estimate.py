@@ -38,3 +38,49 @@ def test_multimodal_adds_the_tower_child(monkeypatch):
     t = _est("e2b", "wNa8o8", avail, monkeypatch, text_only=True)
     m = _est("e2b", "wNa8o8", avail, monkeypatch, text_only=False)
     assert m.peak_rss_bytes > t.peak_rss_bytes
+
+
+def test_each_stage_is_named_and_the_peak_is_the_largest(monkeypatch):
+    e = _est("e4b", "fp16", 20 * 2**30, monkeypatch)
+    assert {"export", "fill", "verify (engine)"} <= set(e.stages)
+    assert e.peak_rss_bytes == max(e.stages.values()) == e.stages[e.peak_stage]
+    assert e.to_dict()["peak_stage"] == e.peak_stage
+
+
+def test_quality_against_the_fp16_sibling_counts(monkeypatch):
+    monkeypatch.setattr(pl, "mem_available", lambda: 3 * 2**30)  # interpreter route does not fit: engine children
+    p = get_preset("e2b")
+    sch = load_scheme("wNa8o8", p)
+    args = (p, 1, sch, True, Path("/tmp"), True, Path("/tmp"))
+    without = pl.estimate(*args, streamed=True)
+    with_q = pl.estimate(*args, streamed=True, quality_baseline_bytes=10 * 10**9)
+    assert "quality" not in without.stages
+    assert with_q.stages["quality"] == int(1.6 * 10 * 10**9)  # the fp16 engine child, as the fp16 verify
+    assert with_q.peak_stage == "quality" and with_q.peak_rss_bytes > without.peak_rss_bytes
+
+
+def test_cached_towers_run_no_tower_child(monkeypatch):
+    avail = 3 * 2**30
+    monkeypatch.setattr(pl, "mem_available", lambda: avail)
+    p = get_preset("e2b")
+    sch = load_scheme("wNa8o8", p)
+    args = (p, 1, sch, False, Path("/tmp"), True, Path("/tmp"))
+    cold = pl.estimate(*args, streamed=True)
+    audio_cached = pl.estimate(*args, streamed=True, towers_cached=("audio",))
+    both = pl.estimate(*args, streamed=True, towers_cached=("vision", "audio"))
+    assert cold.stages["towers"] > audio_cached.stages["towers"]  # only the vision child is left
+    assert "towers" not in both.stages
+
+
+def test_refusal_names_the_stage_and_the_shortfall(tmp_path, monkeypatch, capsys):
+    from edgekit.cli.main import main
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pl, "mem_available", lambda: 8 * 2**30)
+    code = main(["build", "e4b", "--random-weights", "--text-only", "--scheme", "fp16",
+                 "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 8, err
+    line = [x for x in err.splitlines() if x.startswith("error:")][0]
+    assert "GB of memory at its " in line and " stage, " in line and "more than the 8.0 GB available" in line
+    assert not (tmp_path / "cache" / "checkpoints").exists()  # refused before making weights
