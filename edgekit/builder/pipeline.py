@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import Any, Callable
 
 from edgekit.errors import BuildError, EdgekitError, OutputNotWritable, ResourceError, UsageError
 from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
+from edgekit.runtime.procinfo import peak_rss_bytes
 
 Progress = Callable[[str, str, float | None], None]
 """progress(stage, message, seconds): seconds is None when a stage starts."""
@@ -161,10 +161,6 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
     return Estimate(params, peak, disk, float_bytes, bundle_bytes, mem_available(), free, export_cached)
 
 
-def _self_peak_rss() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 class _Stages:
     def __init__(self, progress: Progress | None, log=None):
         self.progress = progress
@@ -201,7 +197,7 @@ class _Stages:
             raise BuildError(f"{stage} failed in the toolchain: {type(exc).__name__}: {first}") from exc
         dt = time.monotonic() - t0
         self.times[stage] = round(self.times.get(stage, 0.0) + dt, 3)
-        self.peaks[stage] = max(self.peaks.get(stage, 0), _self_peak_rss())
+        self.peaks[stage] = max(self.peaks.get(stage, 0), peak_rss_bytes() or 0)
         if self.progress:
             self.progress(stage, message, dt)
         return out
@@ -697,14 +693,14 @@ def _build(
                 q = _quality(st, out_root / bundle_name(preset.name, "fp16", text_only), bundle, info)
                 if q is not None:
                     manifest["quality"] = q
-            builder_peak = _self_peak_rss()
+            builder_peak = peak_rss_bytes()  # None where it cannot be read: shown as n/a
             export_peak = exp.record.get("peak_rss_bytes") if not exp.cached else None
             build_rec["builder_peak_rss_bytes"] = builder_peak
             tower_peak = max((t["peak_rss_bytes"] for t in (tower_rec or {}).get("towers", {}).values()
                               if not t.get("cached")), default=0)  # a cached tower's child did not run here
             quality_peak = max((c.get("peak_rss_bytes") or 0 for c in
                                 ((manifest.get("quality") or {}).get("children") or {}).values()), default=0)
-            build_rec["peak_rss_bytes"] = max(builder_peak, export_peak or 0, tower_peak, quality_peak)
+            build_rec["peak_rss_bytes"] = max(builder_peak or 0, export_peak or 0, tower_peak, quality_peak)
             build_rec["seconds"] = round(time.monotonic() - t_start, 3)
             build_rec["stages_s"] = st.times
             # where the builder's peak arose: its high-water mark after each stage (children: export, towers, quality)

@@ -37,6 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgekit.runtime.procinfo import peak_rss_bytes
+
 BOS_TEXT = "<bos>"
 SCORING_TIMEOUT_S = 3600.0
 RUNTIME = "litert_lm CPU engine (Session.run_text_scoring, one child process per bundle)"
@@ -44,17 +46,6 @@ RUNTIME = "litert_lm CPU engine (Session.run_text_scoring, one child process per
 
 class ScoringError(RuntimeError):
     """The engine could not score the texts (load failure, native abort, timeout)."""
-
-
-def _peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _child(spec_path: str, out_path: str) -> None:
@@ -91,7 +82,7 @@ def _child(spec_path: str, out_path: str) -> None:
                "score_s": round(time.monotonic() - t1, 3)}
     except Exception as exc:  # reported to the parent, which raises ScoringError
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:800]}
-    out["peak_rss_bytes"] = _peak_rss_bytes()
+    out["peak_rss_bytes"] = peak_rss_bytes()
     tmp = out_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f)

@@ -1,0 +1,33 @@
+"""This process's own memory figures, read the one way every part of edgekit reads them.
+
+Lives in ``edgekit/runtime`` (the bottom floor, standard library only) so that the runtime's
+scoring child and the builder (a higher floor) share it (docs/contracts.md "Layering").
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size in bytes, or None when it cannot be read.
+
+    ``VmHWM`` of ``/proc/self/status`` (Linux); where there is no ``/proc``, ``getrusage``'s
+    ``ru_maxrss`` (bytes on macOS, KiB elsewhere). VmHWM first: it counts this process's own
+    memory only, while ``ru_maxrss`` of a process started by vfork + exec (Python's subprocess
+    does so) starts at the peak of the parent it was started from (measured: a child started
+    from a 1 GiB parent reports ru_maxrss 1036 MiB and VmHWM 11 MiB).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # no getrusage on this platform
+        return None
+    maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return maxrss if sys.platform == "darwin" else maxrss * 1024

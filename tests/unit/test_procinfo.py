@@ -1,0 +1,53 @@
+"""edgekit/runtime/procinfo.py: the one reading of a process's peak RSS (the builder's stage
+peaks and the scoring child's figure)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from edgekit.runtime import procinfo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _touch(nbytes: int) -> bytearray:
+    buf = bytearray(nbytes)
+    for i in range(0, nbytes, 4096):  # zero pages count in RSS only once written
+        buf[i] = 1
+    return buf
+
+
+def test_peak_counts_this_process_memory():
+    before = procinfo.peak_rss_bytes()
+    buf = _touch(256 * 2**20)
+    after = procinfo.peak_rss_bytes()
+    assert before is not None and after is not None
+    assert after >= 256 * 2**20
+    assert after >= before
+    del buf
+
+
+def test_a_child_does_not_inherit_the_parent_peak():
+    buf = _touch(512 * 2**20)  # the parent's peak is now at least 512 MiB
+    code = ("import json, resource, sys; sys.path.insert(0, sys.argv[1]); "
+            "from edgekit.runtime.procinfo import peak_rss_bytes; "
+            "print(json.dumps([peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))")
+    peak, maxrss = json.loads(subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True,
+                                             text=True, check=True).stdout)
+    del buf
+    assert peak < 200 * 2**20, (peak, maxrss)  # a bare interpreter and numpy-free import: tens of MiB
+    assert peak <= maxrss
+
+
+def test_without_proc_it_falls_back_to_getrusage(monkeypatch):
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(procinfo, "open", no_proc, raising=False)
+    got = procinfo.peak_rss_bytes()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert got == (maxrss if sys.platform == "darwin" else maxrss * 1024)
