@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -414,8 +413,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
     exact = ExactWeights(ckpt)
     approximations: list[dict[str, Any]] = []
     replaced: dict[str, Path] = {}
-    srq_total = srq_set = 0
-    srq_records: list[dict[str, Any]] = []
+    srq_total = 0
 
     # ---- prefill/decode: FC weights exact, SRQ activations as qsv
     pd_plans = plans.get(PD, [])
