@@ -48,6 +48,10 @@ ROW_BLOCK_BYTES = 64 << 20  # float32 bytes of checkpoint rows converted at once
 # writer, straight into the file): the inline flatbuffer builder holds the data two or three
 # times while it grows (the full E2B per-layer table, 1.2 GB, took the builder to ~10 GiB)
 INLINE_LIMIT = 64 << 20
+# sections with this many buffer bytes or more are written weight by weight straight into
+# the file (_write_streamed), never holding their filled weights (tests lower it)
+STREAM_LIMIT = INLINE_LIMIT
+_PACK_MIN = 1024  # ai-edge-quantizer's _PackedBufferData min_size_bytes: smaller buffers stay inline
 
 
 # ------------------------------------------------------------------- weights
@@ -301,24 +305,37 @@ def _quantize_rows(block: np.ndarray, bits: int, kind: str):
     return np.asarray(p.quantized_data), np.asarray(p.scale, dtype=np.float32).reshape(-1), p
 
 
-def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The filled buffer of one op's weight, and its per-row scales for integer types."""
-    from ai_edge_quantizer.transformations import transformation_utils as tu
-
-    shape = weights.shape(module)
-    n = int(np.prod(shape))
+def _weight_size(weights: CheckpointWeights, module: str, dtype: int) -> int:
+    """Exact byte size of one op's filled weight, from its checkpoint shape and tensor type."""
+    n = int(np.prod(weights.shape(module)))
     if dtype in _QBITS:
         if (n * _QBITS[dtype]) % 8:
             raise ValueError(f"{module}: {n} {_QBITS[dtype]}-bit values do not fill whole bytes")
-        total = n * _QBITS[dtype] // 8
-    elif dtype in (FLOAT32, FLOAT16):
-        total = n * (4 if dtype == FLOAT32 else 2)
-    else:
-        raise ValueError(f"{module}: cannot fill a weight of tensor type {dtype}")
-    # one output array written block by block: never the blocks and their concatenation at once
-    data = np.empty(total, dtype=np.uint8)
-    scales = np.empty(shape[0], dtype=np.float32) if dtype in _QBITS else None
+        return n * _QBITS[dtype] // 8
+    if dtype in (FLOAT32, FLOAT16):
+        return n * (4 if dtype == FLOAT32 else 2)
+    raise ValueError(f"{module}: cannot fill a weight of tensor type {dtype}")
+
+
+def _weight_chunks(weights: CheckpointWeights, module: str, dtype: int, kind: str,
+                   scales: np.ndarray | None) -> Iterator[np.ndarray]:
+    """The filled bytes of one op's weight, a row block at a time, in file order.
+
+    Integer types write their per-row scales into ``scales`` (float32, one per row) as
+    the blocks go by; the blocks together are exactly :func:`_weight_size` bytes.
+    """
+    from ai_edge_quantizer.transformations import transformation_utils as tu
+
+    total = _weight_size(weights, module, dtype)
     pos = 0
+
+    def emit(b: np.ndarray) -> np.ndarray:
+        nonlocal pos
+        if pos + b.size > total:
+            raise ValueError(f"{module}: more than its {total} bytes")
+        pos += b.size
+        return b
+
     exact = getattr(weights, "exact_bits", lambda _m: None)(module)
     if exact is not None and dtype in _QBITS and exact == _QBITS[dtype]:
         # a QAT checkpoint's integers and per-row scales, as stored (never re-quantized)
@@ -330,14 +347,12 @@ def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str
                 # for its kernels): a -128 is clipped to -127, counted and named (as the classic path)
                 clipped += int((q < -127).sum())
                 q = np.maximum(q, -127).astype(np.int8)
-            b = (tu.pack_data(_QBITS[dtype], q) if dtype != INT8 else q).view(np.uint8).reshape(-1)
-            data[pos:pos + b.size] = b
-            pos += b.size
-            del q, b
+            yield emit((tu.pack_data(_QBITS[dtype], q) if dtype != INT8 else q).view(np.uint8).reshape(-1))
+            del q
         if pos != total:
             raise ValueError(f"{module}: wrote {pos} of {total} bytes")
         weights.note(module, bits=exact, written="checkpoint integers and scales", int8_clipped=clipped)
-        return data, scales
+        return
     if isinstance(weights, QatCheckpointWeights) and module in weights.ckpt.modules:
         weights.note(module, bits=weights.ckpt.modules[module].bits,
                      written=("float (int x scale)" if dtype in (FLOAT32, FLOAT16)
@@ -354,11 +369,23 @@ def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str
             if (q.size * _QBITS[dtype]) % 8:
                 raise ValueError(f"{module}: a row block of {q.size} {_QBITS[dtype]}-bit values does not fill whole bytes")
             b = (tu.pack_data(_QBITS[dtype], q) if dtype != INT8 else q).view(np.uint8).reshape(-1)
-        data[pos:pos + b.size] = b
-        pos += b.size
-        del block, b
+        del block
+        yield emit(b)
+        del b
     if pos != total:
         raise ValueError(f"{module}: wrote {pos} of {total} bytes")
+
+
+def _weight_bytes(weights: CheckpointWeights, module: str, dtype: int, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The filled buffer of one op's weight, and its per-row scales for integer types."""
+    total = _weight_size(weights, module, dtype)
+    # one output array written block by block: never the blocks and their concatenation at once
+    data = np.empty(total, dtype=np.uint8)
+    scales = np.empty(weights.shape(module)[0], dtype=np.float32) if dtype in _QBITS else None
+    pos = 0
+    for b in _weight_chunks(weights, module, dtype, kind, scales):
+        data[pos:pos + b.size] = b
+        pos += b.size
     return data, scales
 
 
@@ -375,9 +402,28 @@ class FillReport:
 _DTYPE_NAMES = {FLOAT32: "float32", FLOAT16: "float16", INT8: "int8", INT4: "int4", INT2: "int2"}
 
 
+@dataclasses.dataclass
+class _Pending:
+    """A filled buffer whose bytes are produced only when written (:func:`_weight_chunks`)."""
+
+    module: str
+    dtype: int
+    kind: str
+    size: int  # exact, from shape and type (:func:`_weight_size`)
+    scales: np.ndarray | None  # per-row float32, shared by every tensor of the buffer; set while producing
+
+
 def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, weights: CheckpointWeights,
-                 standin_vocab: int, vocab: int, progress: Callable[[str], None] | None = None) -> FillReport:
-    """Fill one stand-in ``.tflite`` section with the checkpoint's weights; write ``dst``."""
+                 standin_vocab: int, vocab: int, progress: Callable[[str], None] | None = None,
+                 stream_limit: int | None = None) -> FillReport:
+    """Fill one stand-in ``.tflite`` section with the checkpoint's weights; write ``dst``.
+
+    The graph is rewired first with every filled buffer empty (its size is known from shape
+    and type). A section whose buffers reach ``stream_limit`` bytes (default
+    :data:`STREAM_LIMIT`) is written by :func:`_write_streamed`: one row block of one
+    weight in memory at a time. A smaller one gets its bytes in memory and
+    :func:`write_model`.
+    """
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     model = fu.read_model(str(src))
@@ -386,10 +432,8 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
     rep = FillReport()
     old_buffers: set[int] = set()
     filled: set[tuple[int, int]] = set()
-    shared: dict[tuple[str, int], tuple] = {}
-    readers: dict[tuple[int, int], int] = {}
-    for fo in ops:
-        readers[(fo.subgraph, fo.weight)] = readers.get((fo.subgraph, fo.weight), 0) + 1
+    shared: dict[tuple[str, int], int] = {}  # (module, type) -> buffer: one buffer per module and type
+    pending: dict[int, _Pending] = {}
     for n, fo in enumerate(ops):
         sg = model.subgraphs[fo.subgraph]
         wt = sg.tensors[fo.weight]
@@ -397,11 +441,16 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
         if list(wt.shape)[1:] != list(shape)[1:] or (wt.shape[0] != shape[0] and wt.shape[0] != standin_vocab):
             raise ValueError(f"{section}: {fo.module} is {list(wt.shape)} in the graph, {list(shape)} in the checkpoint")
         key = (fo.module, int(wt.type))
-        if key in shared:  # the same weight in another signature's subgraph: one buffer
-            data, scales, bi = shared[key]
-        else:
-            data, scales = _weight_bytes(weights, fo.module, int(wt.type), fo.kind)
-            bi = None
+        bi = shared.get(key)  # the same weight in another signature's subgraph: one buffer
+        if bi is None:
+            size = _weight_size(weights, fo.module, int(wt.type))
+            model.buffers.append(type(model.buffers[wt.buffer])())
+            bi = len(model.buffers) - 1
+            shared[key] = bi
+            pending[bi] = _Pending(fo.module, int(wt.type), fo.kind, size,
+                                   np.zeros(shape[0], dtype=np.float32) if int(wt.type) in _QBITS else None)
+            rep.weight_bytes += size
+        scales = pending[bi].scales
         new = copy.deepcopy(wt)
         if fo.kind == "fc":
             # a shared stand-in weight is named after its group's first module: name each
@@ -413,19 +462,14 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
         if new.shapeSignature is not None:
             new.shapeSignature = np.array(shape, dtype=np.int32)
         if scales is not None:
+            # the one array the weight's producer fills (zeros until then: the same length,
+            # so the serialized flatbuffer's layout does not depend on the values)
             qp = new.quantization
-            qp.scale = scales.astype(np.float32)
+            qp.scale = scales
             qp.zeroPoint = np.zeros(len(scales), dtype=np.int64)
             qp.quantizedDimension = 0
             qp.min = qp.max = None
         old_buffers.add(int(wt.buffer))
-        if bi is None:
-            buf = type(model.buffers[wt.buffer])()
-            buf.data = data
-            model.buffers.append(buf)
-            bi = len(model.buffers) - 1
-            shared[key] = (data, scales, bi)
-            rep.weight_bytes += int(data.nbytes)
         new.buffer = bi
         sg.tensors.append(new)
         ti = len(sg.tensors) - 1
@@ -437,8 +481,6 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
         rep.ops += 1
         rep.tensors += 1
         rep.modules[fo.module] = _DTYPE_NAMES.get(int(wt.type), str(wt.type))
-        if progress and (n % 16 == 0 or n == len(ops) - 1):
-            progress(f"{section}: {n + 1}/{len(ops)} weights")
     # the stand-in's shared weights are no longer read by any op: point them at the
     # empty buffer 0, drop their quantization and their bytes
     dead: set[tuple[int, int]] = set()
@@ -468,8 +510,27 @@ def fill_section(src: str | os.PathLike, dst: str | os.PathLike, section: str, w
                     t.shapeSignature = np.array([vocab if d == standin_vocab else d for d in t.shapeSignature],
                                                 dtype=np.int32)
                 rep.vocab_tensors += 1
+    limit = STREAM_LIMIT if stream_limit is None else stream_limit
+    held = sum(len(b.data) for b in model.buffers if b.data is not None)
+    if held + sum(p.size for p in pending.values()) >= limit:
+        _write_streamed(model, pending, dst, weights, section, progress)
+        return rep
+    for k, (bi, p) in enumerate(pending.items()):
+        model.buffers[bi].data = _produce(weights, p)
+        if progress and (k % 16 == 0 or k == len(pending) - 1):
+            progress(f"{section}: {k + 1}/{len(pending)} weights")
     write_model(model, dst)
     return rep
+
+
+def _produce(weights: CheckpointWeights, p: _Pending) -> np.ndarray:
+    """All of one pending buffer's bytes (its scales land in ``p.scales``)."""
+    data = np.empty(p.size, dtype=np.uint8)
+    pos = 0
+    for b in _weight_chunks(weights, p.module, p.dtype, p.kind, p.scales):
+        data[pos:pos + b.size] = b
+        pos += b.size
+    return data
 
 
 def _drop_tensors(model, dead: set[tuple[int, int]]) -> None:
@@ -504,19 +565,113 @@ def _drop_tensors(model, dead: set[tuple[int, int]]) -> None:
 
 
 def write_model(model, dst: str | os.PathLike) -> None:
-    """Serialize a ModelT with ai-edge-quantizer's writer; external buffers when past 2 GB."""
+    """Serialize a ModelT with ai-edge-quantizer's writer; external buffers when past INLINE_LIMIT.
+
+    Written under a temporary name and renamed into place (edgekit/fsutil.py).
+    """
     from ai_edge_quantizer import model_modifier
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu  # noqa: F401 - schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    dst = Path(dst)
-    if dst.exists():
-        dst.unlink()
+    from edgekit.fsutil import atomic_path
+
     total = sum(len(b.data) for b in model.buffers if b.data is not None)
-    if total < INLINE_LIMIT:
-        data = flatbuffer_utils.convert_object_to_bytearray(model)
-        with open(dst, "wb") as f:
-            f.write(data)
-        return
-    mm = model_modifier.ModelModifier(model)
-    mm._serialize_model(model, model_modifier._PackedBufferData(model), str(dst))  # noqa: SLF001
+    with atomic_path(dst) as tmp:
+        if total < INLINE_LIMIT:
+            data = flatbuffer_utils.convert_object_to_bytearray(model)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            return
+        mm = model_modifier.ModelModifier(model)
+        mm._serialize_model(model, model_modifier._PackedBufferData(model), str(tmp))  # noqa: SLF001
+
+
+def _byte_view(d) -> memoryview:
+    """A buffer's data (numpy array, list of ints, bytes or a memory map's slice) as bytes."""
+    if isinstance(d, np.ndarray):
+        return memoryview(np.ascontiguousarray(d).reshape(-1).view(np.uint8))
+    if isinstance(d, list):
+        return memoryview(np.asarray(d, dtype=np.uint8))
+    return memoryview(d).cast("B")
+
+
+def _pwrite_all(fd: int, data, at: int) -> None:
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+    while len(mv):
+        n = os.pwrite(fd, mv, at)
+        mv, at = mv[n:], at + n
+
+
+def _write_streamed(model, pending: dict[int, _Pending], dst: str | os.PathLike, weights: CheckpointWeights,
+                    section: str, progress: Callable[[str], None] | None = None) -> None:
+    """Write ``model`` with its pending buffers produced one row block at a time, straight into the file.
+
+    The layout is ai-edge-quantizer's external-buffer layout (``ModelModifier._serialize_model``
+    with ``_PackedBufferData``): the flatbuffer first, then every buffer of at least
+    ``_PACK_MIN`` bytes in buffer order, each at a 16-byte aligned absolute offset that
+    ``Buffer.offset`` / ``Buffer.size`` record (smaller buffers stay inline), so the
+    same model gives the same bytes as :func:`write_model` on its external path.
+
+    The flatbuffer's length does not depend on the values it holds (the scale vectors
+    have their final lengths, offset and size fields are present and non-zero), so it is
+    serialized once with placeholders to place the data, the data are written at their
+    offsets, and the flatbuffer is serialized again with the real scales and offsets and
+    written at the front. The checkpoint is read once; memory holds one row block
+    (``ROW_BLOCK_BYTES`` of float32 plus its converted bytes), the scales and the graph.
+    """
+    from ai_edge_quantizer.model_modifier import _round_up_16  # the writer's own alignment
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu  # noqa: F401 - schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgekit.fsutil import atomic_path
+
+    external: dict[int, int] = {}  # buffer -> byte size, in buffer order
+    held: dict[int, object] = {}  # the graph's own constants written from memory
+    for bi, buf in enumerate(model.buffers):
+        if bi in pending:
+            p = pending[bi]
+            if p.size < _PACK_MIN:  # inline, as _PackedBufferData leaves it
+                buf.data = _produce(weights, p)
+                continue
+            external[bi] = p.size
+        elif buf.data is not None and len(buf.data) >= _PACK_MIN:
+            held[bi] = buf.data
+            external[bi] = len(buf.data)
+        else:
+            continue
+        # present and non-zero, so the serialized table has room for the real values
+        buf.data, buf.offset, buf.size = None, 1, 1
+    head = len(flatbuffer_utils.convert_object_to_bytearray(model))
+    offsets: dict[int, int] = {}
+    at = _round_up_16(head)
+    for bi, n in external.items():
+        offsets[bi] = at
+        at = _round_up_16(at + n)
+    end = at
+    streamed = [bi for bi in external if bi in pending]
+    with atomic_path(dst) as tmp:
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, end)  # the alignment gaps read as zeros, as in _serialize_model
+            for bi, d in held.items():
+                _pwrite_all(fd, _byte_view(d), offsets[bi])
+            held.clear()
+            for k, bi in enumerate(streamed):
+                p, at = pending[bi], offsets[bi]
+                for b in _weight_chunks(weights, p.module, p.dtype, p.kind, p.scales):
+                    _pwrite_all(fd, memoryview(b), at)
+                    at += b.size
+                    del b
+                if progress and (k % 16 == 0 or k == len(streamed) - 1):
+                    progress(f"{section}: {k + 1}/{len(streamed)} weights (written to the file)")
+            for bi, n in external.items():
+                model.buffers[bi].offset, model.buffers[bi].size = offsets[bi], n
+            fb = flatbuffer_utils.convert_object_to_bytearray(model)
+            if len(fb) != head:  # the layout above would be wrong: never write such a file
+                raise ValueError(f"{section}: the flatbuffer is {len(fb)} bytes with its data placed, "
+                                 f"{head} when placing it")
+            _pwrite_all(fd, fb, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
