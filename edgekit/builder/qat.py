@@ -407,6 +407,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
 
     from edgekit.builder import quantize as qz
+    from edgekit.builder.quantizer_memory import lean_quantizer
 
     run = run or (lambda stage, msg, fn, *a, **k: fn(*a, **k))
     alg = algorithm_manager.AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY
@@ -449,7 +450,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
     approximations.extend(_conflict_notes(conflicts))
     recipe = rm.get_quantization_recipe()
     dst = work / f"{PD}.tflite"
-    with qz.float_graph_io(), exact_weight_materializers(exact, weight_module.get):
+    with qz.float_graph_io(), exact_weight_materializers(exact, weight_module.get), lean_quantizer():
         q = quantizer.Quantizer(str(secs[PD]))
         q.load_quantization_recipe(recipe)
         res = run("quantize", "prefill/decode: checkpoint integers + SRQ activation scales", q.quantize, qsv)
@@ -491,7 +492,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         if not recipe:
             continue
         dst = work / f"{sec}.tflite"
-        with exact_weight_materializers(exact, weight_module.get):
+        with exact_weight_materializers(exact, weight_module.get), lean_quantizer():
             q = quantizer.Quantizer(str(src))
             q.load_quantization_recipe(recipe)
             res = run("quantize", f"{sec}: checkpoint integers" if use_alg else f"{sec}: per-row re-quantization",

@@ -312,9 +312,9 @@ def quantize_static(
 def quantize_weights(tflite_in: str | os.PathLike, tflite_out: str | os.PathLike, recipe: list[dict]) -> None:
     from ai_edge_quantizer import quantizer
 
-    from edgekit.builder.quantizer_memory import compiled_recipe_patterns
+    from edgekit.builder.quantizer_memory import lean_quantizer
 
-    with compiled_recipe_patterns():
+    with lean_quantizer():
         q = quantizer.Quantizer(str(tflite_in))
         q.load_quantization_recipe(recipe)
         res = q.quantize()

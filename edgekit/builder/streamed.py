@@ -15,7 +15,6 @@ needs 45+ GiB (docs/build-memory.md). This route never holds a float section:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -119,33 +118,6 @@ def quantize_standin_static(src: str | os.PathLike, dst: str | os.PathLike, plan
     qz._export(res, dst)  # noqa: SLF001 - the same writer as the classic route
 
 
-@contextlib.contextmanager
-def fast_array_compare():
-    """Within: ai-edge-quantizer compares quantized arrays with numpy, not through memoryviews.
-
-    Its ``qtyping._compare_array_or_none`` first compares ``a.data == b.data``: for a
-    float16 array Python compares memoryviews element by element, seconds per call. A
-    stand-in's shared weight is read by up to 40 ops, each with its own float16 copy, and
-    the buffer-sharing check compares them pairwise: the fp16 recipe on full E2B's
-    stand-in ran over 12 minutes in that comparison. ``np.array_equal`` gives the same
-    answer for these (finite) arrays. The module attribute is restored on exit.
-    """
-    from ai_edge_quantizer import qtyping
-
-    orig = qtyping._compare_array_or_none  # noqa: SLF001
-
-    def compare(a, b):
-        if a is None or b is None:
-            return a is None and b is None
-        return a is b or np.array_equal(np.asarray(a), np.asarray(b))
-
-    qtyping._compare_array_or_none = compare  # noqa: SLF001
-    try:
-        yield
-    finally:
-        qtyping._compare_array_or_none = orig  # noqa: SLF001
-
-
 def quantize_standin_qat(src: str | os.PathLike, dst: str | os.PathLike, plans, ckpt) -> dict[str, Any]:
     """ai-edge-quantizer on the stand-in's prefill/decode section for a QAT checkpoint.
 
@@ -180,9 +152,10 @@ def quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges 
     takes the checkpoint's bit widths and SRQ activation scales (:func:`quantize_standin_qat`),
     and ``ranges`` is not used; its SRQ record is in ``plans["_srq"]``.
     """
-    from edgekit.builder.quantizer_memory import lean_quantizer  # no 10 GiB qsv check, patterns compiled once
+    # no 10 GiB qsv check, patterns compiled once, arrays compared with numpy
+    from edgekit.builder.quantizer_memory import lean_quantizer
 
-    with fast_array_compare(), lean_quantizer():
+    with lean_quantizer():
         return _quantize_sections(secs, scheme, work, ranges, run, qat_ckpt)
 
 

@@ -1,4 +1,5 @@
-"""edgekit.builder.quantizer_memory: the quantizer without its interpreter check gives the same bytes.
+"""edgekit.builder.quantizer_memory: the quantizer without its interpreter check gives the same bytes;
+``lean_quantizer`` applies all three adjustments and restores them.
 
 The upstream ``Quantizer._ensure_model_qsv_sufficient`` builds an interpreter on the whole
 float model (9.65 GiB on the full E2B stand-in) and can only fail on an empty qsv entry;
@@ -11,6 +12,7 @@ import hashlib
 
 import pytest
 
+from edgekit.builder import quantizer_memory as qm
 from test_streamed import SEC_PD, _scheme, _standin
 
 
@@ -39,7 +41,7 @@ def test_lean_check_gives_the_same_bytes_and_skips_the_interpreter(tmp_path):
 
     src, plans, qsv = _inputs(tmp_path)
     plain, lean = tmp_path / "plain.tflite", tmp_path / "lean.tflite"
-    with sm.fast_array_compare():
+    with qm.fast_array_compare():
         sm.quantize_standin_static(src, plain, plans, qsv)
     made = []
     orig = tfl_interpreter_utils.create_tfl_interpreter
@@ -50,7 +52,7 @@ def test_lean_check_gives_the_same_bytes_and_skips_the_interpreter(tmp_path):
 
     tfl_interpreter_utils.create_tfl_interpreter = counting
     try:
-        with sm.fast_array_compare(), lean_qsv_check() as st:
+        with qm.fast_array_compare(), lean_qsv_check() as st:
             sm.quantize_standin_static(src, lean, plans, qsv)
     finally:
         tfl_interpreter_utils.create_tfl_interpreter = orig
@@ -67,7 +69,7 @@ def test_an_empty_qsv_entry_still_gets_the_upstream_check(tmp_path):
     src, plans, qsv = _inputs(tmp_path)
     name = sorted(qsv)[0]
     qsv[name] = {}
-    with sm.fast_array_compare(), lean_qsv_check() as st, pytest.raises(ValueError, match="Missing QSVs"):
+    with qm.fast_array_compare(), lean_qsv_check() as st, pytest.raises(ValueError, match="Missing QSVs"):
         sm.quantize_standin_static(src, tmp_path / "x.tflite", plans, qsv)
     assert st == {"checks": 1, "skipped": 0}
 
@@ -83,10 +85,10 @@ def test_compiled_recipe_patterns_match_the_same_scopes(tmp_path):
 
     src, plans, qsv = _inputs(tmp_path)
     a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
-    with sm.fast_array_compare(), lean_quantizer():
+    with qm.fast_array_compare(), lean_quantizer():
         shim = recipe_manager.re
         sm.quantize_standin_static(src, a, plans, qsv)
-    with sm.fast_array_compare():
+    with qm.fast_array_compare():
         sm.quantize_standin_static(src, b, plans, qsv)
     assert recipe_manager.re is not shim  # restored
     assert _sha(a) == _sha(b)
@@ -94,3 +96,34 @@ def test_compiled_recipe_patterns_match_the_same_scopes(tmp_path):
     assert set(p for p, _ in shim._compiled) <= patterns | {".*"} and len(shim._compiled) >= 1
     with compiled_recipe_patterns():
         assert recipe_manager.re.search("a.c", "xabcx") and not recipe_manager.re.search("^b", "abc")
+
+
+def test_lean_quantizer_applies_all_three_and_restores_them():
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    def current():
+        return (qtyping._compare_array_or_none, quantizer.Quantizer._ensure_model_qsv_sufficient,  # noqa: SLF001
+                recipe_manager.re)
+
+    before = current()
+    with qm.lean_quantizer() as stats:
+        inside = current()
+    assert stats == {"checks": 0, "skipped": 0}
+    assert all(a is not b for a, b in zip(inside, before)), "each of the three is replaced within"
+    assert isinstance(inside[2], qm._CompiledPatterns)
+    assert current() == before  # restored on exit
+
+
+def test_fast_array_compare_gives_the_upstream_answers():
+    import numpy as np
+    from ai_edge_quantizer import qtyping
+
+    a16 = np.arange(12, dtype=np.float16).reshape(3, 4)
+    cases = [(None, None), (a16, None), (None, a16), (a16, a16), (a16, a16.copy()), (a16, a16 + 1),
+             (a16, a16.reshape(4, 3)), (np.array([1, 2], np.int8), np.array([1, 2], np.int8)),
+             (np.array([1, 2], np.int8), np.array([1, 3], np.int8)), (np.float32(0.5), np.float32(0.5))]
+    upstream = [qtyping._compare_array_or_none(x, y) for x, y in cases]  # noqa: SLF001
+    with qm.fast_array_compare():
+        ours = [qtyping._compare_array_or_none(x, y) for x, y in cases]  # noqa: SLF001
+    assert ours == upstream
+    assert upstream.count(True) >= 4 and upstream.count(False) >= 4
