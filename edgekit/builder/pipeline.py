@@ -140,8 +140,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
         # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%, E2B multimodal +19%
         pd_params = counts["decoder"] + counts["embedding"]  # the decoder layers and the lm_head
-        interp_fp16 = getattr(scheme, "float_dtype", None) == "float16"
-        interp_rss = 0 if _too_big_for_interpreter(bundle_bytes * (3 if interp_fp16 else 1)) else \
+        interp_rss = 0 if _verify_interpreter_skip(bundle_bytes, scheme) else \
             int(1.5e9 + bundle_bytes + 1.05 * pd_params)
         peak = max(export_rss, fill_rss, engine_rss, interp_rss, int(1.5 * 2**30))
         if not text_only:
@@ -724,7 +723,7 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
     from edgekit.builder import verify
 
     prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
-    why = _too_big_for_interpreter(interpreter_bytes(bundle, sch.is_float and sch.float_dtype == "float16"))
+    why = _verify_interpreter_skip(bundle.stat().st_size, sch)
     if why:  # the engine check below still runs the bundle
         runtime: dict[str, Any] = {"interpreter": {"ok": None, "skipped": why}}
         st.run("verify", f"interpreter: skipped, {why}", lambda: None)
@@ -755,15 +754,7 @@ def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, base
     cand_bundle = cand_dir / cand.bundle_file
     if not cand_bundle.is_file():
         return
-    from edgekit import quality as ql
-
-    why = _too_big_for_interpreter(interpreter_bytes(cand_bundle, False), interpreter_bytes(baseline_bundle, True))
-    if why:
-        res = _engine_quality(st, cand_bundle, baseline_bundle, why)
-    else:
-        res = dict(st.run("quality", f"{cand_bundle.name} vs this baseline", ql.evaluate, cand_bundle,
-                          baseline_bundle))
-    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
+    res = _quality_against(st, cand_bundle, baseline_bundle, base.bundle_sha256, f"{cand_bundle.name} vs this baseline")
     mf.write_manifest(mpath, cand.replace(quality=res))
 
 
@@ -796,11 +787,24 @@ def _check_writable(out_root: Path) -> None:
         raise OutputNotWritable(f"cannot write to output folder {out_root}: {exc.strerror}") from exc
 
 
-def interpreter_bytes(bundle: Path, float16_weights: bool) -> int:
-    """What ai-edge-litert's interpreter holds to run a bundle: its sections read into memory,
-    plus every float16 weight dequantized to float32 (twice its bytes) when the weights are fp16."""
-    n = Path(bundle).stat().st_size
-    return n * 3 if float16_weights else n
+def interpreter_need(bundle_bytes: int, float16_weights: bool) -> int:
+    """What ai-edge-litert's interpreter holds to run a bundle of ``bundle_bytes``: its sections read
+    into memory, plus every float16 weight dequantized to float32 (twice its bytes) when the weights
+    are fp16."""
+    return bundle_bytes * 3 if float16_weights else bundle_bytes
+
+
+def _verify_interpreter_skip(bundle_bytes: int, scheme) -> str | None:
+    """Why the verify stage's interpreter check cannot run for a bundle of this size built with this
+    scheme (its weights are float16 only for a float scheme of float_dtype float16), or None when it
+    fits. The estimate asks the same before the build, with the predicted bundle size."""
+    return _too_big_for_interpreter(interpreter_need(bundle_bytes, scheme.is_float and scheme.float_dtype == "float16"))
+
+
+def _quality_interpreter_skip(candidate_bytes: int, baseline_bytes: int) -> str | None:
+    """Why the quality stage cannot score the candidate against its fp16 baseline in the builder's
+    interpreter (both held at once), or None when both fit."""
+    return _too_big_for_interpreter(interpreter_need(candidate_bytes, False), interpreter_need(baseline_bytes, True))
 
 
 def _too_big_for_interpreter(*need: int) -> str | None:
@@ -849,12 +853,19 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
     baseline_bundle = baseline_dir / base.bundle_file
     if not baseline_bundle.is_file():
         return None
+    return _quality_against(st, candidate, baseline_bundle, base.bundle_sha256, f"vs {baseline_bundle.name}")
+
+
+def _quality_against(st: _Stages, candidate: Path, baseline_bundle: Path, baseline_sha256: str | None,
+                     label: str) -> dict[str, Any]:
+    """The quality record of ``candidate`` against its fp16 baseline: in the builder's interpreter
+    when both fit, else by engine scoring (:func:`_engine_quality`)."""
     from edgekit import quality as ql
 
-    why = _too_big_for_interpreter(interpreter_bytes(candidate, False), interpreter_bytes(baseline_bundle, True))
+    why = _quality_interpreter_skip(candidate.stat().st_size, baseline_bundle.stat().st_size)
     if why:
         res = _engine_quality(st, candidate, baseline_bundle, why)
     else:
-        res = dict(st.run("quality", f"vs {baseline_bundle.name}", ql.evaluate, candidate, baseline_bundle))
-    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": base.bundle_sha256}
+        res = dict(st.run("quality", label, ql.evaluate, candidate, baseline_bundle))
+    res["baseline"] = {"bundle": str(baseline_bundle), "sha256": baseline_sha256}
     return res
