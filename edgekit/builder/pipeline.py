@@ -49,6 +49,9 @@ GIB = 1024**3
 EXPORT_RSS_BYTES_PER_PARAM = 10.0  # measured: ~10 B/param (toolchain notes: 805 M params -> 8.1-10.3 GB)
 EXPORT_RSS_BASE = int(1.3 * GIB)  # tiny model export peaks at ~1.3 GB (imports of torch/tf/transformers)
 QUANTIZE_RSS_PER_FLOAT_BYTE = 3.0  # flatbuffer unpack + quantized copy + calibration state
+# the builder's own RSS (torch, tensorflow, litert imported) while it waits for a child: a child's
+# stage costs the tree this plus the child (tiny: export child 1.31 GiB, tree 1.69 GiB)
+BUILDER_WAIT_RSS = int(0.4 * GIB)
 SOFTCAP_KEY = "edgekit.final_logit_softcapping"
 
 
@@ -69,9 +72,17 @@ class Estimate:
     mem_available_bytes: int | None
     disk_free_bytes: int | None
     export_cached: bool
+    # the process tree's RSS per stage (builder + the child it waits for); the peak is their max
+    stages: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def peak_stage(self) -> str:
+        return max(self.stages, key=lambda k: self.stages[k]) if self.stages else "build"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["peak_stage"] = self.peak_stage
+        return d
 
 
 def _gb(n: int | None) -> str:
@@ -104,7 +115,14 @@ def _bits_of(scheme, module: str) -> float:
 
 
 def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, export_cached: bool,
-             cache_dir: Path, random_checkpoint_bytes: int = 0, streamed: bool = False) -> Estimate:
+             cache_dir: Path, random_checkpoint_bytes: int = 0, streamed: bool = False,
+             towers_cached: tuple[str, ...] = (), quality_baseline_bytes: int = 0) -> Estimate:
+    """Peak RSS of the build's process tree, stage by stage (measured model: docs/build-memory.md).
+
+    ``towers_cached`` names the towers whose conversion is in the cache (no tower child runs);
+    ``quality_baseline_bytes`` is the size of the fp16 sibling the quality stage will score
+    against (0: no quality stage).
+    """
     counts = preset.param_counts(width_div)
     params = counts["text"] if text_only else counts["total"]
     p = "model.language_model"
@@ -120,9 +138,10 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         )
     bundle_bytes = int(bundle_bits / 8)
     float_bytes = 4 * params
-    export_rss = 0 if export_cached else int(EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * params)
+    export_rss = 0 if export_cached else \
+        int(BUILDER_WAIT_RSS + EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * params)
     quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
-    peak = max(export_rss, quant_rss)
+    stages = {"export": export_rss, "quantize": quant_rss}
     if streamed:
         # Per-stage model of the streamed route, fitted on full-size E2B (docs/build-memory.md):
         # stand-in export child 3.72 GiB (tied groups ~4 layers' weights); builder while filling
@@ -130,7 +149,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # 4.7 GB section); the engine verify child maps the whole bundle and, for float16
         # weights, unpacks them (fp16 tree peak 15.7 GiB for 10.1 GB).
         layer = counts["decoder"] / max(1, preset.num_layers)
-        export_rss = int(1.3 * 2**30 + 12 * 4 * layer)
+        export_rss = int(BUILDER_WAIT_RSS + 1.3 * 2**30 + 12 * 4 * layer)
         bits = {"ple": _bits_of(scheme, f"{p}.embed_tokens_per_layer"),
                 "decoder": _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")}
         largest = max(counts["ple"] * bits["ple"], (counts["decoder"] + counts["embedding"]) * bits["decoder"]) / 8
@@ -142,12 +161,22 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         pd_params = counts["decoder"] + counts["embedding"]  # the decoder layers and the lm_head
         interp_rss = 0 if _verify_interpreter_skip(bundle_bytes, scheme) else \
             int(1.5e9 + bundle_bytes + 1.05 * pd_params)
-        peak = max(export_rss, fill_rss, engine_rss, interp_rss, int(1.5 * 2**30))
-        if not text_only:
+        stages = {"export": export_rss, "fill": fill_rss, "verify (engine)": engine_rss,
+                  "verify (interpreter)": interp_rss, "imports": int(1.5 * 2**30)}
+        towers = [t for t in ("vision", "audio") if not text_only and t not in towers_cached]
+        if towers:
             # one tower-conversion child per tower (edgekit/builder/encoders.py), measured at full E2B:
             # vision (168.5 M params) 4.22 GiB, audio (307.2 M) 6.89 GiB: ~1.3 GiB + 19.5 B per tower param
-            peak = max(peak, int(1.3 * 2**30 + 19.5 * max(counts["vision"], counts["audio"])))
+            stages["towers"] = int(BUILDER_WAIT_RSS + 1.3 * 2**30 + 19.5 * max(counts[t] for t in towers))
         float_bytes = 0
+    if quality_baseline_bytes:
+        # against the fp16 sibling: in the builder's interpreter when both fit (the candidate's
+        # sections + the baseline's fp16 weights as float32), else one engine child per bundle
+        # (the baseline's is the larger: its fp16 weights unpacked, as the fp16 verify child)
+        stages["quality"] = int(1.6 * quality_baseline_bytes) \
+            if _quality_interpreter_skip(bundle_bytes, quality_baseline_bytes) else \
+            int(1.5e9 + interpreter_need(bundle_bytes, False) + interpreter_need(quality_baseline_bytes, True))
+    peak = max(stages.values())
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
     free = None
@@ -157,7 +186,8 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
             free = min(free, shutil.disk_usage(_existing_parent(cache_dir)).free)
     except OSError:
         pass
-    return Estimate(params, peak, disk, float_bytes, bundle_bytes, mem_available(), free, export_cached)
+    return Estimate(params, peak, disk, float_bytes, bundle_bytes, mem_available(), free, export_cached,
+                    {k: v for k, v in stages.items() if v})
 
 
 class _Stages:
@@ -545,17 +575,27 @@ def _build(
         source_identity = {"preset": preset.name, "width_div": wd, "weights_sha256": info.weights_sha256}
         key = ex.export_key(source_identity, opts)
         cached = (cache / "exports" / key / "model.litertlm").is_file()
+    towers_cached: tuple[str, ...] = ()
+    if info is not None and streamed and not text_only:
+        towers_cached = tuple(t for t in ("vision", "audio") if (
+            cache / "encoders" / enc.towers_key(source_identity, (t,)) / "towers.json").is_file())
+    baseline = _quality_baseline(out_root / bundle_name(preset.name, "fp16", text_only),
+                                 info.weights_sha256 if info is not None else None) \
+        if quality and sch.static_activations else None
     est = estimate(preset, wd, sch, text_only, out_root, cached, cache,
                    random_checkpoint_bytes=0 if info is not None else _random_bytes(preset, wd),
-                   streamed=streamed)
+                   streamed=streamed, towers_cached=towers_cached,
+                   quality_baseline_bytes=baseline[0].stat().st_size if baseline else 0)
     if progress:
-        progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM (available "
-                 f"{_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk (free {_gb(est.disk_free_bytes)})", 0.0)
+        progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM at {est.peak_stage} "
+                 f"(available {_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk "
+                 f"(free {_gb(est.disk_free_bytes)})", 0.0)
     if not force:
         if est.mem_available_bytes is not None and est.peak_rss_bytes > est.mem_available_bytes:
+            over = est.peak_rss_bytes - est.mem_available_bytes
             raise ResourceError(
-                f"building {name} needs about {_gb(est.peak_rss_bytes)} of memory "
-                f"({est.params:,} parameters), only {_gb(est.mem_available_bytes)} available",
+                f"building {name} needs about {_gb(est.peak_rss_bytes)} of memory at its {est.peak_stage} stage, "
+                f"{_gb(over)} more than the {_gb(est.mem_available_bytes)} available ({est.params:,} parameters)",
                 hint="use --width-div to shrink the model, free memory, or pass --force",
             )
         if est.disk_free_bytes is not None and est.disk_bytes > est.disk_free_bytes:
@@ -833,8 +873,9 @@ def _engine_quality(st: _Stages, candidate: Path, baseline_bundle: Path, why: st
     return res
 
 
-def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str, Any] | None:
-    """manifest["quality"] against an fp16 build of the same source, when one exists."""
+def _quality_baseline(baseline_dir: Path, weights_sha256: str | None):
+    """(bundle, manifest) of the fp16 build the quality stage scores against, or None when there
+    is none for these weights (``weights_sha256`` None: random weights not made yet, any sibling)."""
     import importlib.util
 
     from edgekit.results import manifest as mf
@@ -848,11 +889,18 @@ def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str
         base = mf.read_manifest(mpath)
     except EdgekitError:
         return None
-    if base.weights_sha256 != info.weights_sha256 or base.bundle_file is None:
+    if base.bundle_file is None or (weights_sha256 is not None and base.weights_sha256 != weights_sha256):
         return None
     baseline_bundle = baseline_dir / base.bundle_file
-    if not baseline_bundle.is_file():
+    return (baseline_bundle, base) if baseline_bundle.is_file() else None
+
+
+def _quality(st: _Stages, baseline_dir: Path, candidate: Path, info) -> dict[str, Any] | None:
+    """manifest["quality"] against an fp16 build of the same source, when one exists."""
+    found = _quality_baseline(baseline_dir, info.weights_sha256)
+    if found is None:
         return None
+    baseline_bundle, base = found
     return _quality_against(st, candidate, baseline_bundle, base.bundle_sha256, f"vs {baseline_bundle.name}")
 
 

@@ -206,8 +206,8 @@ def full_section_bytes(model: str) -> dict[str, int]:
 
 def fit(points: list[tuple[int, int]]) -> tuple[float, float]:
     """Least-squares line peak = a + b * params."""
-    if len(points) == 1:
-        p, m = points[0]
+    if len({p for p, _ in points}) == 1:  # one width (perhaps several schemes): through the origin, the largest
+        p, m = max(points, key=lambda x: x[1])
         return 0.0, m / p
     n = len(points)
     mx = sum(p for p, _ in points) / n
