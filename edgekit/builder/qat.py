@@ -414,7 +414,6 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
     exact = ExactWeights(ckpt)
     approximations: list[dict[str, Any]] = []
     replaced: dict[str, Path] = {}
-    srq_total = 0
 
     # ---- prefill/decode: FC weights exact, SRQ activations as qsv
     pd_plans = plans.get(PD, [])
@@ -501,25 +500,11 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         replaced[sec] = dst
 
     for mod, st in sorted(exact.stats.items()):
-        if st.get("int8_clipped"):
-            approximations.append({"what": mod, "why": f"{st['int8_clipped']} int8 weight(s) at -128 clipped to -127 "
-                                   "(LiteRT int8 weights are narrow-range)", "carried": False})
+        approximations.extend(_clipped_notes(mod, st))
     seen_what: set[str] = set()
     approximations = [a for a in approximations if not (a["what"] in seen_what or seen_what.add(a["what"]))]
-    kv = ckpt.kv_cache_scales()
-    n_kv = sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
-    if n_kv:
-        approximations.append({
-            "what": f"KV-cache scales ({n_kv} of {2 * len(kv)} layers' k/v)",
-            "why": "the CPU export keeps the KV cache float32 (litert-torch 0.10: int8 KV only in the NPU "
-                   "pipeline, which the CPU engine cannot load); not carried",
-            "carried": False,
-        })
-    for name in ckpt.modules:
-        if ckpt.modules[name].kind != "linear":
-            continue
-        s_in, s_out = ckpt.srq_scales(name)
-        srq_total += (s_in > 0) + (s_out > 0)
+    n_kv = _kv_cache_notes(ckpt, approximations)
+    srq_total = _srq_scale_count(ckpt)
     record = {
         "version": QAT_RECORD_VERSION,
         "mode": "exact",
@@ -531,6 +516,39 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         "approximations": approximations,
     }
     return replaced, record
+
+
+def _clipped_notes(mod: str, st: dict[str, Any]) -> list[dict[str, Any]]:
+    """The approximation note of a module whose int8 weights held -128 (written as -127), if any."""
+    if not st.get("int8_clipped"):
+        return []
+    return [{"what": mod, "why": f"{st['int8_clipped']} int8 weight(s) at -128 clipped to -127 "
+             "(LiteRT int8 weights are narrow-range)", "carried": False}]
+
+
+def _kv_cache_notes(ckpt, approximations: list[dict[str, Any]]) -> int:
+    """Appends the note that the checkpoint's KV-cache scales are not carried (when it has any);
+    returns how many k/v scales it has."""
+    kv = ckpt.kv_cache_scales()
+    n_kv = sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
+    if n_kv:
+        approximations.append({
+            "what": f"KV-cache scales ({n_kv} of {2 * len(kv)} layers' k/v)",
+            "why": "the CPU export keeps the KV cache float32 (litert-torch 0.10: int8 KV only in the NPU "
+                   "pipeline, which the CPU engine cannot load); not carried",
+            "carried": False,
+        })
+    return n_kv
+
+
+def _srq_scale_count(ckpt):
+    """How many SRQ (input/output activation) scales the checkpoint's linears set (non-zero)."""
+    srq_total = 0
+    for name, m in ckpt.modules.items():
+        if m.kind == "linear":
+            s_in, s_out = ckpt.srq_scales(name)
+            srq_total += (s_in > 0) + (s_out > 0)
+    return srq_total
 
 
 def _embedding_config(bits: int):
@@ -631,23 +649,9 @@ class QatBuild:
                        f"EMBEDDING_LOOKUP holds one per row: {st['written']}" if m.kind == "embedding" and m.blocks > 1
                        else f"{m.bits}-bit in the checkpoint: {st['written']}")
                 approximations.append({"what": mod, "why": why, "carried": False})
-            if st.get("int8_clipped"):
-                approximations.append({"what": mod, "why": f"{st['int8_clipped']} int8 weight(s) at -128 clipped to "
-                                       "-127 (LiteRT int8 weights are narrow-range)", "carried": False})
-        kv = self.ckpt.kv_cache_scales()
-        n_kv = sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
-        if n_kv:
-            approximations.append({
-                "what": f"KV-cache scales ({n_kv} of {2 * len(kv)} layers' k/v)",
-                "why": "the CPU export keeps the KV cache float32 (litert-torch 0.10: int8 KV only in the NPU "
-                       "pipeline, which the CPU engine cannot load); not carried",
-                "carried": False,
-            })
-        srq_total = 0
-        for name, m in self.ckpt.modules.items():
-            if m.kind == "linear":
-                s_in, s_out = self.ckpt.srq_scales(name)
-                srq_total += (s_in > 0) + (s_out > 0)
+            approximations.extend(_clipped_notes(mod, st))
+        n_kv = _kv_cache_notes(self.ckpt, approximations)
+        srq_total = _srq_scale_count(self.ckpt)
         written = [k for k, st in weight_stats.items() if st.get("written") == "checkpoint integers and scales"]
         return {
             "version": QAT_RECORD_VERSION,
