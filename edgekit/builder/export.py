@@ -133,6 +133,17 @@ def _failure_line(lines: list[str]) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the builder dies, even by SIGKILL or the OOM killer
+    (a conversion child holds GBs; SIGTERM and Ctrl-C already kill it through the waiting builder)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL (Linux only)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_conversion_child(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
     """Runs one conversion child (``cmd``) to its end; stdout and stderr go to ``log_path``.
 
@@ -148,7 +159,7 @@ def run_conversion_child(cmd: list[str], log_path: Path) -> tuple[int, float, in
     env["PYTHONHASHSEED"] = EXPORT_HASH_SEED
     t0 = time.monotonic()
     with open(log_path, "wb") as lf:
-        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         try:
             _, status, rusage = os.wait4(proc.pid, 0)
         except BaseException:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -76,7 +78,25 @@ def report_error(exc: EdgekitError) -> int:
     return exc.exit_code
 
 
+def _terminated(signum, frame):
+    # SIGTERM (a CI runner cancelling the job, `timeout`, kill) and SIGHUP (the terminal closed)
+    # take the Ctrl-C path: children are stopped, partial traces kept, temporary folders removed
+    _received.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_received[-1])
+
+
+_received: list[str] = []  # the termination signals caught in this process (click turns them into Abort)
+
+
+def _trap_termination() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = _trap_termination()
+    _received.clear()
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
         code = rv if isinstance(rv, int) else EXIT_OK
@@ -89,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        code = EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        by = f" by {_received[-1]}" if _received else ""
+        click.echo(f"error: {'aborted' if isinstance(exc, click.exceptions.Abort) and not by else 'interrupted'}{by}",
+                   err=True)
         code = EXIT_INTERRUPTED
     except Exception as exc:  # a bug in edgekit or an unexpected toolchain failure
         if debug_enabled():
@@ -102,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: internal error: {type(exc).__name__}: {first}", err=True)
         click.echo(f"hint: rerun with {DEBUG_ENV}=1 for the traceback and report it", err=True)
         code = EXIT_INTERNAL
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
     if argv is None:
         sys.exit(code)
     return code
