@@ -19,8 +19,10 @@ per-(row, layer) scales one scale per row cannot hold is re-quantized from ``int
 
 The fill also gives every vocabulary-sized dimension its real size. The weights are read
 from the safetensors files with plain reads, a block of rows at a time, so
-no float table is ever whole in memory. The result is serialized with
-ai-edge-quantizer's writer (external buffers past 2 GB).
+no float table is ever whole in memory. A section with ``STREAM_LIMIT`` bytes of buffers or
+more is written in ai-edge-quantizer's external-buffer layout one row block at a time, straight
+into the file (:func:`_write_streamed`), so no filled weight is ever whole in memory either; a
+smaller one is serialized from memory with ai-edge-quantizer's writer (:func:`write_model`).
 """
 
 from __future__ import annotations
@@ -621,7 +623,6 @@ def _write_streamed(model, pending: dict[int, _Pending], dst: str | os.PathLike,
     (``ROW_BLOCK_BYTES`` of float32 plus its converted bytes), the scales and the graph.
     """
     from ai_edge_quantizer.model_modifier import _round_up_16  # the writer's own alignment
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu  # noqa: F401 - schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     from edgekit.fsutil import atomic_path
