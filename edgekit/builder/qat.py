@@ -65,20 +65,11 @@ def prepare_source(checkpoint, preset, cache_dir: Path, width_div: int | None = 
     ``cache_dir/checkpoints/qat-<sha>``.
     """
     from edgekit.models import qat
-    from edgekit.models.presets import get_preset, width_div_for_config
+    from edgekit.models.presets import get_preset
 
     preset = get_preset(preset)
     ckpt_dir = Path(checkpoint)
-    try:
-        cfg = json.loads((ckpt_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{ckpt_dir}: cannot read config.json ({exc})") from None
-    wd = width_div or width_div_for_config(preset, cfg) or 1
-    try:
-        hf_config = preset.config(wd)
-    except Exception:  # the preset cannot be divided that way: the size is wrong
-        hf_config = preset.config(1)
-    ck = qat.validate_qat_checkpoint(ckpt_dir, hf_config, preset_name=preset.name)
+    ck = _validate(ckpt_dir, preset, width_div)
     digest = _weights_digest(ckpt_dir)
     out = Path(cache_dir) / "checkpoints" / f"qat-{digest[:20]}-dequantized"
     if not (out / "model.safetensors").is_file():
@@ -754,8 +745,9 @@ class QatBuild:
         return rec
 
 
-def _validate(checkpoint, preset):
-    """Validate a QAT checkpoint against the preset (headers and scale tensors only)."""
+def _validate(checkpoint, preset, width_div: int | None = None):
+    """Validate a QAT checkpoint against the preset (headers and scale tensors only), at
+    ``width_div`` or else the width its config.json has."""
     from edgekit.models import qat
     from edgekit.models.presets import get_preset, width_div_for_config
 
@@ -765,7 +757,7 @@ def _validate(checkpoint, preset):
         cfg = json.loads((p / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{p}: cannot read config.json ({exc})") from None
-    wd = width_div_for_config(preset, cfg) or 1
+    wd = width_div or width_div_for_config(preset, cfg) or 1
     try:
         hf = preset.config(wd)
     except Exception:  # the preset cannot be divided that way: the size is wrong
@@ -777,7 +769,6 @@ def precheck(checkpoint, preset) -> None:
     """Validate a ``quant_method: gemma`` checkpoint before anything reads its weights
     (no-op for other checkpoints)."""
     from edgekit.models import qat
-    from edgekit.models.presets import get_preset, width_div_for_config
 
     p = Path(checkpoint)
     try:
@@ -786,13 +777,7 @@ def precheck(checkpoint, preset) -> None:
         return  # the checkpoint loader reports it
     if not qat.is_qat_config(cfg):
         return
-    preset = get_preset(preset)
-    wd = width_div_for_config(preset, cfg) or 1
-    try:
-        hf = preset.config(wd)
-    except Exception:
-        hf = preset.config(1)
-    qat.validate_qat_checkpoint(p, hf, preset_name=preset.name)
+    _validate(p, preset)
 
 
 def is_qat_checkpoint(checkpoint) -> bool:
