@@ -132,6 +132,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         + counts["decoder"] * _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")
         + counts.get("ple_projection", 0) * _bits_of(scheme, f"{p}.per_layer_model_projection")
     )
+    text_bundle_bytes = int(bundle_bits / 8)  # what the interpreter checks read (no tower sections)
     if not text_only:
         bundle_bits += counts["vision"] * _bits_of(scheme, "model.vision_tower.encoder") + counts["audio"] * _bits_of(
             scheme, "model.audio_tower.layers.0"
@@ -144,23 +145,23 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
     stages = {"export": export_rss, "quantize": quant_rss}
     if streamed:
         # Per-stage model of the streamed route, fitted on full-size E2B (docs/build-memory.md):
-        # stand-in export child 3.72 GiB (tied groups ~4 layers' weights); builder while filling
-        # the largest section: its bytes held, serialized and written (fp16: 11.8 GiB for a
-        # 4.7 GB section); the engine verify child maps the whole bundle and, for float16
-        # weights, unpacks them (fp16 tree peak 15.7 GiB for 10.1 GB).
+        # stand-in export child 3.72 GiB (tied groups ~4 layers' weights); the fill (below); the
+        # engine verify child maps the whole bundle and, for float16 weights, unpacks them (fp16
+        # tree peak 15.7 GiB for 10.1 GB).
         layer = counts["decoder"] / max(1, preset.num_layers)
         export_rss = int(BUILDER_WAIT_RSS + 1.3 * 2**30 + 12 * 4 * layer)
-        bits = {"ple": _bits_of(scheme, f"{p}.embed_tokens_per_layer"),
-                "decoder": _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")}
-        largest = max(counts["ple"] * bits["ple"], (counts["decoder"] + counts["embedding"]) * bits["decoder"]) / 8
-        fill_rss = int(1.0 * 2**30 + 2.2 * largest)
+        # the fill streams every large section into its file a row block at a time (fill._write_streamed):
+        # builder high-water after the fill 1.29 GB at e2b width/4 fp16 (3.64 GB before streaming),
+        # the stand-in graph and one 64 MiB block whatever the model's size
+        fill_rss = int(1.5 * 2**30)
         engine_rss = int(1.6 * bundle_bytes)
-        # the interpreter verify (in the builder, when it fits): ~1.5 GB of runtime, the sections read in,
+        # the interpreter verify (in the builder, when it fits): ~1.4 GB of runtime, the sections read in,
         # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
-        # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%, E2B multimodal +19%
+        # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%; the text
+        # sections only (edgekit.runtime.signatures.BundleModel reads no tower section)
         pd_params = counts["decoder"] + counts["embedding"]  # the decoder layers and the lm_head
-        interp_rss = 0 if _verify_interpreter_skip(bundle_bytes, scheme) else \
-            int(1.5e9 + bundle_bytes + 1.05 * pd_params)
+        interp_rss = 0 if _verify_interpreter_skip(text_bundle_bytes, scheme) else \
+            int(1.4e9 + text_bundle_bytes + 1.05 * pd_params)
         stages = {"export": export_rss, "fill": fill_rss, "verify (engine)": engine_rss,
                   "verify (interpreter)": interp_rss, "imports": int(1.5 * 2**30)}
         towers = [t for t in ("vision", "audio") if not text_only and t not in towers_cached]
