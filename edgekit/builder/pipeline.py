@@ -764,7 +764,12 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
     from edgekit.builder import verify
 
     prompt = _tokenize(bundle, ["The quick brown fox"], limit=16)[0]
-    why = _verify_interpreter_skip(bundle.stat().st_size, sch)
+    from edgekit.builder.encoders import is_encoder_section
+    from edgekit.runtime.litertlm_file import read_header
+
+    # the interpreter check reads the text sections only (as the estimate counts them)
+    text_bytes = sum(s.size for s in read_header(bundle).sections if not is_encoder_section(s.name))
+    why = _verify_interpreter_skip(text_bytes, sch)
     if why:  # the engine check below still runs the bundle
         runtime: dict[str, Any] = {"interpreter": {"ok": None, "skipped": why}}
         st.run("verify", f"interpreter: skipped, {why}", lambda: None)

@@ -81,8 +81,9 @@ def report_error(exc: EdgekitError) -> int:
 def _terminated(signum, frame):
     # SIGTERM (a CI runner cancelling the job, `timeout`, kill) and SIGHUP (the terminal closed)
     # take the Ctrl-C path: children are stopped, partial traces kept, temporary folders removed
-    _received.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt(_received[-1])
+    name = signal.Signals(signum).name
+    _received.append(name)
+    raise KeyboardInterrupt(name)
 
 
 _received: list[str] = []  # the termination signals caught in this process (click turns them into Abort)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
-        by = f" by {_received[-1]}" if _received else ""
+        by = f" by {_received[0]}" if _received else ""
         click.echo(f"error: {'aborted' if isinstance(exc, click.exceptions.Abort) and not by else 'interrupted'}{by}",
                    err=True)
         code = EXIT_INTERRUPTED
