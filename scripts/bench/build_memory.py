@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     est_full = a0 + b0 * full
     rows = []
     for r in measured:
-        rows.append(C.Row(f"w{r['width_div']}: peak RSS of the build's process tree, GiB", f"{r['peak_tree_rss'] / C.GIB:.2f}",
+        rows.append(C.Row(f"w{r['width_div']} {r.get('scheme', a.scheme)}: peak RSS of the build's process tree, GiB", f"{r['peak_tree_rss'] / C.GIB:.2f}",
                           f"{r['params'] / 1e6:.0f} M", r["bytes_per_param"], None, unit=" B/param"))
     rows.extend(est_rows)
     rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
