@@ -60,8 +60,15 @@ def all2bit_bundle(tiny_bundles, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def default_result(tiny_bundles) -> dict:
-    return quality.evaluate(tiny_bundles["wNa8o8"], tiny_bundles["fp16"], max_tokens=1024)
+def default_gate(tiny_bundles, tmp_path_factory) -> tuple[int, dict]:
+    """`edgekit eval` of the default wNa8o8 bundle against fp16 with the gate (1024 tokens): exit code and
+    the JSON it wrote (quality.evaluate's figures plus the gate), measured once for the tests below."""
+    return _gate(tiny_bundles["wNa8o8"], tiny_bundles["fp16"], tmp_path_factory.mktemp("gate"), "wNa8o8")
+
+
+@pytest.fixture(scope="module")
+def default_result(default_gate) -> dict:
+    return default_gate[1]
 
 
 def test_evaluate_tiny_bundles_gives_finite_figures(default_result):
@@ -113,8 +120,9 @@ def _gate(bundle: Path, baseline: Path, tmp_path: Path, name: str) -> tuple[int,
     return code, json.loads(out.read_text())
 
 
-def test_quality_gate_passes_default_scheme_and_fails_all_2bit(tiny_bundles, all2bit_bundle, tmp_path, capsys):
-    code_ok, ok = _gate(tiny_bundles["wNa8o8"], tiny_bundles["fp16"], tmp_path, "wNa8o8")
+def test_quality_gate_passes_default_scheme_and_fails_all_2bit(tiny_bundles, all2bit_bundle, default_gate, tmp_path,
+                                                               capsys):
+    code_ok, ok = default_gate
     code_bad, bad = _gate(all2bit_bundle, tiny_bundles["fp16"], tmp_path, "all2bit")
     print(f"wNa8o8: {json.dumps({k: ok.get(k) for k in EVAL_METRICS})}")
     print(f"all2bit: {json.dumps({k: bad.get(k) for k in EVAL_METRICS})}")

@@ -47,9 +47,15 @@ def _range_sha(path: Path, begin: int, n: int) -> str:
 
 # ------------------------------------------------------------------ same inputs, same bytes
 @pytest.mark.slow
-def test_two_builds_are_byte_identical_and_the_manifest_holds_the_lock(tmp_path, tiny_source):
-    a = _fp16(tmp_path / "a")
+def test_two_builds_are_byte_identical_and_the_manifest_holds_the_lock(tmp_path, tiny_source, tiny_bundles,
+                                                                      tiny_manifests):
+    # the first build is the session's tiny fp16 (tests/fixtures_bundles.py: the same pipeline call with the
+    # same inputs and options; verify_engine is no lock option), the second one is made here
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(bundle=tiny_bundles["fp16"], manifest=tiny_manifests["fp16"])
     b = _fp16(tmp_path / "b")
+    assert a.manifest["lock"] == b.manifest["lock"]
     assert sha256_file(a.bundle) == sha256_file(b.bundle)
     assert a.bundle.read_bytes() == b.bundle.read_bytes()
 
@@ -89,21 +95,42 @@ def test_two_builds_are_byte_identical_and_the_manifest_holds_the_lock(tmp_path,
     meta = read_header(a.bundle).system_metadata
     assert meta["uuid"] == lock["identity"]["uuid"] == str(uuid.uuid5(UUID_NAMESPACE, lock["identity"]["sha256"]))
     assert meta["creation_timestamp"] == "1970-01-01T00:00:00+00:00"
-    # another input, another identity (and header)
-    c = _fp16(tmp_path / "c", cache_length=128, prefill=16)
+    # the identity is a function of what the lock records, the export's options included
+    from edgekit.bundle import lock as lk
+
+    assert lk.identity(lock["inputs"], lock["options"], lock["toolchain"]) == lock["identity"]
+    other = {**o, "prefill_length": 16, "cache_length": 128,
+             "export": {**o["export"], "prefill_length": 16, "cache_length": 128}}
+    assert lk.identity(lock["inputs"], other, lock["toolchain"])["uuid"] != lock["identity"]["uuid"]
+    # another option, another identity (and header), end to end; decode_steps (verify's decode length)
+    # needs no new export: another prefill/cache length would cost a whole export here
+    c = _fp16(tmp_path / "c", decode_steps=4)
+    assert c.manifest["lock"]["options"]["decode_steps"] == 4 != o["decode_steps"]
     assert c.manifest["lock"]["identity"]["uuid"] != lock["identity"]["uuid"]
+    assert read_header(c.bundle).system_metadata["uuid"] == c.manifest["lock"]["identity"]["uuid"]
+
+
+@pytest.fixture(scope="module")
+def cold_cli_build(tmp_path_factory):
+    """One `edgekit build tiny --text-only --scheme fp16 --no-quality` in a child process, with an empty
+    cache (the export runs again) and PYTHONHASHSEED=12345; two tests below read it: same bytes as the
+    session's fp16, and a clean terminal (it also shows the export child's output kept off the terminal)."""
+    d = tmp_path_factory.mktemp("cold-cli-build")
+    env = dict(os.environ, EDGEKIT_CACHE=str(d / "cache"), PYTHONHASHSEED="12345")
+    env.pop("EDGEKIT_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "build", "tiny", "--text-only", "--scheme", "fp16",
+                        "--no-quality", "--output", str(d / "out")], env=env, capture_output=True, text=True,
+                       timeout=1800)
+    return r, d / "out"
 
 
 @pytest.mark.slow
-def test_export_redone_under_another_hash_seed_gives_the_same_bundle(tiny_bundles, tmp_path):
+def test_export_redone_under_another_hash_seed_gives_the_same_bundle(tiny_bundles, cold_cli_build):
     """A fresh cache (the export runs again) from a parent with another PYTHONHASHSEED: same bytes.
 
     litert-torch 0.10.0 writes the stop tokens in set() order; the export child runs with PYTHONHASHSEED=0.
     """
-    env = dict(os.environ, EDGEKIT_CACHE=str(tmp_path / "cache"), PYTHONHASHSEED="12345")
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "build", "tiny", "--text-only", "--scheme", "fp16",
-                        "--no-quality", "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                       timeout=1800)
+    r, _ = cold_cli_build
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[export] litert-torch export_hf (float32, child process) ..." in r.stderr  # not the cached one
     rebuilt = Path(r.stdout.strip())
@@ -210,14 +237,10 @@ def test_verify_lock_needs_a_lock(tiny_manifests, tmp_path, capsys):
 
 # ------------------------------------------------------------------ a clean terminal
 @pytest.mark.slow
-def test_cli_build_terminal_carries_only_edgekit_and_the_log_has_the_toolchain(tiny_bundles, tmp_path):
-    env = dict(os.environ, EDGEKIT_CACHE=str(bundle_cache_root()))
-    env.pop("EDGEKIT_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "build", "tiny", "--text-only", "--scheme", "fp16",
-                        "--no-quality", "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                       timeout=900)
+def test_cli_build_terminal_carries_only_edgekit_and_the_log_has_the_toolchain(cold_cli_build):
+    r, out = cold_cli_build
     assert r.returncode == 0, r.stderr[-3000:]
-    bundle = tmp_path / "out" / "tiny-fp16-text" / "tiny-fp16-text.litertlm"
+    bundle = out / "tiny-fp16-text" / "tiny-fp16-text.litertlm"
     assert r.stdout == f"{bundle}\n"  # stdout: the result only
     for marker in TOOLCHAIN_MARKERS:
         assert marker not in r.stderr, (marker, r.stderr[:3000])
