@@ -177,16 +177,18 @@ def test_verify_lock_match_then_diff_after_one_scheme_byte(tmp_path, capsys, cac
 
 
 @pytest.mark.slow
-def test_verify_lock_diff_after_one_calibration_byte(tmp_path, capsys, cache_env):
-    """wNa8o8: one byte of the calibration file changes the activation ranges -> section DIFF."""
-    from edgekit.builder.pipeline import build
+def test_verify_lock_diff_after_one_calibration_byte(tmp_path, capsys, cache_env, tiny_bundles, tiny_manifests):
+    """wNa8o8: one byte of the calibration file changes the activation ranges -> section DIFF.
+
+    The lock is the session's tiny wNa8o8 build (default calibration file; the identity counts the
+    file's content, not the path it was given by), so only the rebuild of --verify-lock calibrates here."""
     from edgekit.schemes.calibration import DEFAULT_CALIBRATION
 
     cal = tmp_path / "calibration.txt"
     shutil.copyfile(DEFAULT_CALIBRATION, cal)
-    built = build("tiny", text_only=True, calibration=cal, output=tmp_path / "dist", cache_dir=bundle_cache_root(),
-                  quality=False, verify_engine=False)
-    assert built.manifest["lock"]["inputs"]["calibration"]["used"] is True
+    manifest_path = tiny_bundles["wNa8o8"].parent / "manifest.json"
+    lock_cal = tiny_manifests["wNa8o8"]["lock"]["inputs"]["calibration"]
+    assert lock_cal["used"] is True and lock_cal["file_sha256"] == sha256_file(cal)
     # one byte: the blank line after the first prompt becomes " ", so the first two prompts are one
     from edgekit.schemes.calibration import parse_calibration
 
@@ -197,8 +199,7 @@ def test_verify_lock_diff_after_one_calibration_byte(tmp_path, capsys, cache_env
     n_before = len(parse_calibration(cal.read_text()))
     cal.write_bytes(bytes(raw))
     assert len(parse_calibration(cal.read_text())) == n_before - 1
-    code = main(["build", "tiny", "--text-only", "--calibration", str(cal), "--verify-lock",
-                 str(built.manifest_path)])
+    code = main(["build", "tiny", "--text-only", "--calibration", str(cal), "--verify-lock", str(manifest_path)])
     cap = capsys.readouterr()
     assert code == 10, cap.err
     rows = {(r[1], r[2]): r[0] for r in _lines(cap.out)}
