@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,70 @@ def code_key() -> str:
     return h.hexdigest()[:16]
 
 
+# Float exports other tests of the session need, made in the background while the tiny bundles are
+# built cold (a fresh clone): a conversion child is single-threaded (the tiny export measured 62.9 s wall,
+# 62.1 s CPU), so on a 2-core machine the other core is idle during the tiny export. The same
+# edgekit.builder.export.export_checkpoint call, in its own process, fills the same cache entry (its
+# per-key lock makes a test that asks for it meanwhile wait, then read it). One child at a time; none is
+# started after the tiny bundles are built, and the running one is waited for then, so nothing runs
+# beside the tests themselves. EDGEKIT_TEST_PREFETCH=0 turns it off.
+PREFETCH_EXPORTS = (
+    {"text_only": False},  # tiny_multimodal_bundle (classic route), test_streamed_encoders' classic sections
+    {"text_only": True, "lightweight_conversion": True},  # test_build_memory
+)
+_PREFETCH_CHILD = (
+    "import json, sys\n"
+    "from edgekit.builder import export as ex\n"
+    "ex.export_checkpoint(sys.argv[2], json.loads(sys.argv[3]), ex.ExportOptions(**json.loads(sys.argv[4])),"
+    " cache_dir=sys.argv[1])\n"
+)
+
+
+class _Prefetch:
+    """Runs PREFETCH_EXPORTS one child after the other in a thread until stop()."""
+
+    def __init__(self, ckpt_dir: Path, identity: dict, options: list[dict], cache: Path):
+        self._jobs = [[sys.executable, "-c", _PREFETCH_CHILD, str(cache), str(ckpt_dir), json.dumps(identity),
+                       json.dumps(o)] for o in options]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._thread = threading.Thread(target=self._run, name="edgekit-test-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for cmd in self._jobs:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                              cwd=str(REPO))
+            self._proc.wait()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+        self._thread.join()
+
+
+def _start_prefetch(cache: Path) -> _Prefetch | None:
+    if os.environ.get("EDGEKIT_TEST_PREFETCH", "1") == "0":
+        return None
+    from edgekit.builder import export as ex
+    from edgekit.builder.pipeline import plan_source
+    from edgekit.models.presets import get_preset
+
+    preset = get_preset("tiny")
+    d, info = plan_source(preset, None, False, 0, 1, cache)
+    if info is None:  # no shipped checkpoint: the random one is made by the build itself
+        return None
+    identity = {"preset": preset.name, "width_div": 1, "weights_sha256": info.weights_sha256}
+    base = {"prefill_length": preset.default_prefill, "cache_length": preset.default_cache_length}
+    todo = [o for o in ({**base, **o} for o in PREFETCH_EXPORTS)
+            if not (cache / "exports" / ex.export_key(identity, ex.ExportOptions(**o)) / "model.litertlm").is_file()]
+    return _Prefetch(d, identity, todo, cache) if todo else None
+
+
 def build_tiny_bundles(out_root: Path | None = None) -> dict[str, Path]:
     """Build (or reuse) the tiny text-only bundles; returns scheme -> bundle path."""
     from edgekit.builder.pipeline import build
@@ -46,15 +113,22 @@ def build_tiny_bundles(out_root: Path | None = None) -> dict[str, Path]:
 
     root = out_root or bundle_cache_root() / "test-bundles" / code_key()
     out: dict[str, Path] = {}
-    for scheme in SCHEMES:
-        name = bundle_name("tiny", scheme, True)
-        d = root / name
-        bundle = d / f"{name}.litertlm"
-        if not (bundle.is_file() and (d / MANIFEST_FILE).is_file()):
-            res = build("tiny", scheme=scheme, text_only=True, output=root, cache_dir=bundle_cache_root(),
-                        quality=False)
-            bundle = res.bundle
-        out[scheme] = bundle
+    prefetch = None
+    try:
+        for scheme in SCHEMES:
+            name = bundle_name("tiny", scheme, True)
+            d = root / name
+            bundle = d / f"{name}.litertlm"
+            if not (bundle.is_file() and (d / MANIFEST_FILE).is_file()):
+                if prefetch is None and out_root is None:
+                    prefetch = _start_prefetch(bundle_cache_root())
+                res = build("tiny", scheme=scheme, text_only=True, output=root, cache_dir=bundle_cache_root(),
+                            quality=False)
+                bundle = res.bundle
+            out[scheme] = bundle
+    finally:
+        if prefetch is not None:
+            prefetch.stop()
     return out
 
 
