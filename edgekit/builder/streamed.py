@@ -224,14 +224,15 @@ STREAMED_PRESETS = ("e2b", "e4b")
 
 
 def use_streamed(route: str, preset_name: str, width_div: int) -> bool:
-    """``route``: "classic", "streamed" or "auto" (streamed for full-width E2B/E4B, which the
-    classic route cannot convert in 24 GiB)."""
+    """``route``: "classic", "streamed" or "auto" (streamed for E2B/E4B at every width: the classic
+    route cannot convert them at full width in 24 GiB, and at width/4 its interpreter calibration with
+    the 4096-token KV cache was killed at 21.85 GiB)."""
     if route not in ("auto", "classic", "streamed"):
         from edgekit.errors import UsageError
 
         raise UsageError(f"--route must be auto, classic or streamed, got {route!r}")
     if route == "auto":
-        return preset_name in STREAMED_PRESETS and width_div == 1
+        return preset_name in STREAMED_PRESETS
     return route == "streamed"
 
 

@@ -41,7 +41,7 @@ from edgekit.errors import EXIT_OK
                    "and SRQ scales (for comparison).")
 @click.option("--route", type=click.Choice(["auto", "classic", "streamed"]), default="auto", show_default=True,
               help="streamed: convert a stand-in with shared weights and write the checkpoint's weights into it "
-                   "(full-size E2B/E4B within 20 GiB); auto picks it for full-width e2b/e4b.")
+                   "(full-size E2B/E4B within 20 GiB); auto picks it for e2b/e4b, classic for tiny.")
 @click.option("--verify-lock", "verify_lock", type=click.Path(path_type=Path), default=None, metavar="MANIFEST",
               help="Rebuild into a temporary folder and compare with MANIFEST's lock: MATCH/DIFF per section on "
                    "stdout; exit 0 all match, 10 something differs, 4 the lock's toolchain differs (refused).")

@@ -245,12 +245,13 @@ def test_route_nonsense_is_a_usage_error(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_use_streamed_picks_full_width_e2b_e4b_only():
+def test_use_streamed_picks_e2b_e4b_at_every_width():
     from edgekit.builder import streamed as sm
     from edgekit.errors import UsageError
 
     assert sm.use_streamed("auto", "e2b", 1) and sm.use_streamed("auto", "e4b", 1)
-    assert not sm.use_streamed("auto", "e2b", 4) and not sm.use_streamed("auto", "tiny", 1)
+    # the classic route's calibration at e2b width/4 with the 4096-token cache was killed at 21.85 GiB
+    assert sm.use_streamed("auto", "e2b", 4) and not sm.use_streamed("auto", "tiny", 1)
     assert sm.use_streamed("streamed", "tiny", 1) and not sm.use_streamed("classic", "e2b", 1)
     with pytest.raises(UsageError):
         sm.use_streamed("nonsense", "tiny", 1)
