@@ -10,8 +10,6 @@ and print where the bundles and the report are.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

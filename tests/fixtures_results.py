@@ -155,8 +155,6 @@ SYNTH = {
 
 
 def write_synthetic() -> None:
-    import json
-
     for name, kw in SYNTH.items():
         d = FIXTURES / name
         d.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ that crashed keeps what it printed before the crash, with ``error`` saying why.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

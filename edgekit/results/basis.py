@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 

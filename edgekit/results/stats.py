@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from edgekit.results.metrics import METRICS, QUALITY_METRICS, REGISTRY, RUN_METRICS
+from edgekit.results.metrics import QUALITY_METRICS, REGISTRY, RUN_METRICS
 from edgekit.results.records import BenchResult
 
 CV_WARN = 0.10  # coefficient of variation above which numbers are not trusted

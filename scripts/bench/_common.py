@@ -618,8 +618,6 @@ def read_manifest(bundle: Path):
 
 
 def atomic_json(path: Path, data: Any) -> None:
-    import json
-
     sys.path.insert(0, str(REPO))
     from edgekit.fsutil import atomic_write_json
 

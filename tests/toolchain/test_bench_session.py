@@ -13,7 +13,6 @@ from edgekit.bench.session import (
 )
 from edgekit.bench.traces import parse_trace_dir
 from edgekit.errors import NotComparable, UsageError
-from edgekit.results.manifest import bundle_name, parse_bundle_name
 from fixtures_results import FIXTURES
 
 TRACE = FIXTURES / "trace-host-run"  # a harness folder pulled from a real host run

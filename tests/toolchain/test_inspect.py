@@ -50,7 +50,7 @@ def test_wna8o8_decode_layer_mlps_are_2bit_and_attention_4bit(reports):
 
 def test_wna8o8_activations_are_static_int8(reports):
     r = reports["wNa8o8"]
-    for sig in ("decode", f"prefill_32"):
+    for sig in ("decode", "prefill_32"):
         quantized = [w for w in _fc(r, sig) if w["weight_dtype"].startswith("INT")]
         assert quantized, sig
         for w in quantized:

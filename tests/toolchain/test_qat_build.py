@@ -8,7 +8,6 @@ import functools
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -8,8 +8,6 @@ dequantization) is compared with transformers' own on the same files.
 from __future__ import annotations
 
 import json
-import math
-import struct
 import time
 
 import numpy as np

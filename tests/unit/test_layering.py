@@ -107,7 +107,7 @@ def test_an_injected_cycle_in_edgekit_is_caught(tree: Path):
     assert not after.violations
     assert any({a, b} <= set(c) for c in after.cycles), (a, b, after.cycles)
     assert not after.ok
-    assert f"cycle: " in L.format_report(after, tree)
+    assert "cycle: " in L.format_report(after, tree)
 
 
 def test_an_injected_cycle_in_scripts_is_caught(tree: Path):
