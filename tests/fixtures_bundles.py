@@ -13,6 +13,7 @@ reruns are fast. The float export itself is cached by the pipeline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -142,9 +143,23 @@ def tiny_manifests(tiny_bundles) -> dict[str, dict]:
     return {k: json.loads((p.parent / "manifest.json").read_text()) for k, p in tiny_bundles.items()}
 
 
-@pytest.fixture(scope="session")
-def tiny_source():
-    """(checkpoint folder, CheckpointInfo) of the source the tiny bundles are built from."""
+@functools.lru_cache(maxsize=None)
+def session_tempdir(prefix: str) -> Path:
+    """A temporary folder for this pytest process, removed at exit (kept with EDGEKIT_KEEP_TEST_FILES)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    if not os.environ.get("EDGEKIT_KEEP_TEST_FILES"):
+        atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_source_info():
+    """(checkpoint folder, CheckpointInfo) of the source the tiny bundles are built from, as the pipeline
+    plans it (the shipped checkpoint, or seed-0 random weights made once)."""
     from edgekit.builder.pipeline import make_random_source, plan_source
     from edgekit.models.presets import get_preset
 
@@ -152,7 +167,22 @@ def tiny_source():
     d, info = plan_source(preset, None, False, 0, 1, bundle_cache_root())
     if info is None:
         info = make_random_source(preset, d, 0, 1)
-    return d, info
+    return Path(d), info
+
+
+def tiny_source_identity() -> tuple[Path, dict, int]:
+    """(checkpoint folder, source identity, vocabulary size) exactly as the pipeline computes them for tiny."""
+    from edgekit.models.presets import get_preset
+
+    preset = get_preset("tiny")
+    d, info = tiny_source_info()
+    return d, {"preset": preset.name, "width_div": 1, "weights_sha256": info.weights_sha256}, int(preset.vocab_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_source():
+    """(checkpoint folder, CheckpointInfo) of the source the tiny bundles are built from."""
+    return tiny_source_info()
 
 
 @pytest.fixture(scope="session")

@@ -12,21 +12,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from fixtures_bundles import session_tempdir
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_qat_checkpoint.py"
 
 
-@functools.lru_cache(maxsize=None)
 def workdir() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="edgekit-qat-tests-"))
-    if not os.environ.get("EDGEKIT_KEEP_TEST_FILES"):
-        import atexit
-
-        atexit.register(shutil.rmtree, d, True)
-    return d
+    return session_tempdir("edgekit-qat-tests-")
 
 
 def script_module():

@@ -21,28 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fixtures_bundles import bundle_cache_root
+from fixtures_bundles import bundle_cache_root, session_tempdir, tiny_source_identity
 
 SEC_PD = "tf_lite_prefill_decode"
 PREFILL, CACHE_LEN = 32, 256  # the pipeline's tiny defaults: the stand-in export the other tests cache
 
 
-@functools.lru_cache(maxsize=None)
 def _workdir() -> Path:
-    import atexit
-    import os
-
-    d = Path(tempfile.mkdtemp(prefix="edgekit-fill-stream-"))
-    if not os.environ.get("EDGEKIT_KEEP_TEST_FILES"):
-        atexit.register(shutil.rmtree, d, True)
-    return d
+    return session_tempdir("edgekit-fill-stream-")
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,20 +42,16 @@ def _standin():
     from edgekit.builder import export as ex
     from edgekit.builder import quantize as qz
     from edgekit.builder import streamed as sm
-    from edgekit.builder.pipeline import make_random_source, plan_source
     from edgekit.models.presets import get_preset
     from edgekit.schemes import load_scheme
 
     preset = get_preset("tiny")
-    d, info = plan_source(preset, None, False, 0, 1, bundle_cache_root())
-    if info is None:
-        info = make_random_source(preset, d, 0, 1)
-    ident = {"preset": preset.name, "width_div": 1, "weights_sha256": info.weights_sha256}
+    d, ident, vocab = tiny_source_identity()
     bits = load_scheme(preset.default_scheme, preset).bits_for  # the plan fp16 builds reuse too
     opts = ex.ExportOptions(text_only=True, prefill_length=PREFILL, cache_length=CACHE_LEN)
     res = sm.export_standin(Path(d), ident, opts, bits, bundle_cache_root())
     toml = qz.unpack(res.bundle, _workdir() / "standin")
-    return Path(d), int(preset.vocab_size), toml, qz.section_files(toml)
+    return d, vocab, toml, qz.section_files(toml)
 
 
 def _scheme(name: str):

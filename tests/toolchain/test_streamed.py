@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fixtures_bundles import bundle_cache_root
+from fixtures_bundles import bundle_cache_root, session_tempdir, tiny_source_identity
 
 SEC_PD = "tf_lite_prefill_decode"
 PREFILL, CACHE_LEN = 32, 256  # the pipeline's defaults: the exports are the ones `edgekit build tiny` uses
@@ -36,29 +34,13 @@ FULLY_CONNECTED, EMBEDDING_LOOKUP = 9, 7
 
 
 # ------------------------------------------------------------------ shared material (once per session)
-@functools.lru_cache(maxsize=None)
 def _workdir() -> Path:
-    import atexit
-    import os
-
-    d = Path(tempfile.mkdtemp(prefix="edgekit-streamed-tests-"))
-    if not os.environ.get("EDGEKIT_KEEP_TEST_FILES"):
-        atexit.register(shutil.rmtree, d, True)
-    return d
+    return session_tempdir("edgekit-streamed-tests-")
 
 
-@functools.lru_cache(maxsize=None)
 def _source():
     """(checkpoint folder, source identity, vocabulary) exactly as the pipeline computes them for tiny."""
-    from edgekit.builder.pipeline import make_random_source, plan_source
-    from edgekit.models.presets import get_preset
-
-    preset = get_preset("tiny")
-    d, info = plan_source(preset, None, False, 0, 1, bundle_cache_root())
-    if info is None:
-        info = make_random_source(preset, d, 0, 1)
-    ident = {"preset": preset.name, "width_div": 1, "weights_sha256": info.weights_sha256}
-    return Path(d), ident, int(preset.vocab_size)
+    return tiny_source_identity()
 
 
 def _scheme(name: str):
