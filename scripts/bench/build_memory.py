@@ -204,11 +204,11 @@ def full_section_bytes(model: str) -> dict[str, int]:
             "tf_lite_per_layer_embedder": 4 * c["ple"], "tf_lite_embedder": 4 * c["embedding"]}
 
 
-def fit(points: list[tuple[int, int]]) -> tuple[float, float]:
-    """Least-squares line peak = a + b * params."""
-    if len({p for p, _ in points}) == 1:  # one width (perhaps several schemes): through the origin, the largest
-        p, m = max(points, key=lambda x: x[1])
-        return 0.0, m / p
+def fit(points: list[tuple[int, int]]) -> tuple[float, float] | None:
+    """Least-squares line peak = a + b * params; None with fewer than two widths (a line through one
+    point and the origin says nothing about full size, which scripts/bench/fullsize.py measures)."""
+    if len({p for p, _ in points}) < 2:
+        return None
     n = len(points)
     mx = sum(p for p, _ in points) / n
     my = sum(m for _, m in points) / n
@@ -253,14 +253,15 @@ def main(argv: list[str] | None = None) -> int:
             C.log(f"w{wd} {scheme}: {r['params']:,} params, peak {r['peak_tree_rss'] / C.GIB:.2f} GiB "
                   f"({r['bytes_per_param']:.2f} B/param) in {r['seconds']:.0f} s; at peak: {r['peak_stage']!r}")
 
-    a0, b0 = fit([(r["params"], r["peak_tree_rss"]) for r in results])
-    if a.try2 and a.model == "e2b" and 2 not in widths:
+    line = fit([(r["params"], r["peak_tree_rss"]) for r in results if "params" in r])
+    if a.try2 and a.model == "e2b" and 2 not in widths and line is not None:
+        a0, b0 = line
         est2 = a0 + b0 * text_params("e2b", 2)
         avail = C.mem_available()
         if est2 < avail - 2 * C.GIB:
             C.wait_for_quiet_machine(need_bytes=int(est2 + 2 * C.GIB))
             results.append(measure(a.model, a.scheme, 2, a.work, not a.fresh_checkpoint))
-            a0, b0 = fit([(r["params"], r["peak_tree_rss"]) for r in results])
+            line = fit([(r["params"], r["peak_tree_rss"]) for r in results if "params" in r])
         else:
             C.log(f"width-div 2 skipped: estimated peak {est2 / C.GIB:.1f} GiB > available "
                   f"{avail / C.GIB:.1f} GiB - 2 GiB")
@@ -277,28 +278,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['estimate_peak_rss'] / C.GIB:.2f} GiB at {r.get('estimate_stage') or '?'}",
                 f"{r['peak_tree_rss'] / C.GIB:.2f} GiB", C.ratio(r["estimate_peak_rss"], r["peak_tree_rss"]),
                 C.target(C.WITHIN, 0.15)))
-    est_full = a0 + b0 * full
     rows = []
     for r in measured:
         rows.append(C.Row(f"w{r['width_div']} {r.get('scheme', a.scheme)}: peak RSS of the build's process tree, GiB", f"{r['peak_tree_rss'] / C.GIB:.2f}",
                           f"{r['params'] / 1e6:.0f} M", r["bytes_per_param"], None, unit=" B/param"))
     rows.extend(est_rows)
-    rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
-                      f"{a0 / C.GIB:.2f} GiB + {b0:.2f} B/param", f"{full / 1e6:.0f} M", est_full / C.GIB,
-                      C.target("<=", TARGET_GIB), unit=" GiB"))
     notes = []
+    if line is not None:
+        a0, b0 = line
+        rows.append(C.Row(f"full {a.model} text-only ({full / 1e9:.2f} B params), extrapolated peak, GiB",
+                          f"{a0 / C.GIB:.2f} GiB + {b0:.2f} B/param", f"{full / 1e6:.0f} M", (a0 + b0 * full) / C.GIB,
+                          C.target("<=", TARGET_GIB), unit=" GiB"))
+    else:
+        notes.append("one width measured: no extrapolation to full size (scripts/bench/fullsize.py builds and "
+                     "measures full size directly)")
     # each stage's own peak (the manifest's: export child's wait4 rusage; builder's getrusage), extrapolated alike
     for key, label in (("manifest_export_peak_rss", "export child (litert-torch, float32)"),
                        ("manifest_builder_peak_rss", "builder process (calibrate, quantize, verify)")):
         pts = [(r["params"], r[key]) for r in measured if r.get(key)]
-        if len(pts) == len(measured) and pts:
+        if len(pts) == len(measured) and fit(pts) is not None:
             sa, sb = fit(pts)
             per = "; ".join(f"w{r['width_div']} {r[key] / C.GIB:.2f} GiB" for r in measured)
             notes.append(f"{label}: {per} -> full size {(sa + sb * full) / C.GIB:.1f} GiB "
                          f"({sa / C.GIB:.2f} GiB + {sb:.2f} B/param)")
     if a.model == "e2b":
         p2 = text_params("e2b", 2)
-        if not any(r.get("width_div") == 2 for r in measured):
+        if line is not None and not any(r.get("width_div") == 2 for r in measured):
+            a0, b0 = line
             notes.append(f"width-div 2 ({p2 / 1e9:.2f} B params): estimated {(a0 + b0 * p2) / C.GIB:.1f} GiB from "
                          f"the same line, against {C.mem_available() / C.GIB:.1f} GiB available now (shared machine)"
                          + ("" if a.try2 else "; not tried (no --try-2)"))
