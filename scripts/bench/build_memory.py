@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"figures measured by this script at {measured_at} (--json {a.from_json.name}), "
                      f"rendered with --from-json")
     print(C.table(rows, ("width", "peak", "text params", "value")))
-    how = measured[0]["how"] if measured else ""
+    hows = list(dict.fromkeys(r["how"] for r in measured))  # the commands as run, in order
+    schemes = ",".join(dict.fromkeys(r.get("scheme", a.scheme) for r in measured)) or a.scheme
     for n in notes:
         print("- " + n)
     if a.json:
@@ -360,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.write:
         body = C.section(f"build_memory: peak RSS of `edgekit build {a.model} --random-weights --text-only`",
                          rows, ("width", "peak", "text params", "value"), notes,
-                         settings=[f"build command: {how}", f"scheme {a.scheme}, cold export cache, nice 5"])
+                         settings=[*(f"build command: {h}" for h in hows),
+                                   f"schemes {schemes} (in this order), cold export cache, nice 5"])
         C.update_results("build_memory" + ("" if a.model == "e2b" else f"-{a.model}"), body)
     return 0
 
