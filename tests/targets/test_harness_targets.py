@@ -78,8 +78,12 @@ def test_ssh_standin_runner_under_harness(ssh_target, e2e_bundle, monkeypatch, t
     for it in tr.iterations:
         assert it.prefill_tokens == P and len(it.token_ms) == D == it.decode_tokens
         assert all(0 < x < 10_000 for x in it.token_ms)
-        # litert_lm: the engine's decode turn, the stamped gaps sum to about the same
-        assert it.decode_ms == pytest.approx(sum(it.token_ms), rel=0.1)
+        # litert_lm: the engine's decode turn, the stamped gaps sum to about the same. Each stamp is taken in
+        # the Python stream callback, which adds its own time to every gap (about 30 us per token measured
+        # here under load, a large share of a 3 ms tiny decode): so the sum is not below the engine's turn
+        # and exceeds it by at most 10% plus 0.1 ms per token; a stamp series that timed prefill or engine
+        # set-up too would be far outside that
+        assert 0.9 * it.decode_ms <= sum(it.token_ms) <= 1.1 * it.decode_ms + 0.1 * D, (it.decode_ms, sum(it.token_ms))
         # the runner's own wall clock sits inside the harness's window
         assert tr.harness["start_epoch_ms"] / 1000 - 1 <= it.t_start <= it.t_end <= tr.harness["end_epoch_ms"] / 1000 + 1
     _check_mem(tr)

@@ -9,7 +9,10 @@ import sys
 from edgekit.builder.export import EXPORT_HASH_SEED, child_failure, run_conversion_child
 
 
-def test_a_child_that_succeeds_gives_its_code_log_env_and_peak(tmp_path):
+def test_a_child_that_succeeds_gives_its_code_log_env_and_peak(tmp_path, monkeypatch):
+    # the child gets TF_CPP_MIN_LOG_LEVEL=2 unless the caller set one (an earlier import in the same
+    # process may have: importing jax sets it to 1)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     log = tmp_path / "child.log"
     code = ("import os, sys\n"
             "buf = bytearray(300 * 2**20)\n"            # zero pages: touch them so they count in RSS
@@ -23,6 +26,14 @@ def test_a_child_that_succeeds_gives_its_code_log_env_and_peak(tmp_path):
     text = log.read_text()
     assert f"hash seed {EXPORT_HASH_SEED}" in text
     assert "tf level 2" in text  # stderr goes to the same log
+
+
+def test_a_child_keeps_the_callers_tf_log_level(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    log = tmp_path / "child.log"
+    code = "import os; print('tf level', os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    rc, _, _ = run_conversion_child([sys.executable, "-c", code], log)
+    assert rc == 0 and "tf level 1" in log.read_text()
 
 
 def test_a_child_that_raises_is_named_by_its_exception_line(tmp_path):
