@@ -154,13 +154,14 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # builder high-water after the fill 1.29 GB at e2b width/4 fp16 (3.64 GB before streaming),
         # the stand-in graph and one 64 MiB block whatever the model's size
         fill_rss = int(1.5 * 2**30)
-        engine_rss = int(1.6 * bundle_bytes)
+        fp16_weights = scheme.is_float and scheme.float_dtype == "float16"
+        # the builder waiting + the engine child; none when the engine check will be skipped (it cannot fit)
+        engine_rss = 0 if _engine_skip(text_bundle_bytes, fp16_weights) else int(1.6 * bundle_bytes)
         # the interpreter verify (in the builder, when it fits): ~1.4 GB of runtime, the sections read in,
         # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
         # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%; the text
         # sections only (edgekit.runtime.signatures.BundleModel reads no tower section)
         pd_params = counts["decoder"] + counts["embedding"]  # the decoder layers and the lm_head
-        fp16_weights = scheme.is_float and scheme.float_dtype == "float16"
         interp_rss = 0 if _verify_interpreter_skip(text_bundle_bytes, scheme) else \
             int(1.4e9 + interpreter_need(text_bundle_bytes, fp16_weights) + (0 if fp16_weights else 1.05 * pd_params))
         stages = {"export": export_rss, "fill": fill_rss, "verify (engine)": engine_rss,
@@ -175,9 +176,11 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # against the fp16 sibling: in the builder's interpreter when both fit (the candidate's
         # sections + the baseline's fp16 weights as float32), else one engine child per bundle
         # (the baseline's is the larger: its fp16 weights unpacked, as the fp16 verify child)
-        stages["quality"] = int(1.6 * quality_baseline_bytes) \
-            if _quality_interpreter_skip(bundle_bytes, quality_baseline_bytes) else \
-            int(1.5e9 + interpreter_need(bundle_bytes, False) + interpreter_need(quality_baseline_bytes, True))
+        if not _quality_interpreter_skip(bundle_bytes, quality_baseline_bytes):
+            stages["quality"] = int(1.5e9 + interpreter_need(bundle_bytes, False)
+                                    + interpreter_need(quality_baseline_bytes, True))
+        elif not _engine_skip(quality_baseline_bytes, True):
+            stages["quality"] = int(1.6 * quality_baseline_bytes)
     peak = max(stages.values())
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
@@ -778,8 +781,13 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
         runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
                                          bundle, prompt)}
     if verify_engine:
-        runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
-                                      bundle, min(16, prefill), 8, cache_length)
+        why = _engine_skip(text_bytes, sch.is_float and sch.float_dtype == "float16")
+        if why:  # it would take the machine's memory (and perhaps the build) with it: named, not run
+            runtime["litert_lm"] = {"ok": None, "skipped": why}
+            st.run("verify", f"LiteRT-LM CPU engine: skipped, {why}", lambda: None)
+        else:
+            runtime["litert_lm"] = st.run("verify", "LiteRT-LM CPU engine (child process)", verify.check_engine,
+                                          bundle, min(16, prefill), 8, cache_length)
     return runtime
 
 
@@ -847,6 +855,26 @@ def _verify_interpreter_skip(bundle_bytes: int, scheme) -> str | None:
     scheme (its weights are float16 only for a float scheme of float_dtype float16), or None when it
     fits. The estimate asks the same before the build, with the predicted bundle size."""
     return _too_big_for_interpreter(interpreter_need(bundle_bytes, scheme.is_float and scheme.float_dtype == "float16"))
+
+
+def engine_need(bundle_bytes: int, float16_weights: bool) -> int:
+    """What a LiteRT-LM CPU engine child holds to load and run a bundle's text sections of
+    ``bundle_bytes``: measured at full E2B, 12.97-13.73 GB for the 10.07 GB fp16 bundle (XNNPack
+    unpacks the float16 weights to float32 beside the mapped file) and 1.43 GB for the 2.13 GB
+    wNa8o8 one (full E4B wNa8o8: 3.05 GB PSS for 3.20 GB)."""
+    return int(1.4 * bundle_bytes) if float16_weights else bundle_bytes
+
+
+def _engine_skip(bundle_bytes: int, float16_weights: bool) -> str | None:
+    """Why a LiteRT-LM engine child cannot run a bundle of ``bundle_bytes`` here, or None when it fits
+    (the verify stage's engine check and the quality stage's engine scoring of an fp16 baseline)."""
+    avail = mem_available()
+    need = engine_need(bundle_bytes, float16_weights)
+    if avail is not None and need > 0.9 * avail:
+        return (f"the LiteRT-LM engine would hold ~{_gb(need)}"
+                + (" (float16 weights unpacked to float32)" if float16_weights else "")
+                + f", {_gb(avail)} available: run the bundle on a machine with more memory")
+    return None
 
 
 def _quality_interpreter_skip(candidate_bytes: int, baseline_bytes: int) -> str | None:
@@ -919,7 +947,13 @@ def _quality_against(st: _Stages, candidate: Path, baseline_bundle: Path, baseli
     from edgekit import quality as ql
 
     why = _quality_interpreter_skip(candidate.stat().st_size, baseline_bundle.stat().st_size)
-    if why:
+    no_engine = _engine_skip(baseline_bundle.stat().st_size, True) if why else None
+    if no_engine:
+        from edgekit.builder import quality_engine as qe
+
+        st.run("quality", f"{label}: skipped, {no_engine}", lambda: None)
+        res = {"skipped": f"{why}; the fp16 baseline: {no_engine}", "method": qe.METHOD, "interpreter_skipped": why}
+    elif why:
         res = _engine_quality(st, candidate, baseline_bundle, why)
     else:
         res = dict(st.run("quality", label, ql.evaluate, candidate, baseline_bundle))

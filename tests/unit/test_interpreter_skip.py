@@ -48,3 +48,30 @@ def test_the_estimate_asks_the_verify_decision_with_the_predicted_bundle(monkeyp
         peaks[why] = est.peak_rss_bytes
     assert asked == [(est.bundle_bytes, sch)] * 2
     assert peaks[None] > peaks["too big"]  # the interpreter term counted only when verify would run it
+
+
+def test_engine_need_and_skip(monkeypatch):
+    # measured at full E2B: the fp16 engine child 12.97-13.73 GB for a 10.07 GB bundle, wNa8o8 1.43 GB for 2.13 GB
+    assert pl.engine_need(10 * GB, True) == 14 * GB
+    assert pl.engine_need(2 * GB, False) == 2 * GB
+    monkeypatch.setattr(pl, "mem_available", lambda: 20 * GB)
+    assert pl._engine_skip(10 * GB, True) is None  # full E2B fp16 runs in 20 GB
+    why = pl._engine_skip(15 * GB, True)  # full E4B fp16 does not
+    assert pl._gb(21 * GB) in why and "float16 weights unpacked to float32" in why and "more memory" in why
+    monkeypatch.setattr(pl, "mem_available", lambda: None)  # unknown: never skipped
+    assert pl._engine_skip(300 * GB, True) is None
+
+
+def test_quality_stage_skips_a_baseline_the_engine_cannot_hold(tmp_path, monkeypatch):
+    """Neither route fits: the quality record says why, and no scoring child is started."""
+    from edgekit.builder import quality_engine as qe
+
+    cand, base = tmp_path / "cand.litertlm", tmp_path / "base.litertlm"
+    for f, size in ((cand, 2 * GB), (base, 15 * GB)):  # sparse: only the sizes are read
+        with open(f, "wb") as fh:
+            fh.truncate(size)
+    monkeypatch.setattr(pl, "mem_available", lambda: 20 * GB)
+    monkeypatch.setattr(qe, "evaluate_engine", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+    res = pl._quality_against(pl._Stages(None), cand, base, "sha", "cand vs base")
+    assert "more memory" in res["skipped"] and res["interpreter_skipped"]
+    assert res["baseline"] == {"bundle": str(base), "sha256": "sha"}
