@@ -155,8 +155,11 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # the stand-in graph and one 64 MiB block whatever the model's size
         fill_rss = int(1.5 * 2**30)
         fp16_weights = scheme.is_float and scheme.float_dtype == "float16"
+        pd_bytes = int((counts["decoder"] * _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")
+                        + counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")
+                        + counts.get("ple_projection", 0) * _bits_of(scheme, f"{p}.per_layer_model_projection")) / 8)
         # the builder waiting + the engine child; none when the engine check will be skipped (it cannot fit)
-        engine_rss = 0 if _engine_skip(text_bundle_bytes, fp16_weights) else int(1.6 * bundle_bytes)
+        engine_rss = 0 if _engine_skip(text_bundle_bytes, pd_bytes, fp16_weights) else int(1.6 * bundle_bytes)
         # the interpreter verify (in the builder, when it fits): ~1.4 GB of runtime, the sections read in,
         # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
         # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%; the text
@@ -179,7 +182,8 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         if not _quality_interpreter_skip(bundle_bytes, quality_baseline_bytes):
             stages["quality"] = int(1.5e9 + interpreter_need(bundle_bytes, False)
                                     + interpreter_need(quality_baseline_bytes, True))
-        elif not _engine_skip(quality_baseline_bytes, True):
+        elif not _engine_skip(quality_baseline_bytes,
+                              2 * (counts["decoder"] + counts["embedding"] + counts.get("ple_projection", 0)), True):
             stages["quality"] = int(1.6 * quality_baseline_bytes)
     peak = max(stages.values())
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
@@ -773,6 +777,7 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
 
     # the interpreter check reads the text sections only (as the estimate counts them)
     text_bytes = sum(s.size for s in read_header(bundle).sections if not is_encoder_section(s.name))
+    pd_bytes = _prefill_decode_bytes(bundle)
     why = _verify_interpreter_skip(text_bytes, sch)
     if why:  # the engine check below still runs the bundle
         runtime: dict[str, Any] = {"interpreter": {"ok": None, "skipped": why}}
@@ -781,7 +786,7 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
         runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
                                          bundle, prompt)}
     if verify_engine:
-        why = _engine_skip(text_bytes, sch.is_float and sch.float_dtype == "float16")
+        why = _engine_skip(text_bytes, pd_bytes, sch.is_float and sch.float_dtype == "float16")
         if why:  # it would take the machine's memory (and perhaps the build) with it: named, not run
             runtime["litert_lm"] = {"ok": None, "skipped": why}
             st.run("verify", f"LiteRT-LM CPU engine: skipped, {why}", lambda: None)
@@ -857,19 +862,31 @@ def _verify_interpreter_skip(bundle_bytes: int, scheme) -> str | None:
     return _too_big_for_interpreter(interpreter_need(bundle_bytes, scheme.is_float and scheme.float_dtype == "float16"))
 
 
-def engine_need(bundle_bytes: int, float16_weights: bool) -> int:
-    """What a LiteRT-LM CPU engine child holds to load and run a bundle's text sections of
-    ``bundle_bytes``: measured at full E2B, 12.97-13.73 GB for the 10.07 GB fp16 bundle (XNNPack
-    unpacks the float16 weights to float32 beside the mapped file) and 1.43 GB for the 2.13 GB
-    wNa8o8 one (full E4B wNa8o8: 3.05 GB PSS for 3.20 GB)."""
-    return int(1.4 * bundle_bytes) if float16_weights else bundle_bytes
+def engine_need(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> int:
+    """What a LiteRT-LM CPU engine child holds to load and run a bundle whose text sections are
+    ``bundle_bytes``, ``pd_bytes`` of them the prefill/decode section. With float16 weights: that
+    section mapped plus XNNPack's float32 copy of its weights, 3x its bytes (the lookup tables are
+    mapped and touched row by row); measured at full E2B fp16 (4.56 GB section of a 10.07 GB bundle):
+    12.97-13.73 GB. Otherwise the text sections' bytes: full E2B wNa8o8 1.43 GB for 2.13 GB, full E4B
+    wNa8o8 3.05 GB PSS for 3.20 GB."""
+    return 3 * pd_bytes if float16_weights else bundle_bytes
 
 
-def _engine_skip(bundle_bytes: int, float16_weights: bool) -> str | None:
-    """Why a LiteRT-LM engine child cannot run a bundle of ``bundle_bytes`` here, or None when it fits
-    (the verify stage's engine check and the quality stage's engine scoring of an fp16 baseline)."""
+def _prefill_decode_bytes(bundle: Path) -> int:
+    """The prefill/decode section's bytes, or the whole file's when it is not a readable bundle."""
+    from edgekit.runtime.litertlm_file import read_header
+
+    try:
+        return sum(s.size for s in read_header(bundle).sections if s.name == "tf_lite_prefill_decode")
+    except (OSError, ValueError, EdgekitError):
+        return bundle.stat().st_size
+
+
+def _engine_skip(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> str | None:
+    """Why a LiteRT-LM engine child cannot run a bundle here (:func:`engine_need`), or None when it
+    fits: the verify stage's engine check and the quality stage's engine scoring of an fp16 baseline."""
     avail = mem_available()
-    need = engine_need(bundle_bytes, float16_weights)
+    need = engine_need(bundle_bytes, pd_bytes, float16_weights)
     if avail is not None and need > 0.9 * avail:
         return (f"the LiteRT-LM engine would hold ~{_gb(need)}"
                 + (" (float16 weights unpacked to float32)" if float16_weights else "")
@@ -947,7 +964,8 @@ def _quality_against(st: _Stages, candidate: Path, baseline_bundle: Path, baseli
     from edgekit import quality as ql
 
     why = _quality_interpreter_skip(candidate.stat().st_size, baseline_bundle.stat().st_size)
-    no_engine = _engine_skip(baseline_bundle.stat().st_size, True) if why else None
+    no_engine = _engine_skip(baseline_bundle.stat().st_size, _prefill_decode_bytes(baseline_bundle), True) \
+        if why else None
     if no_engine:
         from edgekit.builder import quality_engine as qe
 

@@ -51,15 +51,17 @@ def test_the_estimate_asks_the_verify_decision_with_the_predicted_bundle(monkeyp
 
 
 def test_engine_need_and_skip(monkeypatch):
-    # measured at full E2B: the fp16 engine child 12.97-13.73 GB for a 10.07 GB bundle, wNa8o8 1.43 GB for 2.13 GB
-    assert pl.engine_need(10 * GB, True) == 14 * GB
-    assert pl.engine_need(2 * GB, False) == 2 * GB
+    # measured at full E2B: the fp16 engine child 12.97-13.73 GB for a 10.07 GB bundle whose prefill/decode
+    # section is 4.56 GB; wNa8o8 1.43 GB for 2.13 GB
+    assert pl.engine_need(10 * GB, 4 * GB, True) == 12 * GB
+    assert pl.engine_need(2 * GB, GB, False) == 2 * GB
     monkeypatch.setattr(pl, "mem_available", lambda: 20 * GB)
-    assert pl._engine_skip(10 * GB, True) is None  # full E2B fp16 runs in 20 GB
-    why = pl._engine_skip(15 * GB, True)  # full E4B fp16 does not
-    assert pl._gb(21 * GB) in why and "float16 weights unpacked to float32" in why and "more memory" in why
+    assert pl._engine_skip(10 * GB, 4.56 * GB, True) is None  # full E2B fp16 runs in 20 GB
+    why = pl._engine_skip(16 * GB, 9.2 * GB, True)  # full E4B fp16 (9.2 GB section) does not
+    assert pl._gb(27.6 * GB) in why and "float16 weights unpacked to float32" in why and "more memory" in why
+    assert pl._engine_skip(16 * GB, 9.2 * GB, False) is None  # the same bytes quantized: no float32 copy
     monkeypatch.setattr(pl, "mem_available", lambda: None)  # unknown: never skipped
-    assert pl._engine_skip(300 * GB, True) is None
+    assert pl._engine_skip(300 * GB, 300 * GB, True) is None
 
 
 def test_quality_stage_skips_a_baseline_the_engine_cannot_hold(tmp_path, monkeypatch):
