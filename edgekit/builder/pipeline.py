@@ -40,7 +40,8 @@ from typing import Any, Callable
 
 from edgekit.errors import BuildError, EdgekitError, OutputNotWritable, ResourceError, UsageError
 from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
-from edgekit.runtime.procinfo import peak_rss_bytes
+from edgekit.builder.strategies import PD as PD_SECTION  # the prefill/decode section
+from edgekit.runtime.procinfo import mem_available, peak_rss_bytes
 
 Progress = Callable[[str, str, float | None], None]
 """progress(stage, message, seconds): seconds is None when a stage starts."""
@@ -89,15 +90,6 @@ def _gb(n: int | None) -> str:
     return "?" if n is None else f"{n / GIB:.1f} GB"
 
 
-def mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _existing_parent(p: Path) -> Path:
@@ -776,8 +768,9 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
     from edgekit.runtime.litertlm_file import read_header
 
     # the interpreter check reads the text sections only (as the estimate counts them)
-    text_bytes = sum(s.size for s in read_header(bundle).sections if not is_encoder_section(s.name))
-    pd_bytes = _prefill_decode_bytes(bundle)
+    sections = read_header(bundle).sections
+    text_bytes = sum(s.size for s in sections if not is_encoder_section(s.name))
+    pd_bytes = sum(s.size for s in sections if s.name == PD_SECTION)
     why = _verify_interpreter_skip(text_bytes, sch)
     if why:  # the engine check below still runs the bundle
         runtime: dict[str, Any] = {"interpreter": {"ok": None, "skipped": why}}
@@ -877,7 +870,7 @@ def _prefill_decode_bytes(bundle: Path) -> int:
     from edgekit.runtime.litertlm_file import read_header
 
     try:
-        return sum(s.size for s in read_header(bundle).sections if s.name == "tf_lite_prefill_decode")
+        return sum(s.size for s in read_header(bundle).sections if s.name == PD_SECTION)
     except (OSError, ValueError, EdgekitError):
         return bundle.stat().st_size
 

@@ -18,16 +18,30 @@ def peak_rss_bytes() -> int | None:
     does so) starts at the peak of the parent it was started from (measured: a child started
     from a 1 GiB parent reports ru_maxrss 1036 MiB and VmHWM 11 MiB).
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = _kib_field("/proc/self/status", "VmHWM:")
+    if hwm is not None:
+        return hwm
     try:
         import resource
     except ImportError:  # no getrusage on this platform
         return None
     maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def mem_available() -> int | None:
+    """The kernel's estimate of memory available to start new work (``MemAvailable``), in bytes,
+    or None where there is no /proc/meminfo."""
+    return _kib_field("/proc/meminfo", "MemAvailable:")
+
+
+def _kib_field(path: str, key: str) -> int | None:
+    """A ``key: N kB`` line of a /proc file, in bytes; None when the file or the line is missing."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
