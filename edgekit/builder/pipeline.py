@@ -41,7 +41,7 @@ from typing import Any, Callable
 from edgekit.errors import BuildError, EdgekitError, OutputNotWritable, ResourceError, UsageError
 from edgekit.results.manifest import bundle_name  # the folder rule <model>-<scheme>[-text]
 from edgekit.builder.strategies import PD as PD_SECTION  # the prefill/decode section
-from edgekit.runtime.procinfo import mem_available, peak_rss_bytes
+from edgekit.runtime.procinfo import mem_available, mem_total, peak_rss_bytes
 
 Progress = Callable[[str, str, float | None], None]
 """progress(stage, message, seconds): seconds is None when a stage starts."""
@@ -75,14 +75,31 @@ class Estimate:
     export_cached: bool
     # the process tree's RSS per stage (builder + the child it waits for); the peak is their max
     stages: dict[str, int] = dataclasses.field(default_factory=dict)
+    # of a stage's RSS, the file-backed pages the kernel can reclaim (the engine's mapped weight
+    # cache): counted in the RSS, not in the memory the build needs available
+    reclaimable: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def peak_stage(self) -> str:
         return max(self.stages, key=lambda k: self.stages[k]) if self.stages else "build"
 
+    def _need(self, stage: str) -> int:
+        return self.stages[stage] - self.reclaimable.get(stage, 0)
+
+    @property
+    def need_stage(self) -> str:
+        """The stage that needs the most memory available (RSS less reclaimable pages)."""
+        return max(self.stages, key=self._need) if self.stages else "build"
+
+    @property
+    def need_bytes(self) -> int:
+        """The memory the build needs available: what it is refused on."""
+        return self._need(self.need_stage) if self.stages else self.peak_rss_bytes
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["peak_stage"] = self.peak_stage
+        d["need_bytes"], d["need_stage"] = self.need_bytes, self.need_stage
         return d
 
 
@@ -135,6 +152,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         int(BUILDER_WAIT_RSS + EXPORT_RSS_BASE + EXPORT_RSS_BYTES_PER_PARAM * params)
     quant_rss = int(EXPORT_RSS_BASE // 2 + QUANTIZE_RSS_PER_FLOAT_BYTE * float_bytes)
     stages = {"export": export_rss, "quantize": quant_rss}
+    reclaimable: dict[str, int] = {}
     if streamed:
         # Per-stage model of the streamed route, fitted on full-size E2B (docs/build-memory.md):
         # stand-in export child 3.72 GiB (tied groups ~4 layers' weights); the fill (below); the
@@ -150,8 +168,15 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         pd_bytes = int((counts["decoder"] * _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")
                         + counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")
                         + counts.get("ple_projection", 0) * _bits_of(scheme, f"{p}.per_layer_model_projection")) / 8)
-        # the builder waiting + the engine child; none when the engine check will be skipped (it cannot fit)
+        # the builder waiting + the engine child, 1.6x the bundle (fp16 E2B tree peak 15.7 GiB for 10.1 GB), no
+        # more than the machine has: with float16 weights most of it is XNNPack's mapped weight cache, pages the
+        # kernel reclaims, so the need is the builder + the engine's anonymous memory (engine_need); none when
+        # the engine check will be skipped (it cannot fit)
         engine_rss = 0 if _engine_skip(text_bundle_bytes, pd_bytes, fp16_weights) else int(1.6 * bundle_bytes)
+        if engine_rss and fp16_weights:
+            engine_rss = min(engine_rss, mem_total() or engine_rss)
+            reclaimable["verify (engine)"] = max(
+                0, engine_rss - int(BUILDER_WAIT_RSS + engine_need(text_bundle_bytes, pd_bytes, True)))
         # the interpreter verify (in the builder, when it fits): ~1.4 GB of runtime, the sections read in,
         # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
         # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%; the text
@@ -188,7 +213,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
     except OSError:
         pass
     return Estimate(params, peak, disk, float_bytes, bundle_bytes, mem_available(), free, export_cached,
-                    {k: v for k, v in stages.items() if v})
+                    {k: v for k, v in stages.items() if v}, {k: v for k, v in reclaimable.items() if v})
 
 
 class _Stages:
@@ -588,14 +613,16 @@ def _build(
                    streamed=streamed, towers_cached=towers_cached,
                    quality_baseline_bytes=baseline[0].stat().st_size if baseline else 0)
     if progress:
-        progress("estimate", f"{est.params:,} params: needs ~{_gb(est.peak_rss_bytes)} RAM at {est.peak_stage} "
+        peak = "" if est.need_bytes == est.peak_rss_bytes else \
+            f" (peak RSS ~{_gb(est.peak_rss_bytes)} with reclaimable file-backed pages)"
+        progress("estimate", f"{est.params:,} params: needs ~{_gb(est.need_bytes)} RAM at {est.need_stage}{peak} "
                  f"(available {_gb(est.mem_available_bytes)}), ~{_gb(est.disk_bytes)} disk "
                  f"(free {_gb(est.disk_free_bytes)})", 0.0)
     if not force:
-        if est.mem_available_bytes is not None and est.peak_rss_bytes > est.mem_available_bytes:
-            over = est.peak_rss_bytes - est.mem_available_bytes
+        if est.mem_available_bytes is not None and est.need_bytes > est.mem_available_bytes:
+            over = est.need_bytes - est.mem_available_bytes
             raise ResourceError(
-                f"building {name} needs about {_gb(est.peak_rss_bytes)} of memory at its {est.peak_stage} stage, "
+                f"building {name} needs about {_gb(est.need_bytes)} of memory at its {est.need_stage} stage, "
                 f"{_gb(over)} more than the {_gb(est.mem_available_bytes)} available ({est.params:,} parameters)",
                 hint="use --width-div to shrink the model, free memory, or pass --force",
             )
@@ -856,13 +883,23 @@ def _verify_interpreter_skip(bundle_bytes: int, scheme) -> str | None:
 
 
 def engine_need(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> int:
-    """What a LiteRT-LM CPU engine child holds to load and run a bundle whose text sections are
-    ``bundle_bytes``, ``pd_bytes`` of them the prefill/decode section. With float16 weights: that
-    section mapped plus XNNPack's float32 copy of its weights, 3x its bytes (the lookup tables are
-    mapped and touched row by row); measured at full E2B fp16 (4.56 GB section of a 10.07 GB bundle):
-    12.97-13.73 GB. Otherwise the text sections' bytes: full E2B wNa8o8 1.43 GB for 2.13 GB, full E4B
-    wNa8o8 3.05 GB PSS for 3.20 GB."""
-    return 3 * pd_bytes if float16_weights else bundle_bytes
+    """The anonymous memory a LiteRT-LM CPU engine child needs to load and run a bundle whose text
+    sections are ``bundle_bytes``, ``pd_bytes`` of them the prefill/decode section.
+
+    With float16 weights: 1.55x that section. XNNPack unpacks the weights to float32 into its weight
+    cache, a file (:func:`engine_cache_need`) that is mapped, so those pages are file-backed and can be
+    reclaimed; what cannot is the unpacking's working memory. Measured peaks of the engine child's
+    RssAnon: full E2B fp16 7.0 GB for a 4.56 GB section (1.53x), full E4B fp16 11.4 GB for 9.2 GB
+    (1.24x, with 18.7 GB file-backed beside it). Otherwise the text sections' bytes: full E2B wNa8o8
+    1.43 GB for 2.13 GB, full E4B wNa8o8 3.05 GB PSS for 3.20 GB."""
+    return int(1.55 * pd_bytes) if float16_weights else bundle_bytes
+
+
+def engine_cache_need(pd_bytes: int, float16_weights: bool) -> int:
+    """Disk for XNNPack's weight cache of a bundle with float16 weights: their float32 copy, 2.02x the
+    prefill/decode section (full E4B fp16: 18.58 GB for 9.2 GB). 0 otherwise (the packed integer
+    weights are the size of the section or less, and the bundle itself is already on that disk)."""
+    return int(2.05 * pd_bytes) if float16_weights else 0
 
 
 def _prefill_decode_bytes(bundle: Path) -> int:
@@ -876,14 +913,26 @@ def _prefill_decode_bytes(bundle: Path) -> int:
 
 
 def _engine_skip(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> str | None:
-    """Why a LiteRT-LM engine child cannot run a bundle here (:func:`engine_need`), or None when it
-    fits: the verify stage's engine check and the quality stage's engine scoring of an fp16 baseline."""
+    """Why a LiteRT-LM engine child cannot run a bundle here (:func:`engine_need` against 0.9x
+    MemAvailable, :func:`engine_cache_need` against the free space of the temporary folder its
+    weight cache goes to), or None when it fits: the verify stage's engine check and the quality
+    stage's engine scoring of an fp16 baseline."""
     avail = mem_available()
     need = engine_need(bundle_bytes, pd_bytes, float16_weights)
     if avail is not None and need > 0.9 * avail:
         return (f"the LiteRT-LM engine would hold ~{_gb(need)}"
                 + (" (float16 weights unpacked to float32)" if float16_weights else "")
                 + f", {_gb(avail)} available: run the bundle on a machine with more memory")
+    cache = engine_cache_need(pd_bytes, float16_weights)
+    if cache:
+        tmp = tempfile.gettempdir()
+        try:
+            free = shutil.disk_usage(tmp).free
+        except OSError:
+            free = None
+        if free is not None and cache > free:
+            return (f"the LiteRT-LM engine's weight cache (float16 weights as float32) would take ~{_gb(cache)} "
+                    f"in {tmp}, {_gb(free)} free: set TMPDIR to a folder with more space")
     return None
 
 

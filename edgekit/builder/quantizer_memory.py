@@ -14,16 +14,22 @@ RSS, while every later phase (parameters, transformations, serialization) stayed
 when the upstream check cannot raise; with an empty entry it runs the upstream check.
 :func:`compiled_recipe_patterns` compiles each recipe scope pattern once, and
 :func:`fast_array_compare` compares quantized arrays with numpy. :func:`lean_quantizer`
-applies all three; every ``Quantizer`` of the build runs inside it.
+applies all of them and :func:`shared_fp16_casts`; every ``Quantizer`` of the build runs inside it.
 
-(Checked and not needed: ai-edge-quantizer computes a shared weight's quantized data
-once per buffer, not once per consuming op: 17 ``uniform_quantize`` calls for the 17
-weight buffers of that section.)
+(Checked and not needed for the integer recipes: ai-edge-quantizer computes a shared
+weight's quantized data once per buffer, not once per consuming op: 17
+``uniform_quantize`` calls for the 17 weight buffers of that section.)
+
+Its float16 casting does not: ``float_casting.materialize_fc_conv`` (0.10.0) looks the
+buffer up in its cache and then replaces what it found with a fresh
+``astype(np.float16)``, so every op that reads a shared weight holds its own copy until
+serialization. :func:`shared_fp16_casts` hands every such op the cached copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 
 import numpy as np
@@ -117,8 +123,60 @@ def fast_array_compare():
 
 
 @contextlib.contextmanager
+def shared_fp16_casts():
+    """Within: ai-edge-quantizer's float16 casting gives every op that reads one weight buffer
+    the same float16 array, the one its own cache holds for that buffer.
+
+    Upstream computes each op's copy and keeps it: on a stand-in whose tie groups share one
+    weight among up to 40 ops, that is the whole decoder in float16 held at once (full E4B
+    fp16: the builder peaked at 13.3 GiB in this stage). The arrays are equal, so the buffer
+    sharing check and the serialized bytes are the same. Yields how many copies were dropped;
+    the registry entries are restored on exit.
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping
+    from ai_edge_quantizer.algorithms.nonlinear_quantize import float_casting
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    ops = algorithm_manager._alg_manager_instance._algorithm_registry[  # noqa: SLF001
+        algorithm_manager.AlgorithmName.FLOAT_CASTING].quantized_ops
+    names = [n for n in (qtyping.TFLOperationName.FULLY_CONNECTED, qtyping.TFLOperationName.EMBEDDING_LOOKUP)
+             if n in ops]
+    saved = {n: ops[n].materialize_func for n in names}
+    config = float_casting._FP16_QUANT_CONFIG  # noqa: SLF001
+    dropped = {"copies": 0}
+
+    def wrap(orig):
+        def materialize(op_info, graph_info, tensor_name_to_qsv, tensor_quant_params_cache):
+            out = orig(op_info, graph_info, tensor_name_to_qsv, tensor_quant_params_cache)
+            weight = tfl_flatbuffer_utils.parse_fc_bmm_conv_tensors(op_info.op, graph_info.subgraph_tensors)[1]
+            cached = tensor_quant_params_cache.lookup(weight.buffer, config) if weight is not None else None
+            if cached is None:
+                return out
+            for i, ttp in enumerate(out):
+                consumers = ttp.consumers or []
+                for j, c in enumerate(consumers):
+                    p = c.parameters
+                    if (isinstance(p, qtyping.NonLinearQuantParams) and p is not cached
+                            and p.quantized_data is not None
+                            and np.array_equal(p.quantized_data, cached.quantized_data)):
+                        consumers[j] = dataclasses.replace(c, parameters=cached)
+                        dropped["copies"] += 1
+            return out
+        return materialize
+
+    for n in names:
+        ops[n].materialize_func = wrap(saved[n])
+    try:
+        yield dropped
+    finally:
+        for n in names:
+            ops[n].materialize_func = saved[n]
+
+
+@contextlib.contextmanager
 def lean_quantizer():
-    """All three: no interpreter for the qsv check, scope patterns compiled once, arrays
-    compared with numpy. Yields the qsv check's counts (:func:`lean_qsv_check`)."""
-    with fast_array_compare(), lean_qsv_check() as stats, compiled_recipe_patterns():
+    """All four: no interpreter for the qsv check, scope patterns compiled once, arrays
+    compared with numpy, one float16 copy per shared weight. Yields the qsv check's counts
+    (:func:`lean_qsv_check`)."""
+    with fast_array_compare(), lean_qsv_check() as stats, compiled_recipe_patterns(), shared_fp16_casts():
         yield stats

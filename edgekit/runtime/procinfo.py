@@ -35,6 +35,11 @@ def mem_available() -> int | None:
     return _kib_field("/proc/meminfo", "MemAvailable:")
 
 
+def mem_total() -> int | None:
+    """Physical memory (``MemTotal``), in bytes, or None where there is no /proc/meminfo."""
+    return _kib_field("/proc/meminfo", "MemTotal:")
+
+
 def _kib_field(path: str, key: str) -> int | None:
     """A ``key: N kB`` line of a /proc file, in bytes; None when the file or the line is missing."""
     try:

@@ -1,5 +1,6 @@
-"""edgekit.builder.quantizer_memory: the quantizer without its interpreter check gives the same bytes;
-``lean_quantizer`` applies all three adjustments and restores them.
+"""edgekit.builder.quantizer_memory: the quantizer without its interpreter check, and with one float16
+copy per shared weight, gives the same bytes; ``lean_quantizer`` applies all four adjustments and
+restores them.
 
 The upstream ``Quantizer._ensure_model_qsv_sufficient`` builds an interpreter on the whole
 float model (9.65 GiB on the full E2B stand-in) and can only fail on an empty qsv entry;
@@ -98,18 +99,21 @@ def test_compiled_recipe_patterns_match_the_same_scopes(tmp_path):
         assert recipe_manager.re.search("a.c", "xabcx") and not recipe_manager.re.search("^b", "abc")
 
 
-def test_lean_quantizer_applies_all_three_and_restores_them():
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+def test_lean_quantizer_applies_all_four_and_restores_them():
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+
+    fc = algorithm_manager._alg_manager_instance._algorithm_registry[  # noqa: SLF001
+        algorithm_manager.AlgorithmName.FLOAT_CASTING].quantized_ops[qtyping.TFLOperationName.FULLY_CONNECTED]
 
     def current():
         return (qtyping._compare_array_or_none, quantizer.Quantizer._ensure_model_qsv_sufficient,  # noqa: SLF001
-                recipe_manager.re)
+                recipe_manager.re, fc.materialize_func)
 
     before = current()
     with qm.lean_quantizer() as stats:
         inside = current()
     assert stats == {"checks": 0, "skipped": 0}
-    assert all(a is not b for a, b in zip(inside, before)), "each of the three is replaced within"
+    assert all(a is not b for a, b in zip(inside, before)), "each of the four is replaced within"
     assert isinstance(inside[2], qm._CompiledPatterns)
     assert current() == before  # restored on exit
 
@@ -127,3 +131,43 @@ def test_fast_array_compare_gives_the_upstream_answers():
         ours = [qtyping._compare_array_or_none(x, y) for x, y in cases]  # noqa: SLF001
     assert ours == upstream
     assert upstream.count(True) >= 4 and upstream.count(False) >= 4
+
+
+@pytest.mark.slow
+def test_shared_fp16_casts_keep_one_copy_per_buffer_and_the_same_bytes(tmp_path):
+    """ai-edge-quantizer's float16 casting keeps a copy per op that reads a shared weight; within
+    ``shared_fp16_casts`` those ops hold the buffer's cached copy, and the section is byte-identical."""
+    from ai_edge_quantizer import algorithm_manager
+
+    from edgekit.builder import quantize as qz
+    from edgekit.builder import fill
+
+    _res, _toml, secs = _standin("fp16")
+    src = secs[SEC_PD]
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(src))
+    readers: dict[int, int] = {}
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            if fill._code(model, op) in (fill.FULLY_CONNECTED, fill.EMBEDDING_LOOKUP) and len(op.inputs) > 1:
+                b = int(sg.tensors[int(op.inputs[1])].buffer)
+                readers[b] = readers.get(b, 0) + 1
+    shared = sum(n - 1 for n in readers.values() if n > 1)
+    assert shared > 0, "the stand-in shares weights among ops"
+
+    plain, lean = tmp_path / "plain.tflite", tmp_path / "lean.tflite"
+    registry = algorithm_manager._alg_manager_instance._algorithm_registry  # noqa: SLF001
+    ops = registry[algorithm_manager.AlgorithmName.FLOAT_CASTING].quantized_ops
+    before = {k: v.materialize_func for k, v in ops.items()}
+    from ai_edge_quantizer import quantizer
+
+    with qm.fast_array_compare():  # upstream as is, without the pairwise memoryview comparison
+        q = quantizer.Quantizer(str(src))
+        q.load_quantization_recipe(qz.fp16_recipe())
+        qz._export(q.quantize(), plain)  # noqa: SLF001
+    with qm.shared_fp16_casts() as dropped:
+        qz.quantize_weights(src, lean, qz.fp16_recipe())
+    assert {k: v.materialize_func for k, v in ops.items()} == before  # restored on exit
+    assert dropped["copies"] >= shared  # every op past the first on a shared buffer (some are materialized twice)
+    assert _sha(lean) == _sha(plain)

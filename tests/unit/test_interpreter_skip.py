@@ -51,17 +51,34 @@ def test_the_estimate_asks_the_verify_decision_with_the_predicted_bundle(monkeyp
 
 
 def test_engine_need_and_skip(monkeypatch):
-    # measured at full E2B: the fp16 engine child 12.97-13.73 GB for a 10.07 GB bundle whose prefill/decode
-    # section is 4.56 GB; wNa8o8 1.43 GB for 2.13 GB
-    assert pl.engine_need(10 * GB, 4 * GB, True) == 12 * GB
+    # measured peaks of the engine child's anonymous memory: full E2B fp16 7.0 GB for a 4.56 GB
+    # prefill/decode section, full E4B fp16 11.4 GB for 9.2 GB (its float32 weight cache, 18.6 GB, is a
+    # mapped file); wNa8o8 1.43 GB for 2.13 GB
+    assert pl.engine_need(10 * GB, 4 * GB, True) == int(1.55 * 4 * GB)
     assert pl.engine_need(2 * GB, GB, False) == 2 * GB
+    assert pl.engine_cache_need(9 * GB, True) == int(2.05 * 9 * GB) and pl.engine_cache_need(GB, False) == 0
     monkeypatch.setattr(pl, "mem_available", lambda: 20 * GB)
     assert pl._engine_skip(10 * GB, 4.56 * GB, True) is None  # full E2B fp16 runs in 20 GB
-    why = pl._engine_skip(16 * GB, 9.2 * GB, True)  # full E4B fp16 (9.2 GB section) does not
-    assert pl._gb(27.6 * GB) in why and "float16 weights unpacked to float32" in why and "more memory" in why
+    assert pl._engine_skip(16 * GB, 9.2 * GB, True) is None  # and full E4B fp16 (14.3 GB anonymous)
     assert pl._engine_skip(16 * GB, 9.2 * GB, False) is None  # the same bytes quantized: no float32 copy
-    monkeypatch.setattr(pl, "mem_available", lambda: None)  # unknown: never skipped
-    assert pl._engine_skip(300 * GB, 300 * GB, True) is None
+    monkeypatch.setattr(pl, "mem_available", lambda: 12 * GB)
+    why = pl._engine_skip(16 * GB, 9.2 * GB, True)  # not in 12 GB
+    assert pl._gb(int(1.55 * 9.2 * GB)) in why and "float16 weights unpacked to float32" in why and "more memory" in why
+    monkeypatch.setattr(pl, "mem_available", lambda: None)  # unknown: never skipped on memory
+    assert pl._engine_skip(300 * GB, 300 * GB, False) is None
+
+
+def test_engine_skip_names_a_temporary_folder_too_small_for_the_weight_cache(tmp_path, monkeypatch):
+    import collections
+
+    monkeypatch.setattr(pl, "mem_available", lambda: 64 * GB)
+    monkeypatch.setattr(pl.tempfile, "gettempdir", lambda: str(tmp_path))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pl.shutil, "disk_usage", lambda p: usage(100 * GB, 90 * GB, 10 * GB))
+    why = pl._engine_skip(16 * GB, 9.2 * GB, True)  # an 18.9 GB float32 cache, 10 GB free
+    assert why and "weight cache" in why and str(tmp_path) in why and "TMPDIR" in why
+    assert pl._engine_skip(16 * GB, 4 * GB, True) is None  # 8.2 GB fits
+    assert pl._engine_skip(16 * GB, 9.2 * GB, False) is None  # integer weights: no float32 cache
 
 
 def test_quality_stage_skips_a_baseline_the_engine_cannot_hold(tmp_path, monkeypatch):
