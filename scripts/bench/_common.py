@@ -463,6 +463,24 @@ def update_results(name: str, body: str, path: Path = RESULTS_MD) -> Path:
     return path
 
 
+def section_body(name: str, path: Path = RESULTS_MD) -> str | None:
+    """The text of RESULTS.md's ``name`` section as last written, or None."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    m = re.search(re.escape(f"<!-- bench:{name} start -->") + r"(.*?)" + re.escape(f"<!-- bench:{name} end -->"),
+                  text, re.S)
+    return m.group(1) if m else None
+
+
+def table_cells(body: str) -> dict[str, list[str]]:
+    """metric -> its six cells, for every row of the tables in a section's text."""
+    out = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and line.startswith("|") and not set(cells[1]) <= set("-:"):
+            out[cells[0]] = cells
+    return out
+
+
 def with_summary(text: str) -> str:
     """(Re)write the summary block: every row with a target, copied from the sections below it."""
     s0, s1 = "<!-- bench:summary start -->", "<!-- bench:summary end -->"

@@ -16,7 +16,11 @@ process per run, the harness sampling /proc) and reads back medians, the residen
 anonymous memory while decoding (max RssAnon inside each run's decode window, as
 bundle_vs_fp16.py computes it), and the wNa8o8/fp16 ratios.
 
---write puts both into scripts/bench/RESULTS.md with the target rows of issue 13.
+--write puts both into scripts/bench/RESULTS.md with the target rows of issue 13. A row this
+run did not measure (a scheme not built in DIST, no bench) keeps the figures of the section as
+last written, with its build note, and says so: building one scheme never erases the other's.
+Each build's engine check (the verify stage's LiteRT-LM CPU engine run, or why it was skipped)
+is read from its manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -103,11 +108,12 @@ def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
                           TARGETS["peak_build_gib"] if b["returncode"] == 0 else None, unit=" GiB"))
     w = C.find_bundle(dist, model, "wNa8o8")
     f = C.find_bundle(dist, model, "fp16")
-    if w is not None:
-        wb = w.stat().st_size
-        fb = f.stat().st_size if f is not None else None
-        rows.append(C.Row(f"full {model} text-only: bundle bytes, GB", f"{wb:,}", f"fp16 {fb:,}" if fb else "n/a",
-                          round(wb / 1e9, 3), TARGETS["bundle_gb"].get(model), unit=" GB"))
+    fb = f.stat().st_size if f is not None else None
+    if w is not None or fb:
+        wb = w.stat().st_size if w is not None else None
+        rows.append(C.Row(f"full {model} text-only: bundle bytes, GB", f"{wb:,}" if wb else "not built",
+                          f"fp16 {fb:,}" if fb else "n/a", round(wb / 1e9, 3) if wb else None,
+                          TARGETS["bundle_gb"].get(model), unit=" GB"))
     if mc is None:
         rows.append(C.Row(f"full {model} text-only: anon while decoding, GB", "not measured", "", None,
                           TARGETS["anon_gb"].get(model), unit=" GB"))
@@ -126,6 +132,72 @@ def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
                 rows.append(C.Row(f"full {model} text-only: {label} (wNa8o8 vs fp16)", mc.get(k), mb.get(k),
                                   C.ratio(mc.get(k), mb.get(k))))
     return rows
+
+
+def engine_rows(model: str, dist: Path) -> list:
+    """Each build's engine check as its manifest records it: loads and generates (decode tok/s), or skipped."""
+    rows = []
+    for scheme in ("wNa8o8", "fp16"):
+        bundle = C.find_bundle(dist, model, scheme)
+        if bundle is None:
+            continue
+        mpath = bundle.parent / "manifest.json"
+        m = json.loads(mpath.read_text()) if mpath.is_file() else {}
+        eng = (m.get("runtime") or {}).get("litert_lm") or {}
+        if not eng:
+            continue
+        label = f"full {model} text-only{'' if scheme == 'wNa8o8' else ' fp16'}: engine check at build"
+        if eng.get("ok"):
+            rows.append(C.Row(label, f"decode {eng.get('decode_tps'):.3g} tok/s", f"init {eng.get('init_s'):.0f} s",
+                              None, None, note="loads and generates"))
+        else:
+            rows.append(C.Row(label, "skipped" if eng.get("skipped") else "failed",
+                              str(eng.get("skipped") or eng.get("error"))[:120]))
+    return rows
+
+
+def keep_unmeasured(model: str, rows: list, notes: list[str], body: str | None = None) -> tuple[list, list[str]]:
+    """Rows with no figure from this run take the figures RESULTS.md's section already has (``body``, read
+    from RESULTS.md when None), and the notes of builds and benches this run did not redo are carried over."""
+    body = C.section_body(f"fullsize-{model}") if body is None else body
+    if not body:
+        return rows, notes
+    old = C.table_cells(body)
+    date = re.search(r"- date: (\S+ \S+)", body)
+    when = date.group(1) if date else "an earlier run"
+    out = []
+    for r in rows:
+        prev = old.get(r.name)
+        if r.value is None and str(r.a) in ("not built", "not measured") and prev and prev[3] != "n/a":
+            num = re.match(r"[-\d.,]+", prev[3])
+            value = float(num.group(0).replace(",", "")) if num else None
+            b = r.b if r.b not in ("", None, "n/a") else prev[2]  # a figure of the other scheme stays new
+            r = C.Row(r.name, prev[1], b, value, r.target, unit=r.unit, note=f"kept from {when}")
+        out.append(r)
+    have = {r.name for r in out}
+    for name, cells in old.items():  # rows of a scheme this run has nothing for at all
+        if name not in have and cells[3] != "n/a":
+            num = re.match(r"[-\d.,]+", cells[3])
+            unit = cells[3][num.end():] if num else ""
+            out.append(C.Row(name, cells[1], cells[2], float(num.group(0).replace(",", "")) if num else None,
+                             _target_of(model, name), unit=unit or "x",
+                             note=f"kept from {when}" if cells[4] else ""))
+    mine = {n.split(":")[0] for n in notes}
+    carried = [ln[2:] for ln in body.splitlines() if ln.startswith("- ") and ln[2:].split(":")[0] not in mine
+               and ln[2:].split(":")[0] in ("wNa8o8 build", "fp16 build", "bench result folder")]
+    return out, notes + [f"{c} (kept from {when})" for c in carried]
+
+
+def _target_of(model: str, name: str):
+    if "peak build RSS" in name:
+        return TARGETS["peak_build_gib"]
+    if "bundle bytes" in name:
+        return TARGETS["bundle_gb"].get(model)
+    if "anon while decoding" in name:
+        return TARGETS["anon_gb"].get(model)
+    if name.endswith("decode wNa8o8/fp16"):
+        return TARGETS["decode_ratio"]
+    return None
 
 
 def main() -> int:
@@ -154,13 +226,15 @@ def main() -> int:
         d = json.loads((a.dist / f"{a.model}-bench-medians.json").read_text())
         mc, mb = d["wNa8o8"], d["fp16"]
         notes.append(f"bench result folder: {d['folder']}")
-    rows = rows_for(a.model, a.dist, mc, mb)
+    rows = rows_for(a.model, a.dist, mc, mb) + engine_rows(a.model, a.dist)
     for scheme in ("wNa8o8", "fp16"):
         b = read_build(a.dist, a.model, scheme)
         if b is not None:
             notes.append(f"{scheme} build: commit {b.get('commit')}, {b.get('date')}, "
                          f"{b['seconds'] / 60:.1f} min, peak {b['peak_rss_bytes'] / GIB:.2f} GiB"
                          + (f" ({b['note']})" if b.get("note") else ""))
+    if a.write:
+        rows, notes = keep_unmeasured(a.model, rows, notes)
     print(C.table(rows, ("metric", "wNa8o8 / time", "fp16 / exit", "value")))
     if a.write:
         body = C.section(f"fullsize-{a.model}: full-size {a.model} text-only, built and run here (no extrapolation)",

@@ -176,3 +176,41 @@ def test_medians_take_the_decode_window_memory_from_the_package(C, tmp_path):
     assert m["decode_anon_mb"] == 40.0 and m["runs"] == 1 and m["decode_tps"] == 10.0
     assert m["ttft_ms"] is None  # no value: absent, not 0
     json.dumps(m)
+
+
+def test_fullsize_write_keeps_the_rows_it_did_not_measure(C, tmp_path):
+    """Building one scheme alone (here fp16) keeps the other's measured rows and build note, marked as kept;
+    the new figures replace nothing they did not measure."""
+    spec = importlib.util.spec_from_file_location("bench_fullsize", ROOT / "scripts" / "bench" / "fullsize.py")
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+    old_rows = [C.Row("full e4b text-only: peak build RSS, GiB", "14.5 min", "exit 0", 10.04, fs.TARGETS["peak_build_gib"],
+                      unit=" GiB"),
+                C.Row("full e4b text-only: bundle bytes, GB", "3,197,851,536", "n/a", 3.2, None, unit=" GB"),
+                C.Row("full e4b text-only: anon while decoding, GB", "765 MB", "n/a", 0.803,
+                      fs.TARGETS["anon_gb"]["e4b"], unit=" GB")]
+    body = C.section("fullsize-e4b: t", old_rows, ("metric", "wNa8o8 / time", "fp16 / exit", "value"),
+                     notes=["bench result folder: /x/bench/1", "wNa8o8 build: commit abc, 14.5 min, peak 10.04 GiB",
+                            "builds: the streamed route"])
+    new = [C.Row("full e4b text-only: peak build RSS, GiB", "not built", "", None, fs.TARGETS["peak_build_gib"], unit=" GiB"),
+           C.Row("full e4b text-only fp16: peak build RSS, GiB", "9.0 min", "exit 0", 6.5, fs.TARGETS["peak_build_gib"],
+                 unit=" GiB"),
+           C.Row("full e4b text-only: bundle bytes, GB", "not built", "fp16 16,273,348,672", None, None, unit=" GB"),
+           C.Row("full e4b text-only: anon while decoding, GB", "not measured", "", None, fs.TARGETS["anon_gb"]["e4b"],
+                 unit=" GB")]
+    rows, notes = fs.keep_unmeasured("e4b", new, ["fp16 build: commit def, 9.0 min, peak 6.50 GiB"], body=body)
+    by = {r.name: r for r in rows}
+    kept = by["full e4b text-only: peak build RSS, GiB"]
+    # the figure as the table shows it (10.04 is written "10 GiB")
+    assert (kept.a, kept.value, kept.verdict) == ("14.5 min", 10.0, "PASS") and kept.note.startswith("kept from ")
+    assert by["full e4b text-only fp16: peak build RSS, GiB"].value == 6.5 and not by[
+        "full e4b text-only fp16: peak build RSS, GiB"].note
+    b = by["full e4b text-only: bundle bytes, GB"]
+    assert (b.a, b.b, b.value) == ("3,197,851,536", "fp16 16,273,348,672", 3.2)  # the new fp16 bytes stay
+    assert by["full e4b text-only: anon while decoding, GB"].value == 0.803
+    assert notes[0] == "fp16 build: commit def, 9.0 min, peak 6.50 GiB"
+    assert any(n.startswith("wNa8o8 build: commit abc") and "kept from" in n for n in notes)
+    assert any(n.startswith("bench result folder: /x/bench/1") for n in notes)
+    assert not any(n.startswith("builds:") for n in notes)  # the script writes its own method notes
+    # nothing on record: the rows stay as measured
+    assert fs.keep_unmeasured("e4b", new, [], body="") == (new, [])
