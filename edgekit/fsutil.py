@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -89,6 +90,43 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def partial_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A new ``.<name>.partial-<pid>-*`` folder in ``parent`` (mode 0700), after removing the
+    partial folders of ``name`` that processes now gone left behind (:func:`sweep_stale`)."""
+    sweep_stale(parent, name)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=parent))
+
+
+def sweep_stale(parent: str | os.PathLike, name: str) -> list[Path]:
+    """Remove ``.<name>.partial-<pid>-*`` and ``.<name>.old-<pid>`` folders in ``parent`` whose process
+    is gone (a build killed outright cannot clean up: a full-size checkpoint's is 15 GB). Folders
+    of live processes, and those without a pid in their name, are left. Returns what was removed."""
+    pat = re.compile(rf"^\.{re.escape(name)}\.(?:partial|old)-(\d+)(?:-|$)")
+    gone = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return gone
+    for p in entries:
+        m = pat.match(p.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it into place on success.
@@ -100,7 +138,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        tmp = partial_dir(path.parent, path.name)
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     except OSError as exc:
         _raise_os(exc, path)

@@ -402,9 +402,8 @@ def _cached_tower(model_dir, source_identity: dict[str, Any], root: Path, tower:
     import fcntl
     import json
     import shutil
-    import tempfile
 
-    from edgekit.fsutil import atomic_write_json
+    from edgekit.fsutil import atomic_write_json, partial_dir
 
     root.mkdir(parents=True, exist_ok=True)
     key = towers_key(source_identity, (tower,))
@@ -419,7 +418,7 @@ def _cached_tower(model_dir, source_identity: dict[str, Any], root: Path, tower:
                 for t in rec["towers"].values():
                     t.update(cached=True, key=key)
                 return files, rec
-        work = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=root))
+        work = partial_dir(root, key)
         try:
             files, rec = convert_towers(model_dir, work / "convert", (tower,), log, failed_log_dir=root)
             for sec, f in files.items():

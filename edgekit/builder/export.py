@@ -26,13 +26,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BuildError
-from edgekit.fsutil import atomic_write_json
+from edgekit.fsutil import atomic_write_json, partial_dir
 
 EXPORT_CODE_VERSION = 2  # bump when the export options below change meaning
 # 2: the child runs with PYTHONHASHSEED=0. litert-torch 0.10.0 collects the stop tokens in a
@@ -213,7 +212,7 @@ def _export_locked(checkpoint_dir, source_identity, options, root: Path, key: st
             return ExportResult(bundle, True, 0.0, rec.get("peak_rss_bytes"), rec)
         except (OSError, json.JSONDecodeError):
             pass
-    work = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=root / "exports"))
+    work = partial_dir(root / "exports", key)
     try:
         out_dir = work / "out"
         logf = work / "export.log"

@@ -164,7 +164,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # builder high-water after the fill 1.29 GB at e2b width/4 fp16 (3.64 GB before streaming),
         # the stand-in graph and one 64 MiB block whatever the model's size
         fill_rss = int(1.5 * 2**30)
-        fp16_weights = scheme.is_float and scheme.float_dtype == "float16"
+        fp16_weights = scheme.float16_weights
         pd_bytes = int((counts["decoder"] * _bits_of(scheme, f"{p}.layers.0.mlp.gate_proj")
                         + counts["embedding"] * _bits_of(scheme, f"{p}.embed_tokens")
                         + counts.get("ple_projection", 0) * _bits_of(scheme, f"{p}.per_layer_model_projection")) / 8)
@@ -778,7 +778,7 @@ def _build(
             os.chmod(tmp, 0o755)
     finally:
         _clear_work(work, keep=log.path if log is not None else None)
-    if quality and sch.is_float and sch.float_dtype == "float16":
+    if quality and sch.float16_weights:
         # The baseline was built after its candidate: give the candidate its quality record now.
         _backfill_quality(st, out_root / bundle_name(preset.name, preset.default_scheme, text_only),
                           out_dir / f"{name}.litertlm", manifest)
@@ -806,7 +806,7 @@ def _verify_stage(st: "_Stages", bundle: Path, sch, prefill: int, cache_length: 
         runtime = {"interpreter": st.run("verify", "interpreter: load + generate", verify.check_interpreter,
                                          bundle, prompt)}
     if verify_engine:
-        why = _engine_skip(text_bytes, pd_bytes, sch.is_float and sch.float_dtype == "float16")
+        why = _engine_skip(text_bytes, pd_bytes, sch.float16_weights)
         if why:  # it would take the machine's memory (and perhaps the build) with it: named, not run
             runtime["litert_lm"] = {"ok": None, "skipped": why}
             st.run("verify", f"LiteRT-LM CPU engine: skipped, {why}", lambda: None)
@@ -879,7 +879,7 @@ def _verify_interpreter_skip(bundle_bytes: int, scheme) -> str | None:
     """Why the verify stage's interpreter check cannot run for a bundle of this size built with this
     scheme (its weights are float16 only for a float scheme of float_dtype float16), or None when it
     fits. The estimate asks the same before the build, with the predicted bundle size."""
-    return _too_big_for_interpreter(interpreter_need(bundle_bytes, scheme.is_float and scheme.float_dtype == "float16"))
+    return _too_big_for_interpreter(interpreter_need(bundle_bytes, scheme.float16_weights))
 
 
 def engine_need(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> int:

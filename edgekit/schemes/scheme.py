@@ -132,6 +132,12 @@ class Scheme:
     def static_activations(self) -> bool:
         return self.activations == "int8_static"
 
+    @property
+    def float16_weights(self) -> bool:
+        """True for the fp16 baseline: nothing quantized, weights stored as float16 (XNNPack unpacks
+        them to float32 when it runs them)."""
+        return self.is_float and self.float_dtype == "float16"
+
     def rule_for(self, module_name: str) -> Rule | None:
         """The first rule whose pattern is found in ``module_name`` (None: the default applies)."""
         if self.has_placeholders:

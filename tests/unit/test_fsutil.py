@@ -83,3 +83,30 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "b"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_stale_partial_folders_of_gone_processes_are_swept(tmp_path):
+    """A build killed outright leaves its ``.<name>.partial-<pid>-*`` folder (a full-size checkpoint's is
+    15 GB); the next atomic_dir of that name removes it, and only it."""
+    import subprocess
+    import sys
+
+    from edgekit.fsutil import atomic_dir
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    dead = p.pid  # reaped: no process has this pid now (a reuse would only keep the folder)
+    stale = tmp_path / f".ckpt.partial-{dead}-abc"
+    old = tmp_path / f".ckpt.old-{dead}"
+    live = tmp_path / f".ckpt.partial-{os.getppid()}-def"  # a process that is running
+    legacy = tmp_path / ".ckpt.partial-xyz"  # no pid in the name: cannot tell, left
+    other = tmp_path / f".other.partial-{dead}-abc"  # another name: not this folder's
+    for d in (stale, old, live, legacy, other):
+        d.mkdir()
+        (d / "weights").write_bytes(b"x" * 10)
+    with atomic_dir(tmp_path / "ckpt") as work:
+        assert work.name.startswith(f".ckpt.partial-{os.getpid()}-")
+        (work / "done").write_text("ok")
+    assert not stale.exists() and not old.exists()
+    assert live.exists() and legacy.exists() and other.exists()
+    assert (tmp_path / "ckpt" / "done").read_text() == "ok"
