@@ -53,6 +53,8 @@ QUANTIZE_RSS_PER_FLOAT_BYTE = 3.0  # flatbuffer unpack + quantized copy + calibr
 # the builder's own RSS (torch, tensorflow, litert imported) while it waits for a child: a child's
 # stage costs the tree this plus the child (tiny: export child 1.31 GiB, tree 1.69 GiB)
 BUILDER_WAIT_RSS = int(0.4 * GIB)
+# the builder while its quality stage waits on an engine child (full E2B QAT: 4.2 GiB, after its in-process verify)
+BUILDER_QUALITY_RSS = int(4.5 * GIB)
 SOFTCAP_KEY = "edgekit.final_logit_softcapping"
 
 
@@ -199,9 +201,14 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         if not _quality_interpreter_skip(bundle_bytes, quality_baseline_bytes):
             stages["quality"] = int(1.5e9 + interpreter_need(bundle_bytes, False)
                                     + interpreter_need(quality_baseline_bytes, True))
-        elif not _engine_skip(quality_baseline_bytes,
-                              2 * (counts["decoder"] + counts["embedding"] + counts.get("ple_projection", 0)), True):
-            stages["quality"] = int(1.6 * quality_baseline_bytes)
+        else:
+            base_pd = 2 * (counts["decoder"] + counts["embedding"] + counts.get("ple_projection", 0))
+            if not _engine_skip(quality_baseline_bytes, base_pd, True):
+                # the builder (4.2 GiB at full E2B QAT) waiting on the fp16 engine child, whose RSS is mostly
+                # its mapped float32 weight cache: no more than the machine has, the rest reclaimable
+                stages["quality"] = min(int(1.6 * quality_baseline_bytes), mem_total() or 1 << 62)
+                reclaimable["quality"] = max(0, stages["quality"] - int(
+                    BUILDER_QUALITY_RSS + engine_need(quality_baseline_bytes, base_pd, True)))
     peak = max(stages.values())
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes

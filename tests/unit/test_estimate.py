@@ -89,6 +89,17 @@ def test_quality_against_the_fp16_sibling_counts(monkeypatch):
     assert "quality" not in without.stages
     assert with_q.stages["quality"] == int(1.6 * 10 * 10**9)  # the fp16 engine child, as the fp16 verify
     assert with_q.peak_stage == "quality" and with_q.peak_rss_bytes > without.peak_rss_bytes
+    assert with_q.reclaimable["quality"] > 0 and with_q.need_bytes < with_q.peak_rss_bytes
+    # full E4B against its 16.3 GB fp16 sibling with 22.9 GiB available on a 23.5 GiB machine: the sibling's
+    # engine child maps its float32 weight cache (RSS to the machine's size), but what must be available is
+    # the builder + its anonymous memory, so the default build is not refused (it was, at 24.2 GiB)
+    monkeypatch.setattr(pl, "mem_available", lambda: int(22.9 * 2**30))
+    monkeypatch.setattr(pl, "mem_total", lambda: int(23.5 * 2**30))
+    p4 = get_preset("e4b")
+    e4b = pl.estimate(p4, 1, load_scheme("wNa8o8", p4), True, Path("/tmp"), True, Path("/tmp"), streamed=True,
+                      quality_baseline_bytes=16_273_348_672)
+    assert e4b.stages["quality"] == int(23.5 * 2**30) and e4b.need_stage == "quality"
+    assert e4b.need_bytes < 20 * 2**30
     # 6 GiB: the fp16 baseline cannot run in the engine either (~7 GB anonymous), the build skips the
     # stage: not counted
     monkeypatch.setattr(pl, "mem_available", lambda: 6 * 2**30)
