@@ -35,6 +35,28 @@ def mem_available() -> int | None:
     return _kib_field("/proc/meminfo", "MemAvailable:")
 
 
+def anon_rss_bytes() -> int | None:
+    """This process's resident anonymous memory (``RssAnon``) in bytes, or None where it cannot be read."""
+    return _kib_field("/proc/self/status", "RssAnon:")
+
+
+def release_free_memory() -> int | None:
+    """Collect garbage and hand the allocator's free pages back to the kernel (glibc ``malloc_trim``),
+    before this process waits on a child that needs the memory. Returns how many bytes of anonymous
+    memory that gave back, or None where it cannot be read (or there is no glibc)."""
+    import ctypes
+    import gc
+
+    before = anon_rss_bytes()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    after = anon_rss_bytes()
+    return None if before is None or after is None else before - after
+
+
 def mem_total() -> int | None:
     """Physical memory (``MemTotal``), in bytes, or None where there is no /proc/meminfo."""
     return _kib_field("/proc/meminfo", "MemTotal:")

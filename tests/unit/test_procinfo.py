@@ -51,3 +51,22 @@ def test_without_proc_it_falls_back_to_getrusage(monkeypatch):
     got = procinfo.peak_rss_bytes()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert got == (maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+def test_release_free_memory_gives_freed_heap_back():
+    """Freed small allocations under a live one stay resident until malloc_trim hands them back
+    (the builder does this before it waits on an engine child)."""
+    import subprocess
+    import sys
+
+    code = ("from edgekit.runtime import procinfo as pi\n"
+            "junk = [bytearray(1024) for _ in range(200_000)]\n"
+            "sentinel = bytearray(1024)  # keeps the heap's top in use: free() alone cannot shrink it\n"
+            "del junk\n"
+            "held = pi.anon_rss_bytes()\n"
+            "freed = pi.release_free_memory()\n"
+            "print(held, freed, pi.anon_rss_bytes())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    held, freed, after = (int(x) for x in out)
+    assert freed > 150 * 2**20, (held, freed, after)  # ~200 MB of 1 KB buffers
+    assert after < held - 150 * 2**20
