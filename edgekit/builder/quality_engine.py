@@ -23,6 +23,7 @@ The engine gives only the log-likelihood of each scored token, so the record hol
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -74,6 +75,50 @@ def _cache_length(bundle: Path) -> int | None:
     return v if isinstance(v, int) and v > 0 else None
 
 
+def scores_dir() -> Path:
+    """Where engine scores are kept: ``$EDGEKIT_CACHE/scores`` (default ``./.cache/edgekit``)."""
+    from edgekit.builder.export import cache_root
+
+    return cache_root() / "scores"
+
+
+def _scores_key(bundle: Path, texts: list[str], max_num: int, threads: int | None) -> str:
+    """What a bundle's scores depend on: its bytes (sha256), the scored texts, the engine's token
+    budget and threads, and the runtime's version. An fp16 baseline is scored once for every
+    candidate built against it (full E4B fp16: the longest part of the quality stage)."""
+    from importlib import metadata
+
+    from edgekit.devices.hashing import local_sha256
+
+    try:
+        runtime_version = metadata.version("litert-lm-api")
+    except metadata.PackageNotFoundError:
+        runtime_version = None
+    ident = {"bundle_sha256": local_sha256(str(bundle)), "texts_sha256": hashlib.sha256(
+        "\x00".join(texts).encode("utf-8")).hexdigest(), "max_num_tokens": max_num, "threads": threads,
+        "runtime": sc.RUNTIME, "litert_lm_api": runtime_version, "schema": SCHEMA}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cached_scores(key: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((scores_dir() / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not {"ids", "scores", "seconds"} <= set(rec):
+        return None
+    return {**rec, "cached": True}
+
+
+def _store_scores(key: str, run: dict[str, Any]) -> None:
+    from edgekit.fsutil import atomic_write_json
+
+    try:
+        atomic_write_json(scores_dir() / f"{key}.json", {k: v for k, v in run.items() if k != "cached"})
+    except (OSError, EdgekitError, TypeError, ValueError):
+        pass  # a read-only cache only costs a rescoring next time
+
+
 def evaluate_engine(
     candidate: str | os.PathLike,
     baseline: str | os.PathLike,
@@ -107,12 +152,20 @@ def evaluate_engine(
     max_num = seq_len + 8 if not caps else min(seq_len + 8, min(caps))
     runs = {}
     for role, path in (("candidate", cand), ("baseline", base)):
+        key = _scores_key(path, texts, max_num, threads)
+        got = _cached_scores(key)
+        if got is not None:
+            runs[role] = got
+            say(f"quality: {role} scores reused ({path.name}: same bundle, text, runtime; "
+                f"scored in {got['seconds']:.1f} s before)")
+            continue
         say(f"quality: engine scoring {len(texts)} windows with the {role} ({path.name})")
         try:
             runs[role] = sc.score_texts(path, texts, threads=threads, max_num_tokens=max_num, timeout=timeout)
         except sc.ScoringError as exc:
             raise CheckpointError(str(exc), hint="check that the bundle loads: `edgekit inspect` and the "
                                   "build's engine verify") from exc
+        _store_scores(key, runs[role])
         say(f"quality: {role} scored in {runs[role]['seconds']:.1f} s")
     c, b = runs["candidate"], runs["baseline"]
     if c["ids"] != b["ids"]:
@@ -135,7 +188,7 @@ def evaluate_engine(
         "seq_len": seq_len,
         "tokenizer": f"{base} (tokenizer section)",
         "runtime": sc.RUNTIME,
-        "children": {role: {k: r.get(k) for k in ("seconds", "init_s", "score_s", "peak_rss_bytes")}
+        "children": {role: {k: r.get(k) for k in ("seconds", "init_s", "score_s", "peak_rss_bytes", "cached")}
                      for role, r in runs.items()},
         "seconds": round(time.time() - t0, 3),
     })

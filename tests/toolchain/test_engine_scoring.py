@@ -85,6 +85,12 @@ def test_compare_scores_figures():
         sc.compare_scores([[-1.0]], [[-1.0, -2.0]])
 
 
+@pytest.fixture(autouse=True)
+def own_scores_cache(tmp_path, monkeypatch):
+    """Each test scores afresh: engine scores are cached by bundle sha256 (qe.scores_dir)."""
+    monkeypatch.setattr(qe, "scores_dir", lambda: tmp_path / "scores")
+
+
 @pytest.fixture
 def forced_engine_route(monkeypatch):
     """The interpreter route reported too big (the engine route runs with its defaults)."""
@@ -149,3 +155,25 @@ def test_interpreter_route_kept_where_it_fits(tiny_bundles, tiny_manifests, monk
     q = pl._quality(pl._Stages(None), tiny_bundles["fp16"].parent, tiny_bundles["wNa8o8"], info)
     assert calls == [(tiny_bundles["wNa8o8"], tiny_bundles["fp16"])]
     assert q["ppl_ratio"] == 1.25 and "method" not in q
+
+
+def test_scores_are_reused_for_the_same_bundle_text_and_runtime(tmp_path, tiny_bundles, monkeypatch):
+    """A bundle's engine scores are kept by its sha256, the texts, the token budget and the runtime: a second
+    evaluation scores nothing and gives the same figures; another bundle's bytes are scored anew."""
+    first = qe.evaluate_engine(tiny_bundles["wNa8o8"], tiny_bundles["fp16"])
+    assert not any(c.get("cached") for c in first["children"].values())
+    assert len(list((tmp_path / "scores").glob("*.json"))) == 2
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(sc, "score_texts", no_scoring)
+    again = qe.evaluate_engine(tiny_bundles["wNa8o8"], tiny_bundles["fp16"])
+    assert all(c["cached"] for c in again["children"].values())
+    assert {k: again[k] for k in qe.HELD} == {k: first[k] for k in qe.HELD}
+    # the same name with other bytes (the fp16 bundle's copy with one byte appended): its scores are not reused
+    other = tmp_path / "other" / tiny_bundles["fp16"].name
+    other.parent.mkdir()
+    other.write_bytes(tiny_bundles["fp16"].read_bytes() + b"\0")
+    with pytest.raises(AssertionError, match="scored again"):
+        qe.evaluate_engine(tiny_bundles["wNa8o8"], other)
