@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,8 @@ def _child(spec_path: str, out_path: str) -> None:
     """Inside the child: load the engine once, one fresh session per text, write a JSON result."""
     spec = json.loads(Path(spec_path).read_text())
     out: dict[str, Any] = {"ok": False}
+    where = "loading the engine"
+    t_start = time.monotonic()
     try:
         import litert_lm
 
@@ -67,7 +70,8 @@ def _child(spec_path: str, out_path: str) -> None:
                                f"(got {eng.tokenize(BOS_TEXT)}): cannot give the scored text a BOS context")
         texts, scores, ids = spec["texts"], [], []
         t1 = time.monotonic()
-        for text in texts:
+        for i, text in enumerate(texts):
+            where = f"text {i + 1} of {len(texts)}"
             sess = eng.create_session(apply_prompt_template=False)
             try:
                 sess.run_prefill([BOS_TEXT])
@@ -81,7 +85,8 @@ def _child(spec_path: str, out_path: str) -> None:
         out = {"ok": True, "bos": bos, "scores": scores, "ids": ids, "init_s": round(init_s, 3),
                "score_s": round(time.monotonic() - t1, 3)}
     except Exception as exc:  # reported to the parent, which raises ScoringError
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:800]}
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:700]
+               + f" ({where}, after {time.monotonic() - t_start:.0f} s)"}
     out["peak_rss_bytes"] = peak_rss_bytes()
     tmp = out_path + ".tmp"
     with open(tmp, "w") as f:
@@ -119,7 +124,12 @@ def score_texts(bundle: str | os.PathLike, texts: Sequence[str], threads: int | 
                                f"{' | '.join(tail)[:500]}")
         res = json.loads(Path(out_path).read_text())
     if not res.get("ok"):
-        raise ScoringError(f"engine scoring of {bundle} failed: {res.get('error')}")
+        # the engine's own error line (glog E/F), else its last words: the Python error is generic
+        # ("litert_lm_session_run_text_scoring failed" for a text too long and for an engine fault alike)
+        lines = [ln for ln in cp.stderr.splitlines() if ln.strip() and not ln.startswith("INFO:")]
+        tail = [ln.split("] ", 1)[-1] for ln in lines if re.match(r"[EF]\d{4} ", ln)][-1:] or lines[-2:]
+        raise ScoringError(f"engine scoring of {bundle} failed: {res.get('error')}"
+                           + (f"; engine: {' | '.join(tail)[:400]}" if tail else ""))
     res["seconds"] = round(seconds, 3)
     return res
 

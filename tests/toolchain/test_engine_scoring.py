@@ -177,3 +177,12 @@ def test_scores_are_reused_for_the_same_bundle_text_and_runtime(tmp_path, tiny_b
     other.write_bytes(tiny_bundles["fp16"].read_bytes() + b"\0")
     with pytest.raises(AssertionError, match="scored again"):
         qe.evaluate_engine(tiny_bundles["wNa8o8"], other)
+
+
+def test_a_scoring_failure_names_the_text_and_the_engines_reason(tiny_bundles):
+    """run_text_scoring fails with one generic Python message; the error carries the engine's own line."""
+    with pytest.raises(sc.ScoringError) as ei:
+        sc.score_texts(tiny_bundles["wNa8o8"], ["hello world " * 40], max_num_tokens=16)
+    msg = str(ei.value)
+    assert "(text 1 of 1, after " in msg
+    assert "Input token ids are too long" in msg and ">= 16" in msg
