@@ -474,9 +474,12 @@ def section_body(name: str, path: Path = RESULTS_MD) -> str | None:
 def table_cells(body: str) -> dict[str, list[str]]:
     """metric -> its six cells, for every row of the tables in a section's text."""
     out = {}
-    for line in body.splitlines():
+    lines = body.splitlines()
+    for i, line in enumerate(lines):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and line.startswith("|") and not set(cells[1]) <= set("-:"):
+        nxt = lines[i + 1].replace("|", "").strip() if i + 1 < len(lines) else ""
+        header = bool(nxt) and set(nxt) <= set("-: ")  # the line above a |---| separator
+        if len(cells) == 6 and line.startswith("|") and not set(cells[1]) <= set("-:") and not header:
             out[cells[0]] = cells
     return out
 

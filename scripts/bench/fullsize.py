@@ -53,11 +53,12 @@ def build(model: str, scheme: str, dist: Path, prefill: int, cache_length: int, 
                           "--prefill", str(prefill), "--cache-length", str(cache_length),
                           "--output", str(dist), *extra)
     C.log("running " + " ".join(argv))
+    commit = C.git_commit()  # the code the build runs: taken before it starts, not when it ends
     r = C.run_measured(argv, interval=0.2, cwd=C.REPO, echo=True)
     rec = {"argv": argv, "returncode": r.returncode, "seconds": round(r.seconds, 1),
            "peak_tree_rss_bytes": r.mem.peak_tree_rss, "peak_tree_anon_bytes": r.mem.peak_tree_anon,
            "peak_single_hwm_bytes": r.mem.peak_single_hwm, "rusage_maxrss_bytes": r.rusage_maxrss,
-           "peak_rss_bytes": r.peak_rss, "date": C.utc_now(), "commit": C.git_commit(),
+           "peak_rss_bytes": r.peak_rss, "date": C.utc_now(), "commit": commit,
            "stderr_tail": r.stderr.strip().splitlines()[-3:]}
     out = dist / name_of(model, scheme)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,9 @@ def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
             f"full {model} text-only fp16: peak build RSS, GiB"
         rows.append(C.Row(label, f"{b['seconds'] / 60:.1f} min", f"exit {b['returncode']}", round(gib, 2),
                           TARGETS["peak_build_gib"] if b["returncode"] == 0 else None, unit=" GiB"))
+        if b.get("peak_tree_anon_bytes"):  # RSS counts mapped files (the engine's float32 weight cache)
+            rows.append(C.Row(label.replace("peak build RSS", "peak build anonymous"), "", "",
+                              round(b["peak_tree_anon_bytes"] / GIB, 2), None, unit=" GiB"))
     w = C.find_bundle(dist, model, "wNa8o8")
     f = C.find_bundle(dist, model, "fp16")
     fb = f.stat().st_size if f is not None else None
@@ -135,7 +139,8 @@ def rows_for(model: str, dist: Path, mc: dict | None, mb: dict | None) -> list:
 
 
 def engine_rows(model: str, dist: Path) -> list:
-    """Each build's engine check as its manifest records it: loads and generates (decode tok/s), or skipped."""
+    """Each build's engine check as its manifest records it (loads and generates: decode tok/s; or skipped),
+    and its quality stage against the fp16 sibling (the ppl ratio, or why there is none)."""
     rows = []
     for scheme in ("wNa8o8", "fp16"):
         bundle = C.find_bundle(dist, model, scheme)
@@ -153,6 +158,14 @@ def engine_rows(model: str, dist: Path) -> list:
         else:
             rows.append(C.Row(label, "skipped" if eng.get("skipped") else "failed",
                               str(eng.get("skipped") or eng.get("error"))[:120]))
+        q = m.get("quality") or {}
+        if q:  # the build's quality stage against its fp16 sibling
+            qlabel = f"full {model} text-only: quality at build vs fp16 (ppl ratio)"
+            if q.get("ppl_ratio") is not None:
+                rows.append(C.Row(qlabel, q.get("method") or "interpreter", f"{q.get('tokens')} tokens",
+                                  round(q["ppl_ratio"], 4), None))
+            else:
+                rows.append(C.Row(qlabel, "not measured", str(q.get("skipped") or "")[-160:]))
     return rows
 
 
@@ -230,8 +243,10 @@ def main() -> int:
     for scheme in ("wNa8o8", "fp16"):
         b = read_build(a.dist, a.model, scheme)
         if b is not None:
+            anon = b.get("peak_tree_anon_bytes")
             notes.append(f"{scheme} build: commit {b.get('commit')}, {b.get('date')}, "
                          f"{b['seconds'] / 60:.1f} min, peak {b['peak_rss_bytes'] / GIB:.2f} GiB"
+                         + (f" ({anon / GIB:.2f} GiB anonymous)" if anon else "")
                          + (f" ({b['note']})" if b.get("note") else ""))
     if a.write:
         rows, notes = keep_unmeasured(a.model, rows, notes)

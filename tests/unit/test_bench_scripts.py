@@ -200,6 +200,7 @@ def test_fullsize_write_keeps_the_rows_it_did_not_measure(C, tmp_path):
                  unit=" GB")]
     rows, notes = fs.keep_unmeasured("e4b", new, ["fp16 build: commit def, 9.0 min, peak 6.50 GiB"], body=body)
     by = {r.name: r for r in rows}
+    assert set(by) == {r.name for r in new}  # the table's header is not a row
     kept = by["full e4b text-only: peak build RSS, GiB"]
     # the figure as the table shows it (10.04 is written "10 GiB")
     assert (kept.a, kept.value, kept.verdict) == ("14.5 min", 10.0, "PASS") and kept.note.startswith("kept from ")
