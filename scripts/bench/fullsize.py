@@ -146,9 +146,10 @@ def engine_rows(model: str, dist: Path) -> list:
         bundle = C.find_bundle(dist, model, scheme)
         if bundle is None:
             continue
-        mpath = bundle.parent / "manifest.json"
-        m = json.loads(mpath.read_text()) if mpath.is_file() else {}
-        eng = (m.get("runtime") or {}).get("litert_lm") or {}
+        m = C.read_manifest(bundle)
+        if m is None:
+            continue
+        eng = dict((m.runtime or {}).get("litert_lm") or {})
         if not eng:
             continue
         label = f"full {model} text-only{'' if scheme == 'wNa8o8' else ' fp16'}: engine check at build"
@@ -158,7 +159,7 @@ def engine_rows(model: str, dist: Path) -> list:
         else:
             rows.append(C.Row(label, "skipped" if eng.get("skipped") else "failed",
                               str(eng.get("skipped") or eng.get("error"))[:120]))
-        q = m.get("quality") or {}
+        q = dict(m.quality or {})
         if q:  # the build's quality stage against its fp16 sibling
             qlabel = f"full {model} text-only: quality at build vs fp16 (ppl ratio)"
             if q.get("ppl_ratio") is not None:
