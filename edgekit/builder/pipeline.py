@@ -125,14 +125,33 @@ def _bits_of(scheme, module: str) -> float:
     return float(b)
 
 
+def _engine_child_rss(bundle_bytes: int, text_bytes: int, pd_bytes: int, builder_bytes: int) -> tuple[int, int]:
+    """(RSS, reclaimable) of the tree while the builder (``builder_bytes``) waits on an engine child
+    running a bundle of float16 weights: 1.6x the bundle (fp16 E2B tree peak 15.7 GiB for 10.1 GB), no
+    more than the machine has; most of it is XNNPack's mapped float32 weight cache, pages the kernel
+    reclaims, so what must be available is the builder + the engine's anonymous memory (engine_need)."""
+    rss = min(int(1.6 * bundle_bytes), mem_total() or 1 << 62)
+    return rss, max(0, rss - int(builder_bytes + engine_need(text_bytes, pd_bytes, True)))
+
+
+def _candidate_engine_route(baseline_bytes: int) -> bool:
+    """Whether a candidate's quality stage against an fp16 baseline of this size takes the engine
+    route: the candidate is ~1/5 of its baseline (full E2B 2.13 vs 10.07 GB, E4B 3.20 vs 16.27 GB),
+    counted here as 1/4."""
+    return _quality_interpreter_skip(baseline_bytes // 4, baseline_bytes) is not None
+
+
 def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, export_cached: bool,
              cache_dir: Path, random_checkpoint_bytes: int = 0, streamed: bool = False,
-             towers_cached: tuple[str, ...] = (), quality_baseline_bytes: int = 0) -> Estimate:
+             towers_cached: tuple[str, ...] = (), quality_baseline_bytes: int = 0,
+             baseline_scored: bool = False, scores_baseline: bool = False) -> Estimate:
     """Peak RSS of the build's process tree, stage by stage (measured model: docs/build-memory.md).
 
     ``towers_cached`` names the towers whose conversion is in the cache (no tower child runs);
     ``quality_baseline_bytes`` is the size of the fp16 sibling the quality stage will score
-    against (0: no quality stage).
+    against (0: no quality stage); ``baseline_scored``: that sibling's engine scores are in the
+    score cache (only the candidate's engine child runs); ``scores_baseline``: this fp16 build
+    scores itself for its candidates when they would take the engine route (:func:`_score_baseline`).
     """
     counts = preset.param_counts(width_div)
     params = counts["text"] if text_only else counts["total"]
@@ -176,9 +195,8 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         # the engine check will be skipped (it cannot fit)
         engine_rss = 0 if _engine_skip(text_bundle_bytes, pd_bytes, fp16_weights) else int(1.6 * bundle_bytes)
         if engine_rss and fp16_weights:
-            engine_rss = min(engine_rss, mem_total() or engine_rss)
-            reclaimable["verify (engine)"] = max(
-                0, engine_rss - int(BUILDER_WAIT_RSS + engine_need(text_bundle_bytes, pd_bytes, True)))
+            engine_rss, reclaimable["verify (engine)"] = _engine_child_rss(
+                bundle_bytes, text_bundle_bytes, pd_bytes, BUILDER_WAIT_RSS)
         # the interpreter verify (in the builder, when it fits): ~1.4 GB of runtime, the sections read in,
         # and XNNPack's int8 copy of every prefill/decode weight (~1 byte per parameter: 2- and 4-bit
         # weights are unpacked); against full-size builds: E4B wNa8o8 -11%, E2B QAT -13%; the text
@@ -188,6 +206,10 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
             int(1.4e9 + interpreter_need(text_bundle_bytes, fp16_weights) + (0 if fp16_weights else 1.05 * pd_params))
         stages = {"export": export_rss, "fill": fill_rss, "verify (engine)": engine_rss,
                   "verify (interpreter)": interp_rss, "imports": int(1.5 * 2**30)}
+        if engine_rss and scores_baseline and _candidate_engine_route(text_bundle_bytes):
+            # the fp16 baseline scores itself for its candidates: one more engine child of the same size
+            stages["quality"] = engine_rss
+            reclaimable["quality"] = reclaimable.get("verify (engine)", 0)
         towers = [t for t in ("vision", "audio") if not text_only and t not in towers_cached]
         if towers:
             # one tower-conversion child per tower (edgekit/builder/encoders.py), measured at full E2B:
@@ -201,14 +223,16 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
         if not _quality_interpreter_skip(bundle_bytes, quality_baseline_bytes):
             stages["quality"] = int(1.5e9 + interpreter_need(bundle_bytes, False)
                                     + interpreter_need(quality_baseline_bytes, True))
+        elif baseline_scored:
+            # the baseline's scores are cached (it scored itself when built): the candidate's engine child only
+            stages["quality"] = int(BUILDER_WAIT_RSS + 1.6 * bundle_bytes)
         else:
             base_pd = 2 * (counts["decoder"] + counts["embedding"] + counts.get("ple_projection", 0))
             if not _engine_skip(quality_baseline_bytes, base_pd, True):
                 # the builder (4.2 GiB at full E2B QAT) waiting on the fp16 engine child, whose RSS is mostly
-                # its mapped float32 weight cache: no more than the machine has, the rest reclaimable
-                stages["quality"] = min(int(1.6 * quality_baseline_bytes), mem_total() or 1 << 62)
-                reclaimable["quality"] = max(0, stages["quality"] - int(
-                    BUILDER_QUALITY_RSS + engine_need(quality_baseline_bytes, base_pd, True)))
+                # its mapped float32 weight cache
+                stages["quality"], reclaimable["quality"] = _engine_child_rss(
+                    quality_baseline_bytes, quality_baseline_bytes, base_pd, BUILDER_QUALITY_RSS)
     peak = max(stages.values())
     # cache: the float export; work: unpacked float sections + quantized sections; output: the bundle
     disk = random_checkpoint_bytes + (0 if export_cached else float_bytes) + float_bytes + 2 * bundle_bytes
@@ -618,7 +642,9 @@ def _build(
     est = estimate(preset, wd, sch, text_only, out_root, cached, cache,
                    random_checkpoint_bytes=0 if info is not None else _random_bytes(preset, wd),
                    streamed=streamed, towers_cached=towers_cached,
-                   quality_baseline_bytes=baseline[0].stat().st_size if baseline else 0)
+                   quality_baseline_bytes=baseline[0].stat().st_size if baseline else 0,
+                   baseline_scored=baseline is not None and _baseline_scored(baseline[0]),
+                   scores_baseline=quality and sch.float16_weights)
     if progress:
         peak = "" if est.need_bytes == est.peak_rss_bytes else \
             f" (peak RSS ~{_gb(est.peak_rss_bytes)} with reclaimable file-backed pages)"
@@ -767,13 +793,18 @@ def _build(
                 q = _quality(st, out_root / bundle_name(preset.name, "fp16", text_only), bundle, info)
                 if q is not None:
                     manifest["quality"] = q
+            if quality and sch.float16_weights:
+                scored = _score_baseline(st, bundle, runtime)
+                if scored is not None:
+                    build_rec["baseline_scores"] = scored
             builder_peak = peak_rss_bytes()  # None where it cannot be read: shown as n/a
             export_peak = exp.record.get("peak_rss_bytes") if not exp.cached else None
             build_rec["builder_peak_rss_bytes"] = builder_peak
             tower_peak = max((t["peak_rss_bytes"] for t in (tower_rec or {}).get("towers", {}).values()
                               if not t.get("cached")), default=0)  # a cached tower's child did not run here
-            quality_peak = max((c.get("peak_rss_bytes") or 0 for c in
-                                ((manifest.get("quality") or {}).get("children") or {}).values()), default=0)
+            quality_peak = max([c.get("peak_rss_bytes") or 0 for c in
+                                ((manifest.get("quality") or {}).get("children") or {}).values()]
+                               + [(build_rec.get("baseline_scores") or {}).get("peak_rss_bytes") or 0])
             build_rec["peak_rss_bytes"] = max(builder_peak or 0, export_peak or 0, tower_peak, quality_peak)
             build_rec["seconds"] = round(time.monotonic() - t_start, 3)
             build_rec["stages_s"] = st.times
@@ -831,6 +862,38 @@ def _release(st: "_Stages", stage: str) -> None:
     freed = release_free_memory()
     if st.log is not None and freed is not None:
         st.log.note(f"[{stage}] gave {freed / 2**20:.0f} MiB of free memory back before the engine child")
+
+
+def _baseline_scored(baseline_bundle: Path) -> bool:
+    from edgekit.builder import quality_engine as qe
+
+    return qe.baseline_scored(baseline_bundle)
+
+
+def _score_baseline(st: "_Stages", bundle: Path, runtime: dict) -> dict[str, Any] | None:
+    """An fp16 build scores itself once, with the engine, into the score cache, when its candidates'
+    quality stage will take the engine route: each candidate built against it then runs only its own
+    scoring child. Full E4B: the fp16 child maps an 18.6 GB float32 weight cache; beside a candidate's
+    build it paged at 150-200 MB/s and had not finished after 25 min (6.5 min alone). None when the
+    candidates will use the interpreter route; a failure is recorded, not raised (the build is done)."""
+    from edgekit.builder import quality_engine as qe
+
+    if not _candidate_engine_route(bundle.stat().st_size):
+        return None
+    engine = runtime.get("litert_lm") or {}
+    if not engine.get("ok"):
+        why = engine.get("skipped") or engine.get("error") or "the engine check did not run"
+        st.run("quality", f"{bundle.name}: not scored for its candidates ({why})", lambda: None)
+        return {"method": qe.METHOD, "skipped": f"the engine check did not pass: {why}"}
+    _release(st, "quality")
+
+    def run() -> dict[str, Any]:
+        try:
+            return qe.score_baseline(bundle)
+        except EdgekitError as exc:
+            return {"method": qe.METHOD, "skipped": f"engine scoring failed: {exc}"}
+
+    return dict(st.run("quality", f"{bundle.name}: engine scores kept for its candidates' quality stage", run))
 
 
 def _backfill_quality(st: "_Stages", cand_dir: Path, baseline_bundle: Path, baseline_manifest: dict) -> None:

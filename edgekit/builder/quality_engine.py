@@ -119,6 +119,82 @@ def _store_scores(key: str, run: dict[str, Any]) -> None:
         pass  # a read-only cache only costs a rescoring next time
 
 
+def _plan(base: Path, caps: list[int], text: str | os.PathLike | None, max_tokens: int | None, seq_len: int,
+          say: Callable[[str], None]):
+    """The scored windows: (evaluation text, windows, their texts, seq_len, the engine's token budget).
+
+    Windows are tokenized by the baseline's tokenizer; ``caps`` are the cache lengths of the bundles
+    (a window is no longer than the smallest)."""
+    body = ql.load_eval_text(text)
+    tok, bos = _tokenizer(base)
+    if caps and seq_len > min(caps):
+        say(f"quality: seq_len {seq_len} capped at the bundles' cache length {min(caps)}")
+        seq_len = min(caps)
+    wins = ql.windows(tok.encode(body, add_special_tokens=False).ids, bos, seq_len, max_tokens)
+    if not wins:
+        raise UsageError("the evaluation text gives no tokens to score", hint="pass a longer text")
+    texts = [tok.decode(w[1:], skip_special_tokens=False) for w in wins]
+    # [BOS] + the window's tokens, plus slack for a re-tokenization that comes out a little longer
+    max_num = seq_len + 8 if not caps else min(seq_len + 8, min(caps))
+    return body, wins, texts, seq_len, max_num
+
+
+def _score(role: str, path: Path, texts: list[str], max_num: int, threads: int | None, timeout: float,
+           say: Callable[[str], None]) -> dict[str, Any]:
+    """One bundle's scores: from the score cache when this bundle was scored on these texts before,
+    else by an engine child (and kept)."""
+    key = _scores_key(path, texts, max_num, threads)
+    got = _cached_scores(key)
+    if got is not None:
+        say(f"quality: {role} scores reused ({path.name}: same bundle, text, runtime; "
+            f"scored in {got['seconds']:.1f} s before)")
+        return got
+    say(f"quality: engine scoring {len(texts)} windows with the {role} ({path.name})")
+    try:
+        run = sc.score_texts(path, texts, threads=threads, max_num_tokens=max_num, timeout=timeout)
+    except sc.ScoringError as exc:
+        raise CheckpointError(str(exc), hint="check that the bundle loads: `edgekit inspect` and the "
+                              "build's engine verify") from exc
+    _store_scores(key, run)
+    say(f"quality: {role} scored in {run['seconds']:.1f} s")
+    return run
+
+
+def _baseline_plan(baseline: Path):
+    """The windows a candidate of the baseline's cache length is scored on by default."""
+    return _plan(baseline, [c for c in (_cache_length(baseline),) if c], None, ENGINE_MAX_TOKENS,
+                 ql.DEFAULT_SEQ_LEN, lambda s: None)
+
+
+def score_baseline(baseline: str | os.PathLike, threads: int | None = None, timeout: float = sc.SCORING_TIMEOUT_S,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Score an fp16 baseline on the default windows into the score cache, once, when it is built.
+
+    The quality stage of every candidate of the same cache length built against it then runs only
+    the candidate's child: at full E4B the fp16 child maps an 18.6 GB float32 weight cache and takes
+    6.5 min alone, and inside a candidate's build it did not finish in 25 min. Returns what the
+    build record keeps (windows, tokens, the child's seconds and peak RSS, whether it was cached)."""
+    base = ql.resolve_bundle(baseline)
+    _, wins, texts, _, max_num = _baseline_plan(base)
+    run = _score("baseline", base, texts, max_num, threads, timeout, progress or (lambda s: None))
+    rec = {"method": METHOD, "windows": len(wins), "tokens": sum(len(s) for s in run["scores"]),
+           "cache": str(scores_dir())}
+    rec.update({k: run.get(k) for k in ("seconds", "init_s", "score_s", "peak_rss_bytes")})
+    rec["cached"] = bool(run.get("cached"))
+    return rec
+
+
+def baseline_scored(baseline: str | os.PathLike) -> bool:
+    """Whether the baseline's default-window scores are in the score cache (the quality stage of a
+    candidate of its cache length then scores the candidate only); False when that cannot be told."""
+    try:
+        base = ql.resolve_bundle(baseline)
+        _, _, texts, _, max_num = _baseline_plan(base)
+        return _cached_scores(_scores_key(base, texts, max_num, None)) is not None
+    except (EdgekitError, OSError, ValueError):
+        return False
+
+
 def evaluate_engine(
     candidate: str | os.PathLike,
     baseline: str | os.PathLike,
@@ -137,36 +213,11 @@ def evaluate_engine(
     """
     say = progress or (lambda s: None)
     cand, base = ql.resolve_bundle(candidate), ql.resolve_bundle(baseline)
-    body = ql.load_eval_text(text)
     t0 = time.time()
-    tok, bos = _tokenizer(base)
     caps = [c for c in (_cache_length(cand), _cache_length(base)) if c]
-    if caps and seq_len > min(caps):
-        say(f"quality: seq_len {seq_len} capped at the bundles' cache length {min(caps)}")
-        seq_len = min(caps)
-    wins = ql.windows(tok.encode(body, add_special_tokens=False).ids, bos, seq_len, max_tokens)
-    if not wins:
-        raise UsageError("the evaluation text gives no tokens to score", hint="pass a longer text")
-    texts = [tok.decode(w[1:], skip_special_tokens=False) for w in wins]
-    # [BOS] + the window's tokens, plus slack for a re-tokenization that comes out a little longer
-    max_num = seq_len + 8 if not caps else min(seq_len + 8, min(caps))
-    runs = {}
-    for role, path in (("candidate", cand), ("baseline", base)):
-        key = _scores_key(path, texts, max_num, threads)
-        got = _cached_scores(key)
-        if got is not None:
-            runs[role] = got
-            say(f"quality: {role} scores reused ({path.name}: same bundle, text, runtime; "
-                f"scored in {got['seconds']:.1f} s before)")
-            continue
-        say(f"quality: engine scoring {len(texts)} windows with the {role} ({path.name})")
-        try:
-            runs[role] = sc.score_texts(path, texts, threads=threads, max_num_tokens=max_num, timeout=timeout)
-        except sc.ScoringError as exc:
-            raise CheckpointError(str(exc), hint="check that the bundle loads: `edgekit inspect` and the "
-                                  "build's engine verify") from exc
-        _store_scores(key, runs[role])
-        say(f"quality: {role} scored in {runs[role]['seconds']:.1f} s")
+    body, wins, texts, seq_len, max_num = _plan(base, caps, text, max_tokens, seq_len, say)
+    runs = {role: _score(role, path, texts, max_num, threads, timeout, say)
+            for role, path in (("candidate", cand), ("baseline", base))}
     c, b = runs["candidate"], runs["baseline"]
     if c["ids"] != b["ids"]:
         raise NotComparable("the candidate's and the baseline's engines tokenize the evaluation text differently",

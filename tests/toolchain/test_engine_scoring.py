@@ -179,6 +179,41 @@ def test_scores_are_reused_for_the_same_bundle_text_and_runtime(tmp_path, tiny_b
         qe.evaluate_engine(tiny_bundles["wNa8o8"], other)
 
 
+def test_an_fp16_build_scores_itself_once_for_its_candidates(tiny_bundles, tiny_manifests, forced_engine_route,
+                                                              monkeypatch):
+    """When its candidates will take the engine route, the fp16 build scores itself into the score cache;
+    a candidate's quality stage then starts one child only (its own) and gets the same figures."""
+    base = tiny_bundles["fp16"]
+    assert not qe.baseline_scored(base)
+    engine_ok = {"litert_lm": {"ok": True}}
+    rec = pl._score_baseline(pl._Stages(None), base, engine_ok)
+    assert rec["method"] == qe.METHOD and not rec["cached"] and "skipped" not in rec
+    assert rec["windows"] == 2 and rec["tokens"] == qe.ENGINE_MAX_TOKENS and rec["peak_rss_bytes"] > 0
+    assert qe.baseline_scored(base)
+    assert pl._score_baseline(pl._Stages(None), base, engine_ok)["cached"]  # a rebuild of the same bytes
+    scored = []
+    real = sc.score_texts
+    monkeypatch.setattr(sc, "score_texts", lambda b, *a, **k: scored.append(b) or real(b, *a, **k))
+    info = SimpleNamespace(weights_sha256=tiny_manifests["fp16"]["source"]["weights_sha256"])
+    q = pl._quality(pl._Stages(None), base.parent, tiny_bundles["wNa8o8"], info)
+    assert scored == [tiny_bundles["wNa8o8"]]
+    assert q["children"]["baseline"]["cached"] and not q["children"]["candidate"].get("cached")
+    _check_engine_record(q, base)
+
+
+def test_an_fp16_build_whose_engine_check_failed_is_not_scored(tiny_bundles, forced_engine_route, monkeypatch):
+    monkeypatch.setattr(sc, "score_texts", lambda *a, **k: pytest.fail("scored"))
+    rec = pl._score_baseline(pl._Stages(None), tiny_bundles["fp16"],
+                             {"litert_lm": {"ok": None, "skipped": "the engine would hold ~14 GB"}})
+    assert "14 GB" in rec["skipped"] and not qe.baseline_scored(tiny_bundles["fp16"])
+
+
+def test_an_fp16_build_whose_candidates_fit_the_interpreter_is_not_scored(tiny_bundles, monkeypatch):
+    monkeypatch.setattr(pl, "_too_big_for_interpreter", lambda *need: None)
+    monkeypatch.setattr(sc, "score_texts", lambda *a, **k: pytest.fail("scored"))
+    assert pl._score_baseline(pl._Stages(None), tiny_bundles["fp16"], {"litert_lm": {"ok": True}}) is None
+
+
 def test_a_scoring_failure_names_the_text_and_the_engines_reason(tiny_bundles):
     """run_text_scoring fails with one generic Python message; the error carries the engine's own line."""
     with pytest.raises(sc.ScoringError) as ei:

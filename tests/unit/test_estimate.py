@@ -106,6 +106,37 @@ def test_quality_against_the_fp16_sibling_counts(monkeypatch):
     assert "quality" not in pl.estimate(*args, streamed=True, quality_baseline_bytes=10 * 10**9).stages
 
 
+def test_a_scored_baseline_leaves_only_the_candidates_engine_child(monkeypatch):
+    """Full E4B against its fp16 sibling whose scores are cached: the quality stage is the candidate's
+    child, no longer the fp16 child that maps the machine's memory."""
+    monkeypatch.setattr(pl, "mem_available", lambda: int(22.9 * 2**30))
+    monkeypatch.setattr(pl, "mem_total", lambda: int(23.5 * 2**30))
+    p4 = get_preset("e4b")
+    args = (p4, 1, load_scheme("wNa8o8", p4), True, Path("/tmp"), True, Path("/tmp"))
+    fresh = pl.estimate(*args, streamed=True, quality_baseline_bytes=16_273_348_672)
+    scored = pl.estimate(*args, streamed=True, quality_baseline_bytes=16_273_348_672, baseline_scored=True)
+    assert scored.stages["quality"] == int(pl.BUILDER_WAIT_RSS + 1.6 * scored.bundle_bytes)
+    assert "quality" not in scored.reclaimable and scored.stages["quality"] < fresh.stages["quality"]
+    assert scored.peak_rss_bytes < 20 * 2**30 < fresh.peak_rss_bytes
+
+
+def test_an_fp16_build_that_scores_itself_counts_a_second_engine_child(monkeypatch):
+    monkeypatch.setattr(pl, "mem_available", lambda: 22 * 2**30)
+    monkeypatch.setattr(pl, "mem_total", lambda: int(23.5 * 2**30))
+    p4 = get_preset("e4b")
+    args = (p4, 1, load_scheme("fp16", p4), True, Path("/tmp"), True, Path("/tmp"))
+    plain = pl.estimate(*args, streamed=True)
+    scoring = pl.estimate(*args, streamed=True, scores_baseline=True)
+    assert "quality" not in plain.stages
+    assert scoring.stages["quality"] == scoring.stages["verify (engine)"]
+    assert scoring.reclaimable["quality"] == scoring.reclaimable["verify (engine)"]
+    assert scoring.need_bytes == plain.need_bytes  # the same child again: no more memory needed
+    # tiny: its candidates' quality runs in the interpreter, so the baseline is not scored
+    t = get_preset("tiny")
+    assert "quality" not in pl.estimate(t, 1, load_scheme("fp16", t), True, Path("/tmp"), True, Path("/tmp"),
+                                        streamed=True, scores_baseline=True).stages
+
+
 def test_cached_towers_run_no_tower_child(monkeypatch):
     avail = 3 * 2**30
     monkeypatch.setattr(pl, "mem_available", lambda: avail)
