@@ -272,6 +272,62 @@ os._exit(code & 0xFF)
 """
 
 
+class MemoryCgroup:
+    """A memory cgroup with a hard limit, for running a command as a machine of that size would:
+    anonymous memory over the limit is OOM-killed, file-backed pages (page cache, mapped weight
+    caches) are reclaimed to stay under it. cgroup v2 (``memory.max``) where the unified
+    hierarchy has the memory controller, else v1 (``memory.limit_in_bytes``); needs root.
+
+    ``argv(cmd)`` wraps a command so that it joins the group before it execs; ``stats()`` reads the
+    group's peak charge and how often the limit was hit; ``remove()`` deletes the group."""
+
+    def __init__(self, limit_bytes: int, name: str | None = None):
+        name = name or f"edgekit-bench-{os.getpid()}"
+        v2 = Path("/sys/fs/cgroup")
+        if "memory" in (v2 / "cgroup.controllers").read_text().split() if (v2 / "cgroup.controllers").is_file() \
+                else False:
+            self.path, self.v2 = v2 / name, True
+        else:
+            self.path, self.v2 = Path("/sys/fs/cgroup/memory") / name, False
+        try:
+            self.path.mkdir(exist_ok=True)
+            (self.path / ("memory.max" if self.v2 else "memory.limit_in_bytes")).write_text(str(limit_bytes))
+        except OSError as exc:
+            raise SystemExit(f"error: cannot create a memory cgroup at {self.path} ({exc.strerror}): "
+                             "run as root on a machine with the cgroup memory controller, or drop --memory-limit")
+        self.limit = limit_bytes
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        procs = self.path / "cgroup.procs"
+        return ["/bin/sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *cmd]
+
+    def stats(self) -> dict[str, Any]:
+        def num(f: str) -> int | None:
+            try:
+                return int((self.path / f).read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+
+        def kv(f: str) -> dict[str, int]:
+            try:
+                return {k: int(v) for k, v in (ln.split() for ln in (self.path / f).read_text().splitlines())}
+            except (OSError, ValueError):
+                return {}
+
+        if self.v2:
+            ev = kv("memory.events")
+            return {"cgroup": str(self.path), "limit_bytes": self.limit, "peak_bytes": num("memory.peak"),
+                    "limit_hits": ev.get("max"), "oom_kills": ev.get("oom_kill")}
+        return {"cgroup": str(self.path), "limit_bytes": self.limit, "peak_bytes": num("memory.max_usage_in_bytes"),
+                "limit_hits": num("memory.failcnt"), "oom_kills": kv("memory.oom_control").get("oom_kill")}
+
+    def remove(self) -> None:
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
 def _wait(proc: subprocess.Popen, timeout: float | None) -> None:
     """Wait for the launcher; past ``timeout`` it kills the command (SIGTERM is relayed as SIGKILL)."""
     try:

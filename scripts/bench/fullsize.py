@@ -48,18 +48,30 @@ def name_of(model: str, scheme: str) -> str:
     return C.text_bundle_name(model, scheme)
 
 
-def build(model: str, scheme: str, dist: Path, prefill: int, cache_length: int, extra: list[str]) -> dict:
+def build(model: str, scheme: str, dist: Path, prefill: int, cache_length: int, extra: list[str],
+          memory_limit: int | None = None) -> dict:
     argv = C.edgekit_argv("build", model, "--random-weights", "--text-only", "--scheme", scheme,
                           "--prefill", str(prefill), "--cache-length", str(cache_length),
                           "--output", str(dist), *extra)
-    C.log("running " + " ".join(argv))
+    C.log("running " + " ".join(argv) + (f" in a {memory_limit / GIB:g} GiB memory cgroup" if memory_limit else ""))
     commit = C.git_commit()  # the code the build runs: taken before it starts, not when it ends
-    r = C.run_measured(argv, interval=0.2, cwd=C.REPO, echo=True)
+    group = C.MemoryCgroup(memory_limit) if memory_limit else None
+    try:
+        r = C.run_measured(group.argv(argv) if group else argv, interval=0.2, cwd=C.REPO, echo=True)
+        limit = group.stats() if group else None
+    finally:
+        if group:
+            group.remove()
     rec = {"argv": argv, "returncode": r.returncode, "seconds": round(r.seconds, 1),
            "peak_tree_rss_bytes": r.mem.peak_tree_rss, "peak_tree_anon_bytes": r.mem.peak_tree_anon,
            "peak_single_hwm_bytes": r.mem.peak_single_hwm, "rusage_maxrss_bytes": r.rusage_maxrss,
            "peak_rss_bytes": r.peak_rss, "date": C.utc_now(), "commit": commit,
            "stderr_tail": r.stderr.strip().splitlines()[-3:]}
+    if limit:  # what a machine of that size gives the build: file-backed pages reclaimed, anonymous OOM-killed
+        rec["memory_cgroup"] = limit
+        rec["note"] = (f"in a {limit['limit_bytes'] / GIB:g} GiB memory cgroup: peak charge "
+                       f"{(limit['peak_bytes'] or 0) / GIB:.2f} GiB, limit hit {limit['limit_hits']} times, "
+                       f"{limit['oom_kills'] or 0} OOM kills")
     out = dist / name_of(model, scheme)
     out.mkdir(parents=True, exist_ok=True)
     C.atomic_json(out.parent / f"{name_of(model, scheme)}.build.json", rec)
@@ -224,11 +236,14 @@ def main() -> int:
     C.run_options(ap, reps=3, prefill=128, decode=32)
     ap.add_argument("--cache-length", type=int, default=4096)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--memory-limit", type=float, metavar="GIB",
+                    help="run each build in a memory cgroup of this many GiB (root): as a machine of that size would")
     a = ap.parse_args()
     a.dist.mkdir(parents=True, exist_ok=True)
     if a.build:
         for scheme in a.schemes.split(","):
-            rec = build(a.model, scheme, a.dist, a.prefill, a.cache_length, [])
+            rec = build(a.model, scheme, a.dist, a.prefill, a.cache_length, [],
+                        int(a.memory_limit * GIB) if a.memory_limit else None)
             C.log(f"{scheme}: exit {rec['returncode']}, {rec['seconds']} s, peak {rec['peak_rss_bytes'] / GIB:.2f} GiB")
     mc = mb = None
     notes = []

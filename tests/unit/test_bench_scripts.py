@@ -215,3 +215,31 @@ def test_fullsize_write_keeps_the_rows_it_did_not_measure(C, tmp_path):
     assert not any(n.startswith("builds:") for n in notes)  # the script writes its own method notes
     # nothing on record: the rows stay as measured
     assert fs.keep_unmeasured("e4b", new, [], body="") == (new, [])
+
+
+def test_memory_cgroup_reclaims_file_pages_and_kills_anonymous_memory_over_its_limit(C, tmp_path):
+    """fullsize.py --memory-limit: a command in the group runs as on a machine of that size."""
+    try:
+        g = C.MemoryCgroup(256 * 2**20, f"edgekit-test-{time.monotonic_ns()}")
+    except SystemExit as exc:
+        pytest.skip(f"no memory cgroup here: {exc}")
+    try:
+        data = tmp_path / "file.bin"
+        # a 512 MiB file written in the group (its pages are charged there, as a build's bundle and the
+        # engine's weight cache are) and read through a mapping twice: its pages are reclaimed to stay
+        # under the limit, and the command completes
+        code = ("import mmap, sys; w = open(sys.argv[1], 'wb'); [w.write(b'\\1' * 2**24) for _ in range(32)]; "
+                "w.close(); f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); "
+                "print(sum(m[i] for r in range(2) for i in range(0, len(m), 4096)))")
+        r = C.run_measured(g.argv([sys.executable, "-c", code, str(data)]))
+        assert r.returncode == 0 and int(r.stdout) == 2 * 512 * 2**20 // 4096
+        # the limit, plus the interpreter's and libraries' pages already cached and charged elsewhere
+        assert r.mem.peak_tree_rss <= (256 + 32) * 2**20
+        s = g.stats()
+        assert s["limit_bytes"] == 256 * 2**20 and s["limit_hits"] > 0 and not s["oom_kills"]
+        # 400 MiB of anonymous memory does not fit: killed by the kernel
+        r = C.run_measured(g.argv([sys.executable, "-c", "a = bytearray(400 * 2**20)"]))
+        assert r.returncode == -9 and g.stats()["oom_kills"] >= 1
+    finally:
+        g.remove()
+    assert not g.path.exists()
