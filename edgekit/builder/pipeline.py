@@ -206,7 +206,8 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
             int(1.4e9 + interpreter_need(text_bundle_bytes, fp16_weights) + (0 if fp16_weights else 1.05 * pd_params))
         stages = {"export": export_rss, "fill": fill_rss, "verify (engine)": engine_rss,
                   "verify (interpreter)": interp_rss, "imports": int(1.5 * 2**30)}
-        if engine_rss and scores_baseline and _candidate_engine_route(text_bundle_bytes):
+        if engine_rss and scores_baseline and _candidate_engine_route(text_bundle_bytes) \
+                and not _scoring_skip(text_bundle_bytes, pd_bytes, True):
             # the fp16 baseline scores itself for its candidates: one more engine child of the same size
             stages["quality"] = engine_rss
             reclaimable["quality"] = reclaimable.get("verify (engine)", 0)
@@ -228,7 +229,7 @@ def estimate(preset, width_div: int, scheme, text_only: bool, output_dir: Path, 
             stages["quality"] = int(BUILDER_WAIT_RSS + 1.6 * bundle_bytes)
         else:
             base_pd = 2 * (counts["decoder"] + counts["embedding"] + counts.get("ple_projection", 0))
-            if not _engine_skip(quality_baseline_bytes, base_pd, True):
+            if not _scoring_skip(quality_baseline_bytes, base_pd, True):
                 # the builder (4.2 GiB at full E2B QAT) waiting on the fp16 engine child, whose RSS is mostly
                 # its mapped float32 weight cache
                 stages["quality"], reclaimable["quality"] = _engine_child_rss(
@@ -495,6 +496,24 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _with_kv_cache(sch, kv_cache: str, qat: bool):
+    """The scheme with its KV cache set from ``--kv-cache``: int8 needs static int8 activations (the
+    cache's ranges are calibrated with them); the bundle's name says so (``<scheme>-kv8``), so a build
+    beside the float-KV one does not replace it."""
+    from edgekit.schemes.scheme import KV_CACHE
+
+    if kv_cache not in KV_CACHE:
+        raise UsageError(f"--kv-cache {kv_cache!r} is not one of {', '.join(KV_CACHE)}")
+    if kv_cache == "int8" and not sch.static_activations:
+        raise UsageError(f"an int8 KV cache needs static int8 activations; scheme {sch.name} has none",
+                         hint="build a wNa8o8 scheme with --kv-cache int8, or drop --kv-cache")
+    if kv_cache == "int8" and qat:
+        raise UsageError("an int8 KV cache from a QAT checkpoint's k/v cache scales is not built yet",
+                         hint="drop --kv-cache int8 (the QAT build keeps a float KV cache and names it)")
+    name = sch.name.removesuffix("-kv8") + ("-kv8" if kv_cache == "int8" else "")
+    return dataclasses.replace(sch, kv_cache=kv_cache, name=name)
+
+
 def _make_work(cache: Path, model: str) -> Path:
     """The build's work folder in the cache (toolchain log, unpacked and quantized sections)."""
     import re
@@ -563,6 +582,7 @@ def _build(
     log=None,
     work_dir: Path,
     route: str = "auto",
+    kv_cache: str | None = None,
 ) -> BuildResult:
     from edgekit.builder import encoders as enc
     from edgekit.builder import export as ex
@@ -597,6 +617,8 @@ def _build(
             qat_build = st.run("source", "QAT checkpoint: validate", bq.QatBuild.prepare,
                                checkpoint, preset, cache, requantize=requantize, dequantize=False)
             sch = qat_build.scheme(sch, preset)
+    if kv_cache is not None and kv_cache != sch.kv_cache:
+        sch = _with_kv_cache(sch, kv_cache, qat_build is not None)
     if requantize and qat_build is None:
         raise UsageError("--requantize applies only to a quant_method 'gemma' (QAT) checkpoint",
                          hint="pass --checkpoint <QAT checkpoint folder>, or drop --requantize")
@@ -623,6 +645,10 @@ def _build(
     streamed = sm.use_streamed(route, preset.name, wd)
     if qat_build is not None and not streamed:  # classic QAT: export the exact dequantized float
         ckpt_dir = st.run("source", "QAT checkpoint: exact dequantization", qat_build.dequantize, cache)
+    if streamed and sch.kv_cache == "int8":
+        raise UsageError("the int8 KV cache is built on the classic route only (its ranges come from the float "
+                         "graph's calibration)", hint="add --route classic (needs more memory), or build with "
+                         "--kv-cache float")
     if streamed and requantize:  # streamed QAT reads the checkpoint's integers and SRQ scales as stored
         raise UsageError("--requantize (the naive QAT path) runs on the classic route only",
                          hint="add --route classic (needs more memory), or drop --requantize")
@@ -880,6 +906,10 @@ def _score_baseline(st: "_Stages", bundle: Path, runtime: dict) -> dict[str, Any
 
     if not _candidate_engine_route(bundle.stat().st_size):
         return None
+    no_scoring = _scoring_skip(bundle.stat().st_size, _prefill_decode_bytes(bundle), True)
+    if no_scoring:
+        st.run("quality", f"{bundle.name}: not scored for its candidates ({no_scoring})", lambda: None)
+        return {"method": qe.METHOD, "skipped": no_scoring}
     engine = runtime.get("litert_lm") or {}
     if not engine.get("ok"):
         why = engine.get("skipped") or engine.get("error") or "the engine check did not run"
@@ -1016,6 +1046,33 @@ def _engine_skip(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> str
     return None
 
 
+# Engine scoring runs one decode step per scored token, each reading every weight: the child's anonymous
+# memory and, for float16 weights, XNNPack's float32 weight cache must stay resident together, or every
+# token re-reads the cache from disk. Full E4B fp16 beside its builder (0.66 GB): the scoring child held
+# 5.97 GB anonymous (0.65x its 9.2 GB prefill/decode section) and 17.6 of its 18.6 GB cache on a 24.7 GB
+# machine, paged at 150-200 MB/s and had not scored 254 tokens after 44 min (6.5 min when it fits).
+SCORING_ANON_PER_PD = 0.65
+
+
+def scoring_resident(pd_bytes: int, float16_weights: bool) -> int:
+    """What an engine scoring child keeps resident: anonymous memory + the float32 weight cache."""
+    return int(SCORING_ANON_PER_PD * pd_bytes) + engine_cache_need(pd_bytes, float16_weights)
+
+
+def _scoring_skip(bundle_bytes: int, pd_bytes: int, float16_weights: bool) -> str | None:
+    """Why a bundle cannot be scored by the engine here (it does not load, or its working set would
+    not stay resident), or None."""
+    why = _engine_skip(bundle_bytes, pd_bytes, float16_weights)
+    if why or not float16_weights:
+        return why
+    need, avail = scoring_resident(pd_bytes, True), mem_available()
+    if avail is not None and need > avail:
+        return (f"engine scoring keeps ~{_gb(need)} resident (float16 weights as a float32 weight cache, and "
+                f"its anonymous memory), {_gb(avail)} available: every scored token would re-read the cache "
+                f"from disk; score it on a machine with more memory")
+    return None
+
+
 def _quality_interpreter_skip(candidate_bytes: int, baseline_bytes: int) -> str | None:
     """Why the quality stage cannot score the candidate against its fp16 baseline in the builder's
     interpreter (both held at once), or None when both fit."""
@@ -1086,7 +1143,7 @@ def _quality_against(st: _Stages, candidate: Path, baseline_bundle: Path, baseli
     from edgekit import quality as ql
 
     why = _quality_interpreter_skip(candidate.stat().st_size, baseline_bundle.stat().st_size)
-    no_engine = _engine_skip(baseline_bundle.stat().st_size, _prefill_decode_bytes(baseline_bundle), True) \
+    no_engine = _scoring_skip(baseline_bundle.stat().st_size, _prefill_decode_bytes(baseline_bundle), True) \
         if why else None
     if no_engine:
         from edgekit.builder import quality_engine as qe

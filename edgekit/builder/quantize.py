@@ -125,10 +125,20 @@ def _exact(scope: str) -> str:
     return "^" + re.escape(scope) + "$"
 
 
-def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = True) -> list[dict]:
+def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = True, kv_int8: bool = False) -> list[dict]:
+    """Static int8 activations and N-bit weights on every planned FC; ``kv_int8``: the graph's
+    inputs and outputs quantized too (per tensor, symmetric int8): only the KV-cache tensors are
+    (``float_graph_io(quantized=...)`` ignores the others)."""
     from ai_edge_quantizer import qtyping, recipe_manager
 
     rm = recipe_manager.RecipeManager()
+    if kv_int8:
+        int8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True)
+        io = qtyping.OpQuantizationConfig(  # the weight config is required by the recipe format, unused here
+            activation_tensor_config=int8, weight_tensor_config=int8,
+            compute_precision=qtyping.ComputePrecision.INTEGER, explicit_dequantize=False)
+        for opn in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            rm.add_quantization_config(".*", opn, io)
     seen: set[str] = set()
     for p in plans:
         if p.kind != "fc" or p.bits is None or p.scope in seen:
@@ -183,12 +193,32 @@ def fp16_recipe() -> list[dict]:
 
 
 # ------------------------------------------------------ float graph boundaries
-@contextlib.contextmanager
-def float_graph_io(range_update: str = "minmax"):
-    """Keep graph inputs/outputs float, and choose how calibration merges ranges.
+KV_PREFIX = "kv_cache_"  # the KV-cache inputs and outputs of every prefill/decode signature
 
-    INPUT/OUTPUT get materializers that ignore every tensor, so the graph's
-    embeddings, mask, KV cache and logits stay float32. ``range_update``:
+
+def kv_tensor_names(tflite_path: str | os.PathLike) -> dict[str, set[str]]:
+    """Signature name (``kv_cache_k_0``...) -> the graph tensors that carry it, over every signature
+    (the input and the updated output of prefill_<N> and decode)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(tflite_path))
+    out: dict[str, set[str]] = {}
+    for sd in model.signatureDefs or []:
+        sg = model.subgraphs[sd.subgraphIndex]
+        for tm in list(sd.inputs or []) + list(sd.outputs or []):
+            name = _name(tm)
+            if name.startswith(KV_PREFIX):
+                out.setdefault(name, set()).add(_name(sg.tensors[tm.tensorIndex]))
+    return out
+
+
+@contextlib.contextmanager
+def float_graph_io(range_update: str = "minmax", quantized: frozenset[str] = frozenset()):
+    """Keep graph inputs/outputs float (but ``quantized``), and choose how calibration merges ranges.
+
+    INPUT/OUTPUT get materializers that ignore every tensor whose name is not in
+    ``quantized``, so the graph's embeddings, mask, logits (and KV cache, unless its
+    tensors are named) stay float32. ``range_update``:
     ``"minmax"`` keeps the true min/max over all calibration samples (no clipping
     of what calibration saw); ``"ema"`` is ai-edge-quantizer's default moving average.
     The registry is process-global: everything is restored on exit.
@@ -205,17 +235,19 @@ def float_graph_io(range_update: str = "minmax"):
     info = api._algorithm_registry[alg].quantized_ops  # noqa: SLF001
     saved = {k: dataclasses.replace(v) for k, v in info.items()}
 
-    def _ignore_all(get_params, op_info, graph_info, qsv, cache):
-        n_in = len(op_info.op.inputs) if op_info.op.inputs is not None else 0
-        n_out = len(op_info.op.outputs) if op_info.op.outputs is not None else 0
+    def _ignored(idx, graph_info) -> list[int]:
+        return [k for k, t in enumerate(idx if idx is not None else [])
+                if _name(graph_info.subgraph_tensors[t]) not in quantized]
+
+    def _ignore_all(get_params, op_info, graph_info, tensor_name_to_qsv, tensor_quant_params_cache=None):
         return common_utils.materialize_standard_op(
             op_info,
             graph_info,
-            qsv,
+            tensor_name_to_qsv,
             get_params,
-            tensor_quant_params_cache=cache,
-            inputs_to_ignore=list(range(n_in)),
-            outputs_to_ignore=list(range(n_out)),
+            tensor_quant_params_cache=tensor_quant_params_cache,
+            inputs_to_ignore=_ignored(op_info.op.inputs, graph_info),
+            outputs_to_ignore=_ignored(op_info.op.outputs, graph_info),
         )
 
     try:
@@ -287,8 +319,11 @@ def quantize_static(
     num_threads: int = 2,
     symmetric_act: bool = True,
     range_update: str = "minmax",
+    kv_int8: bool = False,
 ) -> None:
-    """Static int8 activations (per tensor, fixed scale) + N-bit channel-wise weights on every FC.
+    """Static int8 activations (per tensor, fixed scale) + N-bit channel-wise weights on every FC;
+    ``kv_int8``: the KV-cache inputs and outputs int8 too, one calibrated range per cache over
+    every signature (:func:`align_kv_ranges`).
 
     ``symmetric_act`` (zero point 0) is the default: with ai-edge-quantizer's asymmetric
     int8 activations, LiteRT-LM 0.18.1's CPU engine computes visibly different logits than
@@ -300,13 +335,31 @@ def quantize_static(
 
     from edgekit.builder.quantizer_memory import lean_quantizer
 
-    recipe = static_recipe(plans, symmetric_act)
-    with float_graph_io(range_update), lean_quantizer():
+    kv = kv_tensor_names(tflite_in) if kv_int8 else {}
+    recipe = static_recipe(plans, symmetric_act, kv_int8=bool(kv))
+    with float_graph_io(range_update, frozenset().union(*kv.values())), lean_quantizer():
         q = quantizer.Quantizer(str(tflite_in))
         q.load_quantization_recipe(recipe)
         qsv = q.calibrate(calibration, num_threads=num_threads)
+        if kv:
+            align_kv_ranges(tflite_in, qsv, kv)
         res = q.quantize(qsv)
     _export(res, tflite_out)
+
+
+def align_kv_ranges(tflite_path: str | os.PathLike, qsv: dict, kv: dict[str, set[str]]) -> dict[str, float]:
+    """One range per KV-cache tensor over every signature (the cache written by prefill is read by
+    decode, and the engine binds one buffer to a signature's input and output): ai-edge-quantizer's
+    ``CalibrationQsvAlignmentUtils.align_quant_stats``. Returns each cache's symmetric bound."""
+    from ai_edge_quantizer.utils.calibration_utils import CalibrationQsvAlignmentUtils
+
+    util = CalibrationQsvAlignmentUtils(str(tflite_path))
+    sigs = list(util._signature_runners)  # noqa: SLF001 - the signatures it searches
+    bounds = {}
+    for name in sorted(kv):
+        lo, hi = util.align_quant_stats(qsv, {s: [name] for s in sigs})
+        bounds[name] = float(max(np.max(np.abs(lo)), np.max(np.abs(hi))))
+    return bounds
 
 
 def quantize_weights(tflite_in: str | os.PathLike, tflite_out: str | os.PathLike, recipe: list[dict]) -> None:

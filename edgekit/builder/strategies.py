@@ -134,8 +134,10 @@ def _static(job: QuantizeJob) -> Result:
     calib_rec["max_samples_per_signature"] = job.calibration_samples
     calib_rec["activations"] = {"granularity": "per-tensor", "symmetric": True, "range": "min/max"}
     dst = job.work / f"{PD}.tflite"
-    job.run("quantize", "prefill/decode: static int8 activations, N-bit weights", qz.quantize_static,
-            job.secs[PD], dst, plans[PD], feeds)
+    kv_int8 = job.scheme.kv_cache == "int8"
+    job.run("quantize", "prefill/decode: static int8 activations, N-bit weights"
+            + (", int8 KV cache" if kv_int8 else ""), qz.quantize_static,
+            job.secs[PD], dst, plans[PD], feeds, kv_int8=kv_int8)
     del feeds
     out = {PD: dst}
     _embedders(job, plans, out)

@@ -166,9 +166,46 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
     op_names = tfl.op_names()
     return {
         "signatures": [sig_of[k] for k in sorted(sig_of)],
+        "kv_cache": kv_cache_summary(model),
         "dtype_summary": {k: dict(v) for k, v in sorted(dtype_summary.items())},
         "ops": {op_names.get(k, str(k)): v for k, v in sorted(ops_count.items())},
         "weights": weights,
+    }
+
+
+KV_PREFIX = "kv_cache_"
+
+
+def kv_cache_summary(model) -> dict[str, Any]:
+    """The KV-cache inputs of a prefill/decode graph: their dtype(s), how many caches, the
+    elements and bytes of one set of caches (what the engine allocates), and for int8 caches
+    each one's scale (one per cache, the same in every signature when aligned). Empty for
+    graphs without KV-cache inputs."""
+    io = tfl.signature_io(model)
+    caches: dict[str, dict[str, Any]] = {}
+    scales_differ = []
+    for sig, rec in sorted(io.items()):
+        sg = model.Subgraphs(rec["subgraph"])
+        for name, ti in rec["inputs"].items():
+            if not name.startswith(KV_PREFIX):
+                continue
+            t = sg.Tensors(ti)
+            dt, bits = tfl.dtype(t)
+            sc, _, _ = tfl.scales(t)
+            scale = float(sc[0]) if sc is not None and len(sc) else None
+            prev = caches.setdefault(name, {"dtype": dt, "elements": tfl.numel(t), "bits": bits, "scale": scale})
+            if prev["scale"] != scale or prev["dtype"] != dt:
+                scales_differ.append(f"{name} in {sig}")
+    if not caches:
+        return {}
+    dtypes = sorted({c["dtype"] for c in caches.values()})
+    return {
+        "dtypes": dtypes,
+        "caches": len(caches),
+        "elements": sum(c["elements"] for c in caches.values()),
+        "bytes": sum((c["elements"] * (c["bits"] or 32) + 7) // 8 for c in caches.values()),
+        "scales": {k: c["scale"] for k, c in sorted(caches.items()) if c["scale"] is not None},
+        "inconsistent": scales_differ,
     }
 
 
@@ -329,6 +366,16 @@ def check(report: dict[str, Any], scheme, preset=None, manifest: Manifest | dict
                     seen.add((m3, ""))
                     v.append(m3)
         del key
+    kv = (report["tflite"].get("tf_lite_prefill_decode") or {}).get("kv_cache") or {}
+    want_kv = getattr(scheme, "kv_cache", None)
+    if kv and want_kv is not None:
+        if want_kv == "int8" and kv["dtypes"] != ["INT8"]:
+            v.append(f"KV cache is {'/'.join(kv['dtypes'])}, scheme says int8")
+        elif want_kv == "float" and not set(kv["dtypes"]) <= {"FLOAT32", "FLOAT16"}:
+            v.append(f"KV cache is {'/'.join(kv['dtypes'])}, scheme keeps it float")
+        if kv.get("inconsistent"):
+            v.append(f"KV cache dtype or scale differs between signatures: {kv['inconsistent'][0]}"
+                     + (f" (+{len(kv['inconsistent']) - 1} more)" if len(kv["inconsistent"]) > 1 else ""))
     if not report.get("has_per_layer_embedder"):
         v.append("no separate per-layer embedding section (tf_lite_per_layer_embedder)")
     if "tf_lite_prefill_decode" not in report["tflite"]:
@@ -410,6 +457,11 @@ def format_text(report: dict[str, Any], violations: list[str] | None = None) -> 
             continue
         seen.add(w["module"])
         lines.append(f"  {w['module']}: {_bits_str(w)}, {w['weight_scales']} scales")
+    kv = (report["tflite"].get("tf_lite_prefill_decode") or {}).get("kv_cache") or {}
+    if kv:
+        sc = list(kv.get("scales", {}).values())
+        lines.append(f"KV cache: {'/'.join(kv['dtypes'])}, {kv['caches']} caches, {kv['bytes']:,} B"
+                     + (f", one scale per cache ({min(sc):.3g}..{max(sc):.3g})" if sc else ""))
     lines.append("decoder layers (decode signature): attention bits | mlp bits | other | FC activations")
     for k, d in report["layers"].items():
         fmt = lambda xs: ",".join(str(x) for x in xs) or "-"  # noqa: E731

@@ -48,6 +48,21 @@ def signatures(model) -> dict[int, str]:
     return out
 
 
+def signature_io(model) -> dict[str, dict[str, dict[str, int]]]:
+    """Signature key -> {"inputs"|"outputs": {signature name: tensor index}}, with the subgraph
+    index under "subgraph"."""
+    out: dict[str, dict] = {}
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        rec = {"subgraph": sd.SubgraphIndex(), "inputs": {}, "outputs": {}}
+        for kind, n, get in (("inputs", sd.InputsLength(), sd.Inputs), ("outputs", sd.OutputsLength(), sd.Outputs)):
+            for j in range(n):
+                tm = get(j)
+                rec[kind][tm.Name().decode()] = tm.TensorIndex()
+        out[sd.SignatureKey().decode()] = rec
+    return out
+
+
 def opcode(model, op) -> int:
     oc = model.OperatorCodes(op.OpcodeIndex())
     return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))

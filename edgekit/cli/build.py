@@ -39,6 +39,9 @@ from edgekit.errors import EXIT_OK
 @click.option("--requantize", is_flag=True,
               help="QAT checkpoint: naive min-max re-quantization + calibration instead of its exact integers "
                    "and SRQ scales (for comparison).")
+@click.option("--kv-cache", "kv_cache", type=click.Choice(["float", "int8"]), default=None,
+              help="KV cache dtype (default: the scheme's, float for wNa8o8). int8: one calibrated scale per "
+                   "cache, classic route; the bundle is named <scheme>-kv8.")
 @click.option("--route", type=click.Choice(["auto", "classic", "streamed"]), default="auto", show_default=True,
               help="streamed: convert a stand-in with shared weights and write the checkpoint's weights into it "
                    "(full-size E2B/E4B within 20 GiB); auto picks it for e2b/e4b, classic for tiny.")

@@ -168,3 +168,21 @@ def test_cli_inspect_bad_inputs(tmp_path, capsys):
     assert main(["inspect", str(junk)]) == 10
     err = capsys.readouterr().err
     assert "not a .litertlm file" in err and "Traceback" not in err
+
+
+def test_kv_cache_is_reported_and_checked_against_the_scheme(reports, tiny_manifests):
+    from dataclasses import replace
+
+    kv = reports["wNa8o8"]["tflite"]["tf_lite_prefill_decode"]["kv_cache"]
+    # read from the file: every cache input is float32
+    assert kv["dtypes"] == ["FLOAT32"] and kv["caches"] > 0 and kv["bytes"] == 4 * kv["elements"]
+    assert kv["scales"] == {} and kv["inconsistent"] == []
+    w8 = load_scheme("wNa8o8", TINY)
+    assert w8.kv_cache == "float"
+    v = check(reports["wNa8o8"], replace(w8, kv_cache="int8"), TINY)
+    assert "KV cache is FLOAT32, scheme says int8" in v
+    r = copy.deepcopy(reports["wNa8o8"])
+    r["tflite"]["tf_lite_prefill_decode"]["kv_cache"].update(dtypes=["INT8"], inconsistent=["kv_cache_k_0 in decode"])
+    v2 = check(r, w8, TINY)
+    assert "KV cache is INT8, scheme keeps it float" in v2
+    assert any("differs between signatures: kv_cache_k_0 in decode" in x for x in v2)

@@ -90,16 +90,20 @@ def test_quality_against_the_fp16_sibling_counts(monkeypatch):
     assert with_q.stages["quality"] == int(1.6 * 10 * 10**9)  # the fp16 engine child, as the fp16 verify
     assert with_q.peak_stage == "quality" and with_q.peak_rss_bytes > without.peak_rss_bytes
     assert with_q.reclaimable["quality"] > 0 and with_q.need_bytes < with_q.peak_rss_bytes
-    # full E4B against its 16.3 GB fp16 sibling with 22.9 GiB available on a 23.5 GiB machine: the sibling's
+    # full E4B against its 16.3 GB fp16 sibling with 30 GiB available on a 31 GiB machine: the sibling's
     # engine child maps its float32 weight cache (RSS to the machine's size), but what must be available is
     # the builder + its anonymous memory, so the default build is not refused (it was, at 24.2 GiB)
-    monkeypatch.setattr(pl, "mem_available", lambda: int(22.9 * 2**30))
-    monkeypatch.setattr(pl, "mem_total", lambda: int(23.5 * 2**30))
+    monkeypatch.setattr(pl, "mem_available", lambda: 30 * 2**30)
+    monkeypatch.setattr(pl, "mem_total", lambda: 31 * 2**30)
     p4 = get_preset("e4b")
-    e4b = pl.estimate(p4, 1, load_scheme("wNa8o8", p4), True, Path("/tmp"), True, Path("/tmp"), streamed=True,
-                      quality_baseline_bytes=16_273_348_672)
-    assert e4b.stages["quality"] == int(23.5 * 2**30) and e4b.need_stage == "quality"
+    args4 = (p4, 1, load_scheme("wNa8o8", p4), True, Path("/tmp"), True, Path("/tmp"))
+    e4b = pl.estimate(*args4, streamed=True, quality_baseline_bytes=16_273_348_672)
+    assert e4b.stages["quality"] == int(1.6 * 16_273_348_672) and e4b.need_stage == "quality"
     assert e4b.need_bytes < 20 * 2**30
+    # with 22.9 GiB available (a 23.5 GiB machine) the sibling's scoring would not stay resident (its
+    # ~24.8 GB of float32 cache + anonymous memory): the build skips the stage, the estimate does not count it
+    monkeypatch.setattr(pl, "mem_available", lambda: int(22.9 * 2**30))
+    assert "quality" not in pl.estimate(*args4, streamed=True, quality_baseline_bytes=16_273_348_672).stages
     # 6 GiB: the fp16 baseline cannot run in the engine either (~7 GB anonymous), the build skips the
     # stage: not counted
     monkeypatch.setattr(pl, "mem_available", lambda: 6 * 2**30)
@@ -109,8 +113,8 @@ def test_quality_against_the_fp16_sibling_counts(monkeypatch):
 def test_a_scored_baseline_leaves_only_the_candidates_engine_child(monkeypatch):
     """Full E4B against its fp16 sibling whose scores are cached: the quality stage is the candidate's
     child, no longer the fp16 child that maps the machine's memory."""
-    monkeypatch.setattr(pl, "mem_available", lambda: int(22.9 * 2**30))
-    monkeypatch.setattr(pl, "mem_total", lambda: int(23.5 * 2**30))
+    monkeypatch.setattr(pl, "mem_available", lambda: 30 * 2**30)
+    monkeypatch.setattr(pl, "mem_total", lambda: 31 * 2**30)
     p4 = get_preset("e4b")
     args = (p4, 1, load_scheme("wNa8o8", p4), True, Path("/tmp"), True, Path("/tmp"))
     fresh = pl.estimate(*args, streamed=True, quality_baseline_bytes=16_273_348_672)
@@ -121,8 +125,8 @@ def test_a_scored_baseline_leaves_only_the_candidates_engine_child(monkeypatch):
 
 
 def test_an_fp16_build_that_scores_itself_counts_a_second_engine_child(monkeypatch):
-    monkeypatch.setattr(pl, "mem_available", lambda: 22 * 2**30)
-    monkeypatch.setattr(pl, "mem_total", lambda: int(23.5 * 2**30))
+    monkeypatch.setattr(pl, "mem_available", lambda: 30 * 2**30)
+    monkeypatch.setattr(pl, "mem_total", lambda: 31 * 2**30)
     p4 = get_preset("e4b")
     args = (p4, 1, load_scheme("fp16", p4), True, Path("/tmp"), True, Path("/tmp"))
     plain = pl.estimate(*args, streamed=True)
@@ -131,6 +135,9 @@ def test_an_fp16_build_that_scores_itself_counts_a_second_engine_child(monkeypat
     assert scoring.stages["quality"] == scoring.stages["verify (engine)"]
     assert scoring.reclaimable["quality"] == scoring.reclaimable["verify (engine)"]
     assert scoring.need_bytes == plain.need_bytes  # the same child again: no more memory needed
+    # 22 GiB available: its scoring would not stay resident, so it is not scored (nor counted)
+    monkeypatch.setattr(pl, "mem_available", lambda: 22 * 2**30)
+    assert "quality" not in pl.estimate(*args, streamed=True, scores_baseline=True).stages
     # tiny: its candidates' quality runs in the interpreter, so the baseline is not scored
     t = get_preset("tiny")
     assert "quality" not in pl.estimate(t, 1, load_scheme("fp16", t), True, Path("/tmp"), True, Path("/tmp"),

@@ -94,3 +94,16 @@ def test_quality_stage_skips_a_baseline_the_engine_cannot_hold(tmp_path, monkeyp
     res = pl._quality_against(pl._Stages(None), cand, base, "sha", "cand vs base")
     assert "more memory" in res["skipped"] and res["interpreter_skipped"]
     assert res["baseline"] == {"bundle": str(base), "sha256": "sha"}
+
+
+def test_scoring_must_stay_resident(monkeypatch):
+    """Engine scoring re-reads every weight per token: full E4B fp16 (9.2 GB prefill/decode section, a
+    ~24.8 GB working set) is not scored with 23 GiB available; full E2B fp16 (4.56 GB, ~12.3 GB) is."""
+    monkeypatch.setattr(pl, "mem_available", lambda: 23 * GB)
+    why = pl._scoring_skip(16 * GB, 9.2 * GB, True)
+    assert why and "re-read the cache" in why and pl._gb(pl.scoring_resident(int(9.2 * GB), True)) in why
+    assert pl._engine_skip(16 * GB, 9.2 * GB, True) is None  # the few-token engine check still runs
+    assert pl._scoring_skip(10 * GB, 4.56 * GB, True) is None
+    assert pl._scoring_skip(16 * GB, 9.2 * GB, False) is None  # integer weights: no float32 cache
+    monkeypatch.setattr(pl, "mem_available", lambda: 32 * GB)
+    assert pl._scoring_skip(16 * GB, 9.2 * GB, True) is None
