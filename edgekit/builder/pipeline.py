@@ -496,7 +496,7 @@ def verify_lock(manifest: str | os.PathLike, *, cache_dir: str | os.PathLike | N
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _with_kv_cache(sch, kv_cache: str, qat: bool):
+def _with_kv_cache(sch, kv_cache: str, qat_requantize: bool):
     """The scheme with its KV cache set from ``--kv-cache``: int8 needs static int8 activations (the
     cache's ranges are calibrated with them); the bundle's name says so (``<scheme>-kv8``), so a build
     beside the float-KV one does not replace it."""
@@ -507,9 +507,9 @@ def _with_kv_cache(sch, kv_cache: str, qat: bool):
     if kv_cache == "int8" and not sch.static_activations:
         raise UsageError(f"an int8 KV cache needs static int8 activations; scheme {sch.name} has none",
                          hint="build a wNa8o8 scheme with --kv-cache int8, or drop --kv-cache")
-    if kv_cache == "int8" and qat:
-        raise UsageError("an int8 KV cache from a QAT checkpoint's k/v cache scales is not built yet",
-                         hint="drop --kv-cache int8 (the QAT build keeps a float KV cache and names it)")
+    if kv_cache == "int8" and qat_requantize:
+        raise UsageError("--requantize with --kv-cache int8 is not built: the naive QAT path keeps a float KV cache",
+                         hint="drop --requantize to carry the checkpoint's k/v cache scales, or drop --kv-cache")
     name = sch.name.removesuffix("-kv8") + ("-kv8" if kv_cache == "int8" else "")
     return dataclasses.replace(sch, kv_cache=kv_cache, name=name)
 
@@ -618,7 +618,9 @@ def _build(
                                checkpoint, preset, cache, requantize=requantize, dequantize=False)
             sch = qat_build.scheme(sch, preset)
     if kv_cache is not None and kv_cache != sch.kv_cache:
-        sch = _with_kv_cache(sch, kv_cache, qat_build is not None)
+        sch = _with_kv_cache(sch, kv_cache, qat_build is not None and not qat_build.exact)
+        if qat_build is not None:
+            qat_build.kv_int8 = sch.kv_cache == "int8"  # the checkpoint's k/v cache scales, carried
     if requantize and qat_build is None:
         raise UsageError("--requantize applies only to a quant_method 'gemma' (QAT) checkpoint",
                          hint="pass --checkpoint <QAT checkpoint folder>, or drop --requantize")

@@ -387,8 +387,29 @@ def _exact_scope(scope: str) -> str:
 # ------------------------------------------------------------------ quantize
 
 
+def kv_cache_qsv(ckpt, kv_names: dict[str, set[str]], qsv: dict, conflicts: dict) -> tuple[int, str | None]:
+    """The checkpoint's ``k_cache_scale`` / ``v_cache_scale`` as the qsv of the graph's KV-cache tensors
+    (``kv_cache_k_<i>`` is the i-th attention layer that owns a cache, in the checkpoint's layer order),
+    symmetric int8 at exactly that scale (as :func:`srq_bounds`). Returns (scales set, why not)."""
+    scales = ckpt.kv_cache_scales()
+    layers = list(scales)
+    n_k = sum(1 for n in kv_names if n.startswith("kv_cache_k_"))
+    if n_k != len(layers):
+        return 0, f"the graph has {n_k} K caches, the checkpoint {len(layers)} KV layers"
+    if any(k is None or v is None or k <= 0 or v <= 0 for k, v in scales.values()):
+        return 0, "a KV layer of the checkpoint has no positive k/v cache scale"
+    done = 0
+    for i, attn in enumerate(layers):
+        for kind, s in zip("kv", scales[attn]):
+            for name in kv_names.get(f"kv_cache_{kind}_{i}", ()):
+                _put_srq(qsv, conflicts, name, s)
+            done += 1
+    return done, None
+
+
 def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work: Path, *,
-                      ple_bits: int = 8, run: Callable | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+                      ple_bits: int = 8, run: Callable | None = None,
+                      kv_int8: bool = False) -> tuple[dict[str, Path], dict[str, Any]]:
     """Quantize the float sections exactly; returns (replaced section files, qat record).
 
     ``plans`` are :func:`edgekit.builder.quantize.plan_section` results (their ``module``
@@ -437,10 +458,22 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         if static:
             for name, s in ((iname, s_in), (oname, s_out)):
                 _put_srq(qsv, conflicts, name, s)
+    kv_names = qz.kv_tensor_names(secs[PD]) if kv_int8 else {}
+    kv_carried, kv_why = kv_cache_qsv(ckpt, kv_names, qsv, conflicts) if kv_int8 else (0, None)
+    if kv_why:
+        raise ValueError(f"cannot carry the checkpoint's KV-cache scales: {kv_why}")
+    if kv_carried:  # the graph's KV-cache inputs and outputs quantized: the INPUT/OUTPUT virtual ops
+        int8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True)
+        io_cfg = qtyping.OpQuantizationConfig(activation_tensor_config=int8, weight_tensor_config=int8,
+                                              compute_precision=qtyping.ComputePrecision.INTEGER,
+                                              explicit_dequantize=False)
+        for opn in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            rm.add_quantization_config(".*", opn, io_cfg)
     approximations.extend(_conflict_notes(conflicts))
     recipe = rm.get_quantization_recipe()
     dst = work / f"{PD}.tflite"
-    with qz.float_graph_io(), exact_weight_materializers(exact, weight_module.get), lean_quantizer():
+    with qz.float_graph_io(quantized=frozenset().union(*kv_names.values())), \
+            exact_weight_materializers(exact, weight_module.get), lean_quantizer():
         q = quantizer.Quantizer(str(secs[PD]))
         q.load_quantization_recipe(recipe)
         res = run("quantize", "prefill/decode: checkpoint integers + SRQ activation scales", q.quantize, qsv)
@@ -494,7 +527,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         approximations.extend(_clipped_notes(mod, st))
     seen_what: set[str] = set()
     approximations = [a for a in approximations if not (a["what"] in seen_what or seen_what.add(a["what"]))]
-    n_kv = _kv_cache_notes(ckpt, approximations)
+    n_kv = _kv_cache_notes(ckpt, approximations) if not kv_carried else _kv_scale_count(ckpt)
     srq_total = _srq_scale_count(ckpt)
     record = {
         "version": QAT_RECORD_VERSION,
@@ -503,7 +536,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         "weight_algorithm": "ai-edge-quantizer dequantized_weight_recovery (checked against the checkpoint)",
         "recovery": _recovery_summary(exact.stats),
         "srq": {"scales_in_checkpoint": srq_total, "activation_tensors_set": len(qsv)},
-        "kv_cache_scales": {"in_checkpoint": n_kv, "carried": 0},
+        "kv_cache_scales": {"in_checkpoint": n_kv, "carried": kv_carried},
         "approximations": approximations,
     }
     return replaced, record
@@ -517,16 +550,21 @@ def _clipped_notes(mod: str, st: dict[str, Any]) -> list[dict[str, Any]]:
              "(LiteRT int8 weights are narrow-range)", "carried": False}]
 
 
+def _kv_scale_count(ckpt) -> int:
+    kv = ckpt.kv_cache_scales()
+    return sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
+
+
 def _kv_cache_notes(ckpt, approximations: list[dict[str, Any]]) -> int:
     """Appends the note that the checkpoint's KV-cache scales are not carried (when it has any);
     returns how many k/v scales it has."""
     kv = ckpt.kv_cache_scales()
-    n_kv = sum(1 for k, v in kv.values() if k is not None) + sum(1 for k, v in kv.values() if v is not None)
+    n_kv = _kv_scale_count(ckpt)
     if n_kv:
         approximations.append({
             "what": f"KV-cache scales ({n_kv} of {2 * len(kv)} layers' k/v)",
-            "why": "the CPU export keeps the KV cache float32 (litert-torch 0.10: int8 KV only in the NPU "
-                   "pipeline, which the CPU engine cannot load); not carried",
+            "why": "the KV cache is float32 in this build: build with --kv-cache int8 (classic route) to carry "
+                   "them as the int8 cache's scales",
             "carried": False,
         })
     return n_kv
@@ -605,6 +643,7 @@ class QatBuild:
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
     float_baseline: bool = False  # fp16/float scheme: the dequantized float itself
     preset: Any = None  # the preset validated against (for a later :meth:`dequantize`)
+    kv_int8: bool = False  # the KV cache int8 at the checkpoint's k/v cache scales (--kv-cache int8)
 
     @property
     def exact(self) -> bool:
@@ -691,7 +730,8 @@ class QatBuild:
         return filter_expected(violations, _float_activation_modules(self.ckpt))
 
     def quantize(self, secs, plans, work: Path, run=None) -> dict[str, Path]:
-        replaced, self.record = quantize_sections(secs, plans, self.ckpt, work, ple_bits=self.ple_bits, run=run)
+        replaced, self.record = quantize_sections(secs, plans, self.ckpt, work, ple_bits=self.ple_bits, run=run,
+                                                  kv_int8=self.kv_int8)
         return replaced
 
     def reference_skip(self, bundle: Path) -> str | None:

@@ -208,6 +208,8 @@ def exactness_report(bundle: str | os.PathLike, checkpoint, *, max_listed: int =
                 srq_missing.append({"what": f"{name} {side} activation scale",
                                     "why": f"bundle {float(got) if got is not None else 'float'} vs checkpoint {s}"})
     approximated += srq_missing
+    kv_carried, kv_total, kv_missing = _kv_scales(Path(bundle), ck)
+    approximated += kv_missing
     return {
         "tensors_exact": t_exact,
         "tensors_total": len(tensors),
@@ -216,11 +218,47 @@ def exactness_report(bundle: str | os.PathLike, checkpoint, *, max_listed: int =
         "weights_exact_pct": round(100.0 * w_exact / w_total, 4) if w_total else None,
         "srq_carried": srq_carried,
         "srq_total": srq_total,
+        "kv_scales_carried": kv_carried,
+        "kv_scales_total": kv_total,
         "not_in_bundle": not_in_bundle,
         "approximated": approximated[:max_listed],
         "approximated_count": len(approximated),
         "tensors": tensors,
     }
+
+
+def _kv_scales(bundle: Path, ck) -> tuple[int, int, list[dict[str, Any]]]:
+    """The checkpoint's k/v cache scales read back from the bundle: ``kv_cache_{k,v}_<i>`` of the
+    prefill/decode section (the i-th attention layer that owns a cache) int8 with exactly that scale
+    and zero point 0 in every signature. (carried, total, the ones not carried)."""
+    from edgekit.bundle import tflite as tfl
+    from edgekit.runtime.litertlm_file import read_header, read_section
+
+    scales = ck.kv_cache_scales()
+    want = {f"kv_cache_{kind}_{i}": s for i, pair in enumerate(scales.values())
+            for kind, s in zip("kv", pair) if s is not None}
+    if not want:
+        return 0, 0, []
+    pd = [x for x in read_header(bundle).sections if x.name == "tf_lite_prefill_decode"]
+    got: dict[str, set] = defaultdict(set)
+    if pd:
+        model = tfl.load_model(read_section(bundle, pd[0]))
+        for rec in tfl.signature_io(model).values():
+            sg = model.Subgraphs(rec["subgraph"])
+            for name, ti in {**rec["inputs"], **rec["outputs"]}.items():
+                if name in want:
+                    t = sg.Tensors(ti)
+                    sc, zp, _ = tfl.scales(t)
+                    got[name].add((tfl.dtype(t)[0], None if sc is None else np.float32(sc[0]).view(np.uint32).item(),
+                                   None if zp is None else int(zp[0])))
+    carried, missing = 0, []
+    for name, s in want.items():
+        ok = got.get(name) == {("INT8", np.float32(s).view(np.uint32).item(), 0)}
+        carried += ok
+        if not ok:
+            seen = sorted({g[0] for g in got.get(name, ())}) or ["absent"]
+            missing.append({"what": f"KV cache {name} scale", "why": f"bundle {'/'.join(seen)} vs checkpoint int8 at {s}"})
+    return carried, len(want), missing
 
 
 COMPARE_BLOCK_ELEMENTS = 1 << 24  # weights compared at once (a few bytes each in temporaries)
@@ -290,6 +328,8 @@ def format_qat(rec: dict[str, Any]) -> str:
             f"  integer-exact weight tensors: {ex.get('tensors_exact')}/{ex.get('tensors_total')}"
             f" ({ex.get('weights_exact_pct')}% of weights); SRQ activation scales carried: "
             f"{ex.get('srq_carried')}/{ex.get('srq_total')}"
+            + (f"; KV-cache scales carried: {ex.get('kv_scales_carried')}/{ex.get('kv_scales_total')}"
+               if ex.get("kv_scales_total") else "")
         )
     ag = rec.get("agreement")
     if ag and ag.get("skipped"):

@@ -85,7 +85,7 @@ def test_exact_build_is_integer_exact_and_carries_every_srq_scale():
     assert ex["tensors_exact"] == ex["tensors_total"] - 1
     named = [a["what"] for a in q["approximations"]]
     assert "model.language_model.embed_tokens_per_layer" in named
-    assert any("KV-cache" in w for w in named)  # not carried by the CPU layout: named
+    assert any("KV-cache" in w for w in named)  # a float KV cache does not carry them: named
     ple = next(t for t in ex["tensors"] if t["module"] == "model.language_model.embed_tokens_per_layer")
     assert ple["bundle_bits"] == 8
     # 2-bit decode MLPs, 4-bit attention and int2 head: integers and scales equal to the checkpoint's
@@ -195,3 +195,31 @@ def test_inspect_shows_qat_exactness_and_passes(capsys):
     assert f"SRQ activation scales carried: {ex['srq_carried']}/{ex['srq_total']}" in out
     assert "approximated: model.language_model.embed_tokens_per_layer" in out
     assert "vs transformers reference: top-1" in out
+
+
+@pytest.mark.slow
+def test_int8_kv_cache_carries_the_checkpoints_kv_scales():
+    """--kv-cache int8 on the exact path: every k/v cache scale of the checkpoint is the scale of its
+    int8 cache in every signature (read back from the file), no KV note remains, the engine runs it,
+    and agreement with transformers holds (measured 252/256, KL 8.5e-4; float KV: 252/256, 6.9e-4)."""
+    from edgekit.builder import pipeline
+    from edgekit.bundle.exactness import exactness_report
+    from edgekit.bundle.inspect import inspect_bundle
+
+    ck = qat.validate_qat_checkpoint(H.tiny_qat_checkpoint(), get_preset("tiny").config(), preset_name="tiny")
+    res = pipeline.build("tiny", checkpoint=H.tiny_qat_checkpoint(), text_only=True, output=H.workdir() / "dist-kv8",
+                         quality=False, kv_cache="int8")
+    q = res.manifest["qat"]
+    assert res.bundle.name == "tiny-wNa8o8-qat-kv8-text.litertlm"
+    n_kv = 2 * len(ck.kv_cache_scales())
+    assert q["kv_cache_scales"] == {"in_checkpoint": n_kv, "carried": n_kv} and n_kv > 0
+    ex = exactness_report(res.bundle, ck)
+    assert ex["kv_scales_carried"] == ex["kv_scales_total"] == n_kv
+    assert q["exactness"]["kv_scales_carried"] == n_kv
+    assert not any("KV" in a["what"] for a in q["approximations"])
+    assert ex["srq_carried"] == ex["srq_total"] > 0 and ex["tensors_exact"] == ex["tensors_total"] - 1
+    kv = inspect_bundle(res.bundle, with_sha256=False)["tflite"]["tf_lite_prefill_decode"]["kv_cache"]
+    assert kv["dtypes"] == ["INT8"] and kv["inconsistent"] == []
+    assert res.manifest["runtime"]["litert_lm"]["ok"] and res.manifest["runtime"]["interpreter"]["ok"]
+    a = q["agreement"]
+    assert a["tokens"] == AGREE_TOKENS and a["top1_agreement"] >= AGREE_FLOOR and a["kl_mean"] < 2e-3, a
