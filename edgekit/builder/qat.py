@@ -463,12 +463,7 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
     if kv_why:
         raise ValueError(f"cannot carry the checkpoint's KV-cache scales: {kv_why}")
     if kv_carried:  # the graph's KV-cache inputs and outputs quantized: the INPUT/OUTPUT virtual ops
-        int8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True)
-        io_cfg = qtyping.OpQuantizationConfig(activation_tensor_config=int8, weight_tensor_config=int8,
-                                              compute_precision=qtyping.ComputePrecision.INTEGER,
-                                              explicit_dequantize=False)
-        for opn in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-            rm.add_quantization_config(".*", opn, io_cfg)
+        qz.add_graph_io(rm)
     approximations.extend(_conflict_notes(conflicts))
     recipe = rm.get_quantization_recipe()
     dst = work / f"{PD}.tflite"

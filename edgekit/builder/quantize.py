@@ -125,6 +125,19 @@ def _exact(scope: str) -> str:
     return "^" + re.escape(scope) + "$"
 
 
+def add_graph_io(rm) -> None:
+    """Recipe entries that quantize the graph's inputs and outputs to symmetric per-tensor int8
+    (``float_graph_io(quantized=...)`` then keeps all but the named tensors float)."""
+    from ai_edge_quantizer import qtyping
+
+    int8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True)
+    io = qtyping.OpQuantizationConfig(  # the weight config is required by the recipe format, unused here
+        activation_tensor_config=int8, weight_tensor_config=int8,
+        compute_precision=qtyping.ComputePrecision.INTEGER, explicit_dequantize=False)
+    for opn in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        rm.add_quantization_config(".*", opn, io)
+
+
 def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = True, kv_int8: bool = False) -> list[dict]:
     """Static int8 activations and N-bit weights on every planned FC; ``kv_int8``: the graph's
     inputs and outputs quantized too (per tensor, symmetric int8): only the KV-cache tensors are
@@ -133,12 +146,7 @@ def static_recipe(plans: Sequence[OpPlan], symmetric_act: bool = True, kv_int8: 
 
     rm = recipe_manager.RecipeManager()
     if kv_int8:
-        int8 = qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True)
-        io = qtyping.OpQuantizationConfig(  # the weight config is required by the recipe format, unused here
-            activation_tensor_config=int8, weight_tensor_config=int8,
-            compute_precision=qtyping.ComputePrecision.INTEGER, explicit_dequantize=False)
-        for opn in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-            rm.add_quantization_config(".*", opn, io)
+        add_graph_io(rm)
     seen: set[str] = set()
     for p in plans:
         if p.kind != "fc" or p.bits is None or p.scope in seen:
