@@ -178,7 +178,7 @@ def engine_rows(model: str, dist: Path) -> list:
                 rows.append(C.Row(qlabel, q.get("method") or "interpreter", f"{q.get('tokens')} tokens",
                                   round(q["ppl_ratio"], 4), None))
             else:
-                rows.append(C.Row(qlabel, "not measured", str(q.get("skipped") or "")[-160:]))
+                rows.append(C.Row(qlabel, "not measured", str(q.get("skipped") or "")[:200]))
     return rows
 
 
