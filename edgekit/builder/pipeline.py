@@ -647,10 +647,10 @@ def _build(
     streamed = sm.use_streamed(route, preset.name, wd)
     if qat_build is not None and not streamed:  # classic QAT: export the exact dequantized float
         ckpt_dir = st.run("source", "QAT checkpoint: exact dequantization", qat_build.dequantize, cache)
-    if streamed and sch.kv_cache == "int8":
-        raise UsageError("the int8 KV cache is built on the classic route only (its ranges come from the float "
-                         "graph's calibration)", hint="add --route classic (needs more memory), or build with "
-                         "--kv-cache float")
+    if streamed and sch.kv_cache == "int8" and qat_build is None:
+        raise UsageError("the int8 KV cache of float weights is built on the classic route only (its ranges come "
+                         "from the float graph's calibration; a QAT checkpoint's come from its k/v cache scales)",
+                         hint="add --route classic (needs more memory), or build with --kv-cache float")
     if streamed and requantize:  # streamed QAT reads the checkpoint's integers and SRQ scales as stored
         raise UsageError("--requantize (the naive QAT path) runs on the classic route only",
                          hint="add --route classic (needs more memory), or drop --requantize")

@@ -675,7 +675,8 @@ class QatBuild:
                        else f"{m.bits}-bit in the checkpoint: {st['written']}")
                 approximations.append({"what": mod, "why": why, "carried": False})
             approximations.extend(_clipped_notes(mod, st))
-        n_kv = _kv_cache_notes(self.ckpt, approximations)
+        kv_carried = int(srq.get("kv_carried") or 0)
+        n_kv = _kv_cache_notes(self.ckpt, approximations) if not kv_carried else _kv_scale_count(self.ckpt)
         srq_total = _srq_scale_count(self.ckpt)
         written = [k for k, st in weight_stats.items() if st.get("written") == "checkpoint integers and scales"]
         return {
@@ -690,7 +691,7 @@ class QatBuild:
                                          if st.get("int8_clipped")}},
             "srq": {"scales_in_checkpoint": srq_total, "activation_tensors_set": srq.get("activation_tensors_set", 0),
                     "roundtrip_failed": srq.get("roundtrip_failed", [])},
-            "kv_cache_scales": {"in_checkpoint": n_kv, "carried": 0},
+            "kv_cache_scales": {"in_checkpoint": n_kv, "carried": kv_carried},
             "approximations": approximations,
         }
 

@@ -118,7 +118,8 @@ def quantize_standin_static(src: str | os.PathLike, dst: str | os.PathLike, plan
     qz._export(res, dst)  # noqa: SLF001 - the same writer as the classic route
 
 
-def quantize_standin_qat(src: str | os.PathLike, dst: str | os.PathLike, plans, ckpt) -> dict[str, Any]:
+def quantize_standin_qat(src: str | os.PathLike, dst: str | os.PathLike, plans, ckpt,
+                         kv_int8: bool = False) -> dict[str, Any]:
     """ai-edge-quantizer on the stand-in's prefill/decode section for a QAT checkpoint.
 
     Each FC gets the checkpoint's bit width; its input and output activation statistics are
@@ -134,18 +135,29 @@ def quantize_standin_qat(src: str | os.PathLike, dst: str | os.PathLike, plans, 
     from edgekit.builder import quantize as qz
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
+    from ai_edge_quantizer import recipe_manager
+
     fcs = _io_names(fu.read_model(str(src)), "tf_lite_prefill_decode")
     qsv, srq = bq.srq_qsv(ckpt, fcs)
-    with qz.float_graph_io("minmax"):
+    rm = recipe_manager.RecipeManager()
+    rm.load_quantization_recipe(bq.standin_recipe(plans, ckpt))
+    kv_names = qz.kv_tensor_names(src) if kv_int8 else {}
+    if kv_names:  # the KV cache int8 at the checkpoint's k/v cache scales (the fill leaves them as set here)
+        srq["kv_carried"], why = bq.kv_cache_qsv(ckpt, kv_names, qsv, {})
+        if why:
+            raise ValueError(f"cannot carry the checkpoint's KV-cache scales: {why}")
+        qz.add_graph_io(rm)
+    with qz.float_graph_io("minmax", frozenset().union(*kv_names.values())):
         q = quantizer.Quantizer(str(src))
-        q.load_quantization_recipe(bq.standin_recipe(plans, ckpt))
+        q.load_quantization_recipe(rm.get_quantization_recipe())
         res = q.quantize(qsv)
     qz._export(res, dst)  # noqa: SLF001 - the same writer as the classic route
     return srq
 
 
 def quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges | None,
-                      run: Callable | None = None, qat_ckpt=None) -> tuple[dict[str, Path], dict[str, list]]:
+                      run: Callable | None = None, qat_ckpt=None,
+                      kv_int8: bool = False) -> tuple[dict[str, Path], dict[str, list]]:
     """Quantize every stand-in section per the scheme. Returns (section -> quantized file, plans).
 
     ``qat_ckpt`` (a :class:`edgekit.models.qat.QatCheckpoint`): the prefill/decode section
@@ -156,11 +168,12 @@ def quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges 
     from edgekit.builder.quantizer_memory import lean_quantizer
 
     with lean_quantizer():
-        return _quantize_sections(secs, scheme, work, ranges, run, qat_ckpt)
+        return _quantize_sections(secs, scheme, work, ranges, run, qat_ckpt, kv_int8)
 
 
 def _quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges | None,
-                       run: Callable | None = None, qat_ckpt=None) -> tuple[dict[str, Path], dict[str, list]]:
+                       run: Callable | None = None, qat_ckpt=None,
+                       kv_int8: bool = False) -> tuple[dict[str, Path], dict[str, list]]:
     from edgekit.builder import quantize as qz
 
     run = run or (lambda _stage, _what, fn, *a, **k: fn(*a, **k))
@@ -177,8 +190,9 @@ def _quantize_sections(secs: dict[str, Path], scheme, work: Path, ranges: Ranges
             continue
         if sec == "tf_lite_prefill_decode":
             if qat_ckpt is not None:
-                plans["_srq"] = run("quantize", "prefill/decode: checkpoint bit widths, SRQ activation scales "
-                                    "(stand-in)", quantize_standin_qat, path, dst, plans[sec], qat_ckpt)
+                plans["_srq"] = run("quantize", "prefill/decode: checkpoint bit widths, SRQ activation scales"
+                                    + (", KV-cache scales" if kv_int8 else "") + " (stand-in)",
+                                    quantize_standin_qat, path, dst, plans[sec], qat_ckpt, kv_int8)
             elif scheme.static_activations:
                 if ranges is None:
                     raise ValueError("static activations need the model's activation ranges")
@@ -328,7 +342,8 @@ def build_sections(secs: dict[str, Path], ckpt_dir, scheme, work: Path, vocab: i
 def _build_sections_qat(secs: dict[str, Path], scheme, work: Path, vocab: int, run: Callable,
                         progress: Callable[[str], None] | None, qat) -> tuple[dict[str, Path], dict[str, Any]]:
     exact = not scheme.is_float
-    qsecs, plans = quantize_sections(secs, scheme, work, None, run, qat.ckpt if exact else None)
+    qsecs, plans = quantize_sections(secs, scheme, work, None, run, qat.ckpt if exact else None,
+                                     kv_int8=exact and qat.kv_int8)
     weights = fl.QatCheckpointWeights(qat.ckpt)
     filled, reports = fill_sections(qsecs, qat.checkpoint_dir, work, vocab, run, progress, weights)
     rec: dict[str, Any] = {"route": "streamed", "fill": {
