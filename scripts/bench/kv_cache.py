@@ -35,9 +35,7 @@ SCHEME = {"float": "wNa8o8-qat", "int8": "wNa8o8-qat-kv8"}
 
 
 def bundle_of(dist: Path, kv: str) -> Path | None:
-    name = f"e2b-{SCHEME[kv]}-text"
-    p = dist / name / f"{name}.litertlm"
-    return p if p.is_file() else None
+    return C.find_bundle(dist, "e2b", SCHEME[kv])
 
 
 def make_checkpoint(dist: Path, width_div: int) -> Path:
