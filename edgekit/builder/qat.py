@@ -407,6 +407,20 @@ def kv_cache_qsv(ckpt, kv_names: dict[str, set[str]], qsv: dict, conflicts: dict
     return done, None
 
 
+def kv_int8_setup(ckpt, tflite_path, qsv: dict, conflicts: dict, rm) -> tuple[int, frozenset[str]]:
+    """The KV cache int8 at the checkpoint's k/v cache scales: their qsv set (:func:`kv_cache_qsv`) and the
+    graph-IO recipe entries added to ``rm``. Returns (scales carried, the tensors
+    ``float_graph_io(quantized=...)`` must quantize); ValueError when they cannot be carried."""
+    from edgekit.builder import quantize as qz
+
+    kv_names = qz.kv_tensor_names(tflite_path)
+    carried, why = kv_cache_qsv(ckpt, kv_names, qsv, conflicts)
+    if why:
+        raise ValueError(f"cannot carry the checkpoint's KV-cache scales: {why}")
+    qz.add_graph_io(rm)
+    return carried, frozenset().union(*kv_names.values())
+
+
 def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work: Path, *,
                       ple_bits: int = 8, run: Callable | None = None,
                       kv_int8: bool = False) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -458,16 +472,11 @@ def quantize_sections(secs: dict[str, Path], plans: dict[str, list], ckpt, work:
         if static:
             for name, s in ((iname, s_in), (oname, s_out)):
                 _put_srq(qsv, conflicts, name, s)
-    kv_names = qz.kv_tensor_names(secs[PD]) if kv_int8 else {}
-    kv_carried, kv_why = kv_cache_qsv(ckpt, kv_names, qsv, conflicts) if kv_int8 else (0, None)
-    if kv_why:
-        raise ValueError(f"cannot carry the checkpoint's KV-cache scales: {kv_why}")
-    if kv_carried:  # the graph's KV-cache inputs and outputs quantized: the INPUT/OUTPUT virtual ops
-        qz.add_graph_io(rm)
+    kv_carried, kv_tensors = kv_int8_setup(ckpt, secs[PD], qsv, conflicts, rm) if kv_int8 else (0, frozenset())
     approximations.extend(_conflict_notes(conflicts))
     recipe = rm.get_quantization_recipe()
     dst = work / f"{PD}.tflite"
-    with qz.float_graph_io(quantized=frozenset().union(*kv_names.values())), \
+    with qz.float_graph_io(quantized=kv_tensors), \
             exact_weight_materializers(exact, weight_module.get), lean_quantizer():
         q = quantizer.Quantizer(str(secs[PD]))
         q.load_quantization_recipe(recipe)

@@ -201,13 +201,12 @@ def fp16_recipe() -> list[dict]:
 
 
 # ------------------------------------------------------ float graph boundaries
-KV_PREFIX = "kv_cache_"  # the KV-cache inputs and outputs of every prefill/decode signature
-
-
 def kv_tensor_names(tflite_path: str | os.PathLike) -> dict[str, set[str]]:
     """Signature name (``kv_cache_k_0``...) -> the graph tensors that carry it, over every signature
     (the input and the updated output of prefill_<N> and decode)."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgekit.bundle.tflite import KV_PREFIX
 
     model = fu.read_model(str(tflite_path))
     out: dict[str, set[str]] = {}

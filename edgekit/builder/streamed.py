@@ -141,13 +141,10 @@ def quantize_standin_qat(src: str | os.PathLike, dst: str | os.PathLike, plans, 
     qsv, srq = bq.srq_qsv(ckpt, fcs)
     rm = recipe_manager.RecipeManager()
     rm.load_quantization_recipe(bq.standin_recipe(plans, ckpt))
-    kv_names = qz.kv_tensor_names(src) if kv_int8 else {}
-    if kv_names:  # the KV cache int8 at the checkpoint's k/v cache scales (the fill leaves them as set here)
-        srq["kv_carried"], why = bq.kv_cache_qsv(ckpt, kv_names, qsv, {})
-        if why:
-            raise ValueError(f"cannot carry the checkpoint's KV-cache scales: {why}")
-        qz.add_graph_io(rm)
-    with qz.float_graph_io("minmax", frozenset().union(*kv_names.values())):
+    kv_tensors: frozenset[str] = frozenset()
+    if kv_int8:  # the KV cache int8 at the checkpoint's k/v cache scales (the fill leaves them as set here)
+        srq["kv_carried"], kv_tensors = bq.kv_int8_setup(ckpt, src, qsv, {}, rm)
+    with qz.float_graph_io("minmax", kv_tensors):
         q = quantizer.Quantizer(str(src))
         q.load_quantization_recipe(rm.get_quantization_recipe())
         res = q.quantize(qsv)

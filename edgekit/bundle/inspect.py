@@ -173,9 +173,6 @@ def inspect_tflite(buf, section: str) -> dict[str, Any]:
     }
 
 
-KV_PREFIX = "kv_cache_"
-
-
 def kv_cache_summary(model) -> dict[str, Any]:
     """The KV-cache inputs of a prefill/decode graph: their dtype(s), how many caches, the
     elements and bytes of one set of caches (what the engine allocates), and for int8 caches
@@ -187,7 +184,7 @@ def kv_cache_summary(model) -> dict[str, Any]:
     for sig, rec in sorted(io.items()):
         sg = model.Subgraphs(rec["subgraph"])
         for name, ti in rec["inputs"].items():
-            if not name.startswith(KV_PREFIX):
+            if not name.startswith(tfl.KV_PREFIX):
                 continue
             t = sg.Tensors(ti)
             dt, bits = tfl.dtype(t)

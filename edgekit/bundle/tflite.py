@@ -48,6 +48,9 @@ def signatures(model) -> dict[int, str]:
     return out
 
 
+KV_PREFIX = "kv_cache_"  # the KV-cache inputs and outputs of every prefill/decode signature
+
+
 def signature_io(model) -> dict[str, dict[str, dict[str, int]]]:
     """Signature key -> {"inputs"|"outputs": {signature name: tensor index}}, with the subgraph
     index under "subgraph"."""
